@@ -1,0 +1,1 @@
+"""The adaptation half: signals, strategy rules, the loop that publishes preferences."""

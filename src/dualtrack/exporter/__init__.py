@@ -1,0 +1,1 @@
+"""The instrumentation half: what runs inside the router process."""

@@ -1,0 +1,191 @@
+"""``MetricsCollector``: sliding windows of recent requests, and their statistics.
+
+The Prometheus histograms and counters (``exporter.metrics``) are the
+long-term record; these windows are the short-term memory the embedded
+adapter and ``get_optimization_status()`` read without a server. Windows are
+bounded deques (``metrics_window_size`` each) kept overall, per path and per
+(path, query class), so memory does not grow with traffic.
+
+    collector = MetricsCollector(config)
+    collector.record_metric(PerformanceMetrics(...))
+    collector.get_metrics_summary("local")["p95_latency_ms"]
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..config import OptimizationConfig
+
+
+@dataclass
+class PerformanceMetrics:
+    """One completed request, as the spec defines it (plus a few additions
+    that keep the spec's constructor working)."""
+
+    timestamp: float
+    processing_path: str
+    request_id: str
+    latency_ms: float
+    tokens_processed: int
+    memory_usage_mb: float
+    cpu_usage_percent: float
+    gpu_usage_percent: float = 0.0
+    cost_estimate: float = 0.0
+    quality_score: float = 0.0
+    success: bool = True
+    error_type: Optional[str] = None
+    # Additions:
+    query_class: str = "unclassified"
+    outcome: str = ""  # success, error, timeout, cancelled; from ``success`` when empty
+    tokens_in: int = 0
+    tokens_out: int = 0
+    has_cost: bool = True  # False when the cost was unknown (no price for the model)
+    has_quality: bool = True  # False when no quality score was given
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            self.outcome = "success" if self.success else "error"
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted values (like NumPy's default)."""
+    if not sorted_values:
+        return math.nan
+    position = (len(sorted_values) - 1) * q
+    lower = math.floor(position)
+    upper = min(lower + 1, len(sorted_values) - 1)
+    fraction = position - lower
+    return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * fraction
+
+
+def summarize(records: Iterable[PerformanceMetrics]) -> Dict[str, Any]:
+    """Statistics over a set of requests.
+
+    Cancelled requests (the losing leg of a parallel race) count in
+    ``count`` and ``cancelled`` but not in success ratio or latency: they
+    were stopped on purpose. Fields without data are ``None`` (absent), never 0.
+    """
+    count = 0
+    cancelled = 0
+    successes = 0
+    latencies: List[float] = []
+    tokens = 0
+    cost = 0.0
+    cost_known = 0
+    quality_sum = 0.0
+    quality_count = 0
+    errors: Counter = Counter()
+    for r in records:
+        count += 1
+        tokens += r.tokens_processed
+        if r.has_cost:
+            cost += r.cost_estimate
+            cost_known += 1
+        if r.outcome == "cancelled":
+            cancelled += 1
+            continue
+        latencies.append(r.latency_ms)
+        if r.outcome == "success":
+            successes += 1
+            if r.has_quality:
+                quality_sum += r.quality_score
+                quality_count += 1
+        else:
+            errors[r.error_type or r.outcome] += 1
+    decided = count - cancelled
+    latencies.sort()
+    return {
+        "count": count,
+        "cancelled": cancelled,
+        "success_count": successes,
+        "success_rate": successes / decided if decided else None,
+        "avg_latency_ms": sum(latencies) / len(latencies) if latencies else None,
+        "p50_latency_ms": quantile(latencies, 0.50) if latencies else None,
+        "p95_latency_ms": quantile(latencies, 0.95) if latencies else None,
+        "p99_latency_ms": quantile(latencies, 0.99) if latencies else None,
+        "tokens_processed": tokens,
+        "total_cost": cost if cost_known else None,
+        "cost_per_request": cost / cost_known if cost_known else None,
+        "avg_quality": quality_sum / quality_count if quality_count else None,
+        "error_types": dict(errors),
+    }
+
+
+class MetricsCollector:
+    """Thread-safe sliding windows of ``PerformanceMetrics``.
+
+    ``metrics`` holds the latest ``metrics_window_size`` requests overall,
+    ``metrics_by_path[path]`` the latest per path and
+    ``metrics_by_class[(path, query_class)]`` the latest per path and class.
+    """
+
+    def __init__(self, config: OptimizationConfig) -> None:
+        size = config.metrics_window_size
+        self._size = size
+        self._lock = threading.Lock()
+        self.metrics: Deque[PerformanceMetrics] = deque(maxlen=size)
+        self.metrics_by_path: Dict[str, Deque[PerformanceMetrics]] = defaultdict(lambda: deque(maxlen=size))
+        self.metrics_by_class: Dict[Tuple[str, str], Deque[PerformanceMetrics]] = defaultdict(
+            lambda: deque(maxlen=size)
+        )
+        self.total_recorded = 0
+
+    def record_metric(self, metric: PerformanceMetrics) -> None:
+        """Add one request to the windows. O(1); the oldest entry falls out."""
+        with self._lock:
+            self.metrics.append(metric)
+            self.metrics_by_path[metric.processing_path].append(metric)
+            self.metrics_by_class[(metric.processing_path, metric.query_class)].append(metric)
+            self.total_recorded += 1
+
+    def records(self, path: Optional[str] = None, query_class: Optional[str] = None,
+                since: Optional[float] = None) -> List[PerformanceMetrics]:
+        """A copy of a window, optionally only requests with ``timestamp >= since``.
+
+        ``path`` and ``query_class`` select the window: both → per-class window;
+        ``path`` only → per-path window; ``query_class`` only → the per-class
+        windows of every path merged; neither → the overall window.
+        """
+        with self._lock:
+            if path is not None and query_class is not None:
+                window: Iterable[PerformanceMetrics] = list(self.metrics_by_class.get((path, query_class), ()))
+            elif path is not None:
+                window = list(self.metrics_by_path.get(path, ()))
+            elif query_class is not None:
+                window = [m for (_, c), d in self.metrics_by_class.items() if c == query_class for m in d]
+            else:
+                window = list(self.metrics)
+        if since is None:
+            return list(window)
+        return [m for m in window if m.timestamp >= since]
+
+    def get_metrics_summary(self, path: Optional[str] = None, query_class: Optional[str] = None,
+                            since: Optional[float] = None) -> Dict[str, Any]:
+        """Count, success rate, mean/p50/p95/p99 latency (ms), tokens, total and
+        per-request cost, mean quality and error types for a window.
+
+        With ``path=None`` the result also has ``by_path``: the same summary
+        for each path seen.
+        """
+        summary = summarize(self.records(path, query_class, since))
+        if path is None and query_class is None:
+            with self._lock:
+                paths = sorted(self.metrics_by_path)
+            summary["by_path"] = {p: summarize(self.records(p, None, since)) for p in paths}
+        return summary
+
+    def paths_and_classes(self) -> List[Tuple[str, str]]:
+        with self._lock:
+            return sorted(self.metrics_by_class)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.metrics.clear()
+            self.metrics_by_path.clear()
+            self.metrics_by_class.clear()

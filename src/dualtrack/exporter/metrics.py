@@ -1,0 +1,173 @@
+"""Prometheus metric definitions for the per-request path, and the hot-path recorder.
+
+Names and labels are a contract: dashboards, recording rules and alerts
+depend on them (``docs/metrics.md`` lists every one). Labels are bounded
+sets only: ``path`` (local, api, parallel), ``query_class`` (the configured
+classes), ``outcome``, ``model`` (the price table plus at most
+``max_model_labels`` more). A value outside its set folds into ``other`` and
+is counted in ``dualtrack_label_values_folded_total``. Request ids ride as
+exemplars, never as labels.
+
+Label children are bound once (at start for every path and class, lazily
+for models), so recording a request costs a few dict lookups and the
+``observe``/``inc`` calls themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..config import OUTCOMES, PATHS
+
+#: Buckets for LLM request latency: 10 ms .. 2 min. Fixed; dashboards and
+#: recording rules use them.
+LATENCY_BUCKETS: Tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+    7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0,
+)
+#: Buckets for quality scores in 0..1.
+QUALITY_BUCKETS: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+
+OTHER = "other"
+
+
+class LabelFolder:
+    """Maps arbitrary values onto a bounded label set.
+
+    ``allowed`` values pass; up to ``max_dynamic`` further distinct values are
+    admitted first come, first served; everything else becomes ``"other"``
+    and ``on_fold(label)`` is called (to count it).
+    """
+
+    def __init__(self, label: str, allowed: Iterable[str] = (), max_dynamic: int = 0,
+                 on_fold: Optional[Callable[[str], None]] = None) -> None:
+        self.label = label
+        self._known = {v: v for v in allowed}
+        self._known[OTHER] = OTHER
+        self._dynamic_left = max_dynamic
+        self._on_fold = on_fold
+        self._lock = threading.Lock()
+
+    def __call__(self, value: object) -> str:
+        # Fast path: a known value (no lock; dict reads are atomic).
+        known = self._known.get(value)  # type: ignore[call-overload]
+        if known is not None:
+            return known
+        if isinstance(value, str) and 0 < len(value) <= 64 and self._dynamic_left > 0:
+            with self._lock:
+                if value in self._known:
+                    return value
+                if self._dynamic_left > 0:
+                    self._dynamic_left -= 1
+                    self._known[value] = value
+                    return value
+        if self._on_fold is not None:
+            self._on_fold(self.label)
+        return OTHER
+
+
+class RequestMetrics:
+    """The per-request series and the optimizer's own health counters."""
+
+    def __init__(self, registry: CollectorRegistry, query_classes: Iterable[str],
+                 known_models: Iterable[str] = (), max_model_labels: int = 16,
+                 enable_exemplars: bool = True) -> None:
+        self.exemplars = enable_exemplars
+        classes = tuple(query_classes)
+        self.requests = Counter(
+            "dualtrack_requests", "Requests completed, by path, query class and outcome.",
+            ["path", "query_class", "outcome"], registry=registry)
+        self.duration = Histogram(
+            "dualtrack_request_duration_seconds",
+            "End-to-end request latency, by path and query class (cancelled requests excluded).",
+            ["path", "query_class"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.tokens = Counter(
+            "dualtrack_tokens", "Tokens processed, by path, query class, model and direction (input, output).",
+            ["path", "query_class", "model", "direction"], registry=registry)
+        self.cost = Counter(
+            "dualtrack_cost_dollars", "Estimated cost of requests in US dollars.",
+            ["path", "query_class", "model"], registry=registry)
+        self.quality = Histogram(
+            "dualtrack_response_quality_ratio", "Quality score (0..1) of successful responses.",
+            ["path", "query_class"], buckets=QUALITY_BUCKETS, registry=registry)
+        self.in_flight = Gauge(
+            "dualtrack_requests_in_flight", "Requests started and not yet completed.",
+            registry=registry, multiprocess_mode="livesum")
+        # Health of the instrumentation itself: nothing is lost quietly.
+        self.completions_without_start = Counter(
+            "dualtrack_completions_without_start", "Completions recorded with no matching start.",
+            registry=registry)
+        self.starts_expired = Counter(
+            "dualtrack_request_starts_expired",
+            "Started requests dropped from the in-flight table after the TTL without a completion.",
+            registry=registry)
+        self.inputs_rejected = Counter(
+            "dualtrack_inputs_rejected", "Inputs rejected or repaired, by input and reason.",
+            ["input", "reason"], registry=registry)
+        self.labels_folded = Counter(
+            "dualtrack_label_values_folded", "Label values outside their bounded set, folded into 'other'.",
+            ["label"], registry=registry)
+        self.cost_unknown = Counter(
+            "dualtrack_cost_unknown", "Completions whose cost was not given and had no price in the table.",
+            ["path"], registry=registry)
+
+        fold = self._count_fold
+        self.fold_path = LabelFolder("path", PATHS, on_fold=fold)
+        self.fold_class = LabelFolder("query_class", classes, on_fold=fold)
+        self.fold_outcome = LabelFolder("outcome", OUTCOMES, on_fold=fold)
+        self.fold_model = LabelFolder("model", known_models, max_dynamic=max_model_labels, on_fold=fold)
+
+        # Bind every (path, class) child once: no .labels() on the hot path.
+        self._bound: Dict[Tuple[str, str], Tuple[object, object, Dict[str, object]]] = {}
+        for path in PATHS + (OTHER,):
+            for qc in classes + (OTHER,):
+                self._bind(path, qc)
+        self._model_children: Dict[Tuple[str, str, str], Tuple[object, object, object]] = {}
+        self._model_lock = threading.Lock()
+
+    def _count_fold(self, label: str) -> None:
+        self.labels_folded.labels(label).inc()
+
+    def _bind(self, path: str, qc: str) -> Tuple[object, object, Dict[str, object]]:
+        outcomes = {o: self.requests.labels(path, qc, o) for o in OUTCOMES + (OTHER,)}
+        bound = (self.duration.labels(path, qc), self.quality.labels(path, qc), outcomes)
+        self._bound[(path, qc)] = bound
+        return bound
+
+    def _model_series(self, path: str, qc: str, model: str) -> Tuple[object, object, object]:
+        key = (path, qc, model)
+        children = self._model_children.get(key)
+        if children is None:
+            with self._model_lock:
+                children = (
+                    self.tokens.labels(path, qc, model, "input"),
+                    self.tokens.labels(path, qc, model, "output"),
+                    self.cost.labels(path, qc, model),
+                )
+                self._model_children[key] = children
+        return children
+
+    def observe(self, path: str, query_class: str, outcome: str, duration_seconds: float,
+                tokens_in: int, tokens_out: int, model: str, cost: Optional[float],
+                quality: Optional[float], request_id: Optional[str] = None) -> None:
+        """Record one completed request. Labels must already be folded."""
+        duration_child, quality_child, outcomes = self._bound[(path, query_class)]
+        outcomes[outcome].inc()  # type: ignore[attr-defined]
+        if outcome != "cancelled":
+            if self.exemplars and request_id:
+                duration_child.observe(duration_seconds, {"request_id": request_id[:64]})  # type: ignore[attr-defined]
+            else:
+                duration_child.observe(duration_seconds)  # type: ignore[attr-defined]
+        if quality is not None and outcome == "success":
+            quality_child.observe(quality)  # type: ignore[attr-defined]
+        if tokens_in or tokens_out or cost:
+            t_in, t_out, c = self._model_series(path, query_class, model)
+            if tokens_in:
+                t_in.inc(tokens_in)  # type: ignore[attr-defined]
+            if tokens_out:
+                t_out.inc(tokens_out)  # type: ignore[attr-defined]
+            if cost:
+                c.inc(cost)  # type: ignore[attr-defined]

@@ -1,0 +1,89 @@
+"""``ResourceMonitor``: the machine, read in the background.
+
+INTERFACE ONLY — implementation in progress. The dataclasses below are the
+contract the optimizer and the embedded adapter read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..clock import Clock
+from ..config import OptimizationConfig, ResourceConstraints
+from .constraints import ConstraintCheck, resource_checks
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU through NVML. A field NVML cannot read is ``None`` (absent)."""
+
+    index: int
+    name: str
+    utilization_ratio: Optional[float] = None  # 0..1
+    memory_used_bytes: Optional[int] = None
+    memory_total_bytes: Optional[int] = None
+    temperature_celsius: Optional[float] = None
+    power_watts: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class BatteryReading:
+    ratio: float  # charge, 0..1
+    power_plugged: Optional[bool]  # None when the OS cannot tell
+    seconds_left: Optional[float] = None  # None when unknown or unlimited (plugged)
+
+
+@dataclass(frozen=True)
+class ResourceSnapshot:
+    """One reading of the machine. Absent capabilities are ``None`` / empty, never 0."""
+
+    timestamp: float  # wall clock of the reading
+    cpu_ratio: Optional[float] = None  # system-wide CPU utilisation, 0..1
+    process_cpu_ratio: Optional[float] = None  # this process + monitored pids, 0..1 of the whole machine
+    memory_used_bytes: Optional[int] = None  # system
+    memory_total_bytes: Optional[int] = None  # system
+    process_memory_bytes: Optional[int] = None  # RSS of this process + monitored pids
+    gpus: Tuple[GpuReading, ...] = ()  # empty: no GPU / no driver
+    battery: Optional[BatteryReading] = None  # None: no battery
+    temperatures: Mapping[str, float] = field(default_factory=dict)  # sensor -> celsius
+
+    @property
+    def gpu_memory_used_bytes(self) -> Optional[int]:
+        """Memory used summed over GPUs that report it; ``None`` without a GPU."""
+        used = [g.memory_used_bytes for g in self.gpus if g.memory_used_bytes is not None]
+        return sum(used) if used else None
+
+    @property
+    def gpu_memory_total_bytes(self) -> Optional[int]:
+        total = [g.memory_total_bytes for g in self.gpus if g.memory_total_bytes is not None]
+        return sum(total) if total else None
+
+    @property
+    def gpu_utilization_ratio(self) -> Optional[float]:
+        """Mean utilisation over GPUs that report it."""
+        util = [g.utilization_ratio for g in self.gpus if g.utilization_ratio is not None]
+        return sum(util) / len(util) if util else None
+
+
+class ResourceMonitor:
+    def __init__(self, config: OptimizationConfig, *, clock: Optional[Clock] = None) -> None:
+        raise NotImplementedError
+
+    def start_monitoring(self) -> None:
+        raise NotImplementedError
+
+    def stop_monitoring(self) -> None:
+        raise NotImplementedError
+
+    def sample_now(self) -> ResourceSnapshot:
+        raise NotImplementedError
+
+    def snapshot(self) -> Optional[ResourceSnapshot]:
+        raise NotImplementedError
+
+    def get_current_usage(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def check_constraints(self, constraints: ResourceConstraints) -> Dict[str, ConstraintCheck]:
+        return resource_checks(constraints, self.snapshot())
