@@ -1,0 +1,1 @@
+"""Injectable fakes of the outside world (psutil, NVML) for the resource monitor tests."""
