@@ -84,6 +84,16 @@ class BadQuery(SourceError):
         self.error_type = error_type
 
 
+class AuthenticationFailed(SourceError):
+    """The backend refused our credentials (HTTP 401/403).
+
+    Not a ``BackendUnavailable``: retrying cannot help and the fix is in the
+    configuration (token, password), so it is counted apart.
+    """
+
+    kind = "auth"
+
+
 class BadResponse(SourceError):
     """The backend answered with something that is not a valid API response."""
 

@@ -1,0 +1,793 @@
+"""PromQL over the Prometheus HTTP API: the adapter's metric provider.
+
+Works with Prometheus and the engines that speak its API (VictoriaMetrics,
+Thanos, Mimir), behind a path prefix or not::
+
+    from dualtrack.adapter.promql import PromQLClient, escape_label_value
+
+    with PromQLClient("http://prometheus:9090", timeout=3.0,
+                      bearer_token_file="/var/run/secrets/token") as client:
+        path = escape_label_value("local")
+        result = client.instant(
+            f'max(dualtrack:latency_p95_seconds{{path="{path}"}})',
+            deadline=cycle_deadline,          # the adapter's budget (monotonic s)
+        )
+        values = [s.value for s in result.finite]   # NaN/Inf mean "no data"
+        if not values:
+            ...                                      # no data: not an error here
+
+What can go wrong is told apart, as the adapter handles each differently
+(``dualtrack.errors``): ``BackendUnavailable`` (refused, reset, DNS, 5xx),
+``QueryTimeout``, ``AuthenticationFailed`` (401/403), ``BadQuery`` (the
+server rejected the PromQL; ``error_type`` says why) and ``BadResponse``
+(not the API: wrong shapes, not JSON, too big, a range vector). An empty
+vector is a valid, empty result. Only ``BackendUnavailable`` and
+``QueryTimeout`` are retried, with exponential backoff, and never past the
+caller's ``deadline``.
+
+No message or ``repr`` ever shows credentials: the base URL's userinfo is
+moved into basic auth and stripped, and every message is scrubbed of the
+secrets this client knows.
+
+A client is meant to be used from one thread at a time (the adapter loop).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import threading
+import time as _time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    BadQuery,
+    BadResponse,
+    QueryTimeout,
+    SourceError,
+)
+
+__all__ = [
+    "InstantResult",
+    "PromQLClient",
+    "Sample",
+    "escape_label_value",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: Above this many bytes of encoded parameters a query goes as a form POST:
+#: proxies and servers cap URL length (often at 4-8 KiB), the API accepts both.
+POST_THRESHOLD = 2000
+#: Backoff never waits longer than this between two attempts.
+MAX_BACKOFF_S = 5.0
+#: An attempt with less time than this left before the deadline is not worth sending.
+MIN_ATTEMPT_S = 0.01
+#: Secrets shorter than this are not scrubbed from messages (scrubbing "ab"
+#: would mangle every message); messages never include credentials anyway,
+#: the scrub only guards against a server echoing them back.
+_MIN_SCRUB_LEN = 4
+_READ_CHUNK = 64 * 1024
+
+# Prometheus errorType -> our exception. Unknown types fall back on the HTTP status.
+_ERROR_TYPES: Dict[str, type] = {
+    "bad_data": BadQuery,
+    "execution": BadQuery,
+    "timeout": QueryTimeout,
+    "canceled": BackendUnavailable,
+    "internal": BackendUnavailable,
+    "unavailable": BackendUnavailable,
+    "not_found": BadResponse,
+    "not_acceptable": BadResponse,
+}
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One value of an instant query: its series labels, value and evaluation time.
+
+    ``value`` may be NaN or ±Inf (``0/0``, a ratio over no traffic); such
+    samples are kept so the caller can see them, and ``is_finite`` tells the
+    caller to treat them as no data.
+    """
+
+    labels: Dict[str, str]
+    value: float
+    timestamp: float
+
+    @property
+    def is_finite(self) -> bool:
+        return math.isfinite(self.value)
+
+
+@dataclass(frozen=True)
+class InstantResult:
+    """The answer to an instant query. Iterable over its samples.
+
+    ``result_type`` is ``"vector"`` or ``"scalar"`` (a scalar is one sample
+    with empty labels). ``warnings`` (and ``infos``, newer servers) are the
+    server's annotations, e.g. a partial answer from a federated engine.
+    """
+
+    result_type: str
+    samples: Tuple[Sample, ...]
+    warnings: Tuple[str, ...] = ()
+    infos: Tuple[str, ...] = ()
+
+    @property
+    def finite(self) -> Tuple[Sample, ...]:
+        """The samples with a finite value: the ones that carry data."""
+        return tuple(s for s in self.samples if s.is_finite)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def escape_label_value(value: str) -> str:
+    """Escape ``value`` for a double-quoted PromQL string literal.
+
+    ``f'{{path="{escape_label_value(v)}"}}'`` matches exactly ``v``, whatever
+    it contains: backslash and double quote are escaped, and newline, carriage
+    return and tab become ``\\n``, ``\\r``, ``\\t`` (a raw newline ends a
+    PromQL string with a parse error).
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"escape_label_value: expected str, got {type(value).__name__}")
+    return (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe(value: Any) -> str:
+    """A bounded description of arbitrary JSON for error messages."""
+    if isinstance(value, (dict, list)):
+        return f"{type(value).__name__} of {len(value)}"
+    try:
+        return _short(repr(value), 60)
+    except Exception:  # pragma: no cover - repr of JSON values does not fail
+        return type(value).__name__
+
+
+def _redact_url(url: str) -> str:
+    """``url`` with any userinfo replaced, for messages about an invalid URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc="***@" + host)
+    return urlunsplit(parts)
+
+
+def _format_time(at: Union[float, int, _dt.datetime]) -> str:
+    if isinstance(at, _dt.datetime):
+        if at.tzinfo is None:
+            raise ValueError("at: a naive datetime is ambiguous; give it a timezone or pass unix seconds")
+        seconds = at.timestamp()
+    elif isinstance(at, (int, float)) and not isinstance(at, bool):
+        seconds = float(at)
+    else:
+        raise TypeError(f"at: expected unix seconds (float) or an aware datetime, got {type(at).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"at: expected a finite time, got {seconds!r}")
+    return f"{seconds:.3f}"
+
+
+def _check_header_value(name: str, value: str) -> None:
+    # requests rejects CR/LF/NUL with an InvalidHeader error that quotes the
+    # value; a token must never reach that message, so check first.
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string")
+    if not value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value) or value != value.strip():
+        raise ValueError(f"{name}: empty, or contains whitespace at the ends or control characters")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name}: contains characters an HTTP header cannot carry") from None
+
+
+class _TokenFile:
+    """A bearer token file, re-read when it changes (rotated secrets).
+
+    The file's (mtime, inode, size) is checked on each use: a Kubernetes
+    secret swaps a symlink, which changes the inode even when mtimes tie.
+    If a later read fails or yields garbage, the last good token is kept.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._signature: Optional[Tuple[int, int, int]] = None
+        self.token = ""
+        try:
+            self._load()
+        except (OSError, ValueError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise ValueError(f"bearer_token_file {self.path}: {reason}") from None
+
+    def _load(self) -> None:
+        st = os.stat(self.path)
+        with open(self.path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+        _check_header_value("token", token)
+        self.token = token
+        self._signature = (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def get(self) -> str:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                if (st.st_mtime_ns, st.st_ino, st.st_size) != self._signature:
+                    self._load()
+            except (OSError, ValueError, UnicodeDecodeError) as err:
+                log.warning("bearer_token_file %s: cannot re-read (%s); keeping the last good token",
+                            self.path, type(err).__name__)
+            return self.token
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _string_list(value: Any, where: str) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadResponse(f"{where}: expected a list of strings, got {_describe(value)}")
+    return tuple(value)
+
+
+def _parse_value(text: Any, where: str) -> float:
+    # The API sends sample values as strings ("1.5", "NaN", "+Inf", "-Inf").
+    if not isinstance(text, str):
+        raise BadResponse(f"{where}: expected the value as a string, got {_describe(text)}")
+    if "_" in text or text != text.strip() or not text:
+        raise BadResponse(f"{where}: not a number: {_describe(text)}")
+    try:
+        return float(text)
+    except ValueError:
+        raise BadResponse(f"{where}: not a number: {_describe(text)}") from None
+
+
+def _parse_point(point: Any, where: str) -> Tuple[float, float]:
+    if not isinstance(point, list) or len(point) != 2:
+        raise BadResponse(f"{where}: expected a [timestamp, \"value\"] pair, got {_describe(point)}")
+    ts, text = point
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        raise BadResponse(f"{where}: timestamp is not a number: {_describe(ts)}")
+    try:
+        timestamp = float(ts)
+    except OverflowError:
+        raise BadResponse(f"{where}: timestamp out of range") from None
+    if not math.isfinite(timestamp):
+        raise BadResponse(f"{where}: timestamp is not finite")
+    return timestamp, _parse_value(text, where + "[1]")
+
+
+def _parse_labels(metric: Any, where: str) -> Dict[str, str]:
+    if not isinstance(metric, dict):
+        raise BadResponse(f"{where}: expected an object of labels, got {_describe(metric)}")
+    for key, value in metric.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise BadResponse(f"{where}: label {_describe(key)} is not a string pair")
+    return dict(metric)
+
+
+def _parse_instant(body: Any) -> InstantResult:
+    """Turn a decoded ``/api/v1/query`` body into an ``InstantResult``.
+
+    Anything that is not a successful instant-query answer raises
+    ``BadResponse`` (and only that): this is the boundary where untrusted
+    JSON becomes typed values.
+    """
+    if not isinstance(body, dict):
+        raise BadResponse(f"expected a JSON object, got {_describe(body)}")
+    status = body.get("status")
+    if status != "success":
+        raise BadResponse(f"status: expected 'success', got {_describe(status)}")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise BadResponse(f"data: expected an object, got {_describe(data)}")
+    warnings = _string_list(body.get("warnings"), "warnings")
+    infos = _string_list(body.get("infos"), "infos")
+    result_type = data.get("resultType")
+    if "result" not in data:
+        raise BadResponse("data.result: missing")
+    result = data["result"]
+
+    if result_type == "vector":
+        if not isinstance(result, list):
+            raise BadResponse(f"data.result: expected a list for a vector, got {_describe(result)}")
+        samples: List[Sample] = []
+        for i, item in enumerate(result):
+            where = f"data.result[{i}]"
+            if not isinstance(item, dict):
+                raise BadResponse(f"{where}: expected an object, got {_describe(item)}")
+            if "value" not in item and "histogram" in item:
+                raise BadResponse(
+                    f"{where}: a native histogram sample; query a number from it "
+                    "(histogram_quantile(), histogram_count(), ...)"
+                )
+            labels = _parse_labels(item.get("metric"), where + ".metric")
+            timestamp, value = _parse_point(item.get("value"), where + ".value")
+            samples.append(Sample(labels, value, timestamp))
+        return InstantResult("vector", tuple(samples), warnings, infos)
+    if result_type == "scalar":
+        timestamp, value = _parse_point(result, "data.result")
+        return InstantResult("scalar", (Sample({}, value, timestamp),), warnings, infos)
+    if result_type == "matrix":
+        raise BadResponse(
+            "the query returned a range vector: wrap it in a function "
+            "(rate(), avg_over_time(), last_over_time(), ...) for an instant query"
+        )
+    if result_type == "string":
+        raise BadResponse("the query returned a string; a signal needs a number")
+    raise BadResponse(f"data.resultType: unknown {_describe(result_type)}")
+
+
+# --------------------------------------------------------------------------- client
+
+
+_Sleep = Callable[[float], None]
+
+
+class PromQLClient:
+    """A client for the Prometheus HTTP query API.
+
+    ``base_url`` is where the API lives, with any path prefix
+    (``http://host:9090``, ``https://gateway/prometheus``). Credentials, at
+    most one kind: ``bearer_token``, ``bearer_token_file`` (re-read when it
+    changes), ``basic_auth=(user, password)`` or userinfo in ``base_url``
+    (moved into basic auth and stripped from the URL). TLS: ``ca_bundle``
+    (file or folder) or ``insecure_skip_verify``.
+
+    ``timeout`` bounds each attempt (connect and the whole answer);
+    ``retries`` extra attempts follow a ``BackendUnavailable`` or
+    ``QueryTimeout``, ``backoff * 2**n`` seconds apart (at most 5 s).
+    ``clock`` (monotonic seconds, as the ``deadline`` argument) and
+    ``sleep`` are injectable for tests and the simulator. ``session``: bring
+    your own ``requests.Session`` (not closed by ``close()``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        bearer_token: Optional[str] = None,
+        bearer_token_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+        basic_auth: Optional[Tuple[str, str]] = None,
+        ca_bundle: Optional[Union[str, "os.PathLike[str]"]] = None,
+        insecure_skip_verify: bool = False,
+        retries: int = 2,
+        backoff: float = 0.2,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        session: Optional[requests.Session] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        clock: Clock = SYSTEM_CLOCK,
+        sleep: _Sleep = _time.sleep,
+    ) -> None:
+        self._secrets: List[str] = []
+        self._base, url_auth = self._parse_base_url(base_url)
+
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"retries: expected an integer >= 0, got {retries!r}")
+        if not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or not backoff >= 0:
+            raise ValueError(f"backoff: expected seconds >= 0, got {backoff!r}")
+        if not isinstance(max_response_bytes, int) or isinstance(max_response_bytes, bool) or max_response_bytes <= 0:
+            raise ValueError(f"max_response_bytes: expected a positive integer, got {max_response_bytes!r}")
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.max_response_bytes = max_response_bytes
+
+        # -- credentials: at most one source, all turned into one header value
+        given = [
+            name
+            for name, value in (
+                ("bearer_token", bearer_token),
+                ("bearer_token_file", bearer_token_file),
+                ("basic_auth", basic_auth),
+                ("userinfo in base_url", url_auth),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"credentials: give only one of {', '.join(given)}")
+        self._token: Optional[str] = None
+        self._token_file: Optional[_TokenFile] = None
+        self._basic_header: Optional[str] = None
+        if bearer_token is not None:
+            _check_header_value("bearer_token", bearer_token)
+            self._token = bearer_token
+            self._auth_kind = "bearer"
+        elif bearer_token_file is not None:
+            self._token_file = _TokenFile(bearer_token_file)
+            self._auth_kind = "bearer_file"
+        elif basic_auth is not None or url_auth is not None:
+            user, password = self._check_basic(basic_auth if basic_auth is not None else url_auth)
+            # Built here, UTF-8 (RFC 7617), rather than by requests, which
+            # encodes latin-1 and fails on other characters.
+            encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self._basic_header = "Basic " + encoded
+            self._secrets += [password, encoded]
+            self._auth_kind = "basic"
+        else:
+            self._auth_kind = "none"
+
+        # -- extra headers (tenant ids, API keys): values are treated as secrets
+        self._headers: Dict[str, str] = {"Accept": "application/json", "User-Agent": "dualtrack-promql"}
+        for name, value in (headers or {}).items():
+            if not isinstance(name, str) or not name or any(ch in name for ch in ":\r\n\0 "):
+                raise ValueError(f"headers: invalid header name {name!r}")
+            _check_header_value(f"headers[{name!r}]", value)
+            if name.lower() == "authorization" and self._auth_kind != "none":
+                raise ValueError("headers: an Authorization header conflicts with the credentials given")
+            self._headers[name] = value
+            self._secrets.append(value)
+
+        # -- TLS
+        if insecure_skip_verify and ca_bundle is not None:
+            raise ValueError("ca_bundle and insecure_skip_verify: give at most one")
+        self._verify: Union[bool, str] = True
+        if insecure_skip_verify:
+            self._verify = False
+        elif ca_bundle is not None:
+            bundle = os.fspath(ca_bundle)
+            if not os.path.exists(bundle):
+                raise ValueError(f"ca_bundle: {bundle} does not exist")
+            self._verify = bundle
+
+        self._own_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._clock = clock
+        self._sleep = sleep
+
+    # -- construction helpers ---------------------------------------------
+
+    @staticmethod
+    def _parse_base_url(base_url: Any) -> Tuple[str, Optional[Tuple[str, str]]]:
+        if not isinstance(base_url, str):
+            raise ValueError(f"base_url: expected a string, got {type(base_url).__name__}")
+        shown = _redact_url(base_url)
+        try:
+            parts = urlsplit(base_url.strip())
+            port = parts.port  # raises on a non-numeric or out-of-range port
+        except ValueError:
+            raise ValueError(f"base_url: not a valid URL: {shown}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"base_url: expected an http:// or https:// URL, got {shown}")
+        if not parts.hostname:
+            raise ValueError(f"base_url: no host in {shown}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"base_url: must not carry a query string or fragment: {shown}")
+        auth: Optional[Tuple[str, str]] = None
+        if parts.username is not None or parts.password is not None:
+            auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+        host = parts.hostname
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        netloc = host if port is None else f"{host}:{port}"
+        clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        return clean, auth
+
+    @staticmethod
+    def _check_basic(pair: Any) -> Tuple[str, str]:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ValueError("basic_auth: expected a (user, password) pair of strings")
+        user, password = pair
+        if ":" in user:
+            raise ValueError("basic_auth: the user name must not contain ':'")
+        return user, password
+
+    # -- public ------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The base URL, without credentials."""
+        return self._base
+
+    def instant(
+        self,
+        expr: str,
+        *,
+        at: Union[float, int, _dt.datetime, None] = None,
+        timeout: Optional[float] = None,
+        deadline: Optional[float] = None,
+    ) -> InstantResult:
+        """Evaluate ``expr`` at one instant (now, or ``at`` in unix seconds).
+
+        ``timeout`` overrides the client's per-attempt timeout; ``deadline``
+        (the clock's monotonic seconds) is a hard end for all attempts
+        together: each attempt's timeout shrinks to fit it, and no retry
+        starts past it.
+        """
+        if not isinstance(expr, str) or not expr.strip():
+            raise ValueError("expr: expected a non-empty PromQL expression")
+        params: Dict[str, str] = {"query": expr}
+        if at is not None:
+            params["time"] = _format_time(at)
+        body = self._call("/api/v1/query", params, expr, timeout, deadline)
+        try:
+            return _parse_instant(body)
+        except BadResponse as err:
+            raise BadResponse(self._scrub(f"{self._base}: {err} (query: {_short(expr)})")) from err
+
+    def is_online(self, timeout: Optional[float] = None) -> bool:
+        """True when ``/-/ready`` answers 2xx. Never raises, never retries."""
+        try:
+            resp = self._session.get(
+                self._base + "/-/ready",
+                headers=self._request_headers(),
+                timeout=timeout or self.timeout,
+                verify=self._verify,
+            )
+            resp.close()
+            return 200 <= resp.status_code < 300
+        except Exception:  # any failure means "not online" here
+            return False
+
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()
+
+    def __enter__(self) -> "PromQLClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PromQLClient({self._base!r}, auth={self._auth_kind}, timeout={self.timeout:g}, retries={self.retries})"
+
+    # -- internals ---------------------------------------------------------
+
+    def _scrub(self, message: str) -> str:
+        secrets = list(self._secrets)
+        if self._token:
+            secrets.append(self._token)
+        if self._token_file is not None and self._token_file.token:
+            secrets.append(self._token_file.token)
+        for secret in sorted(secrets, key=len, reverse=True):
+            if len(secret) >= _MIN_SCRUB_LEN:
+                message = message.replace(secret, "<redacted>")
+        return message
+
+    def _request_headers(self) -> Dict[str, str]:
+        headers = dict(self._headers)
+        if self._token is not None:
+            headers["Authorization"] = "Bearer " + self._token
+        elif self._token_file is not None:
+            headers["Authorization"] = "Bearer " + self._token_file.get()
+        elif self._basic_header is not None:
+            headers["Authorization"] = self._basic_header
+        return headers
+
+    def _call(
+        self,
+        path: str,
+        params: Dict[str, str],
+        expr: str,
+        timeout: Optional[float],
+        deadline: Optional[float],
+    ) -> Any:
+        """One API call with retries; returns the decoded JSON body (status success)."""
+        per_attempt = self.timeout if timeout is None else float(timeout)
+        if not 0 < per_attempt < math.inf:
+            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+        attempts = self.retries + 1
+        last: Optional[SourceError] = None
+        made = 0
+        for attempt in range(attempts):
+            attempt_timeout = per_attempt
+            if deadline is not None:
+                remaining = deadline - self._clock.monotonic()
+                if remaining < MIN_ATTEMPT_S:
+                    break
+                attempt_timeout = min(per_attempt, remaining)
+            made += 1
+            try:
+                return self._attempt(path, params, expr, attempt_timeout)
+            except (BackendUnavailable, QueryTimeout) as err:
+                last = err
+            if attempt + 1 >= attempts:
+                break
+            delay = min(self.backoff * (2**attempt), MAX_BACKOFF_S)
+            if deadline is not None and self._clock.monotonic() + delay + MIN_ATTEMPT_S >= deadline:
+                break
+            log.debug("query to %s failed (%s); retry %d in %.2f s", self._base, last, attempt + 1, delay)
+            self._sleep(delay)
+
+        if last is None:
+            raise QueryTimeout(f"{self._base}: the deadline passed before the query could be sent "
+                               f"(query: {_short(expr)})")
+        if made == 1:
+            raise last
+        why = "attempts before the deadline" if made < attempts else "attempts"
+        raise type(last)(f"{last} (gave up after {made} {why})") from last
+
+    def _attempt(self, path: str, params: Dict[str, str], expr: str, attempt_timeout: float) -> Any:
+        url = self._base + path
+        # The server abandons the evaluation when we stop waiting for it.
+        params = dict(params, timeout=f"{attempt_timeout:.3f}")
+        use_post = len(urlencode(params)) > POST_THRESHOLD
+        started = self._clock.monotonic()
+        try:
+            resp = self._session.request(
+                "POST" if use_post else "GET",
+                url,
+                params=None if use_post else params,
+                data=params if use_post else None,
+                headers=self._request_headers(),
+                timeout=attempt_timeout,
+                verify=self._verify,
+                stream=True,
+            )
+        except requests.exceptions.ConnectTimeout as err:
+            raise BackendUnavailable(self._scrub(f"{url}: connect timed out after {attempt_timeout:.2f} s")) from err
+        except requests.exceptions.Timeout as err:
+            raise QueryTimeout(self._scrub(f"{url}: no answer within {attempt_timeout:.2f} s "
+                                           f"(query: {_short(expr)})")) from err
+        except requests.exceptions.SSLError as err:
+            raise BackendUnavailable(self._scrub(f"{url}: TLS error (certificate or ca_bundle?)")) from err
+        except requests.exceptions.ConnectionError as err:
+            raise BackendUnavailable(self._scrub(f"{url}: cannot connect: {_connection_reason(err)}")) from err
+        except requests.exceptions.TooManyRedirects as err:
+            raise BadResponse(self._scrub(f"{url}: too many redirects")) from err
+        except requests.exceptions.RequestException as err:
+            raise BackendUnavailable(self._scrub(f"{url}: request failed: {type(err).__name__}")) from err
+
+        with resp:
+            if resp.status_code in (401, 403):
+                raise AuthenticationFailed(self._scrub(
+                    f"{url}: HTTP {resp.status_code}: the server refused the credentials (auth={self._auth_kind})"
+                ))
+            raw = self._read_body(resp, url, started + attempt_timeout, attempt_timeout)
+        return self._decode(resp.status_code, raw, url, expr)
+
+    def _read_body(self, resp: requests.Response, url: str, read_deadline: float, attempt_timeout: float) -> bytes:
+        declared = resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise BadResponse(self._scrub(
+                f"{url}: answer of {int(declared)} bytes is over max_response_bytes={self.max_response_bytes}"
+            ))
+        chunks: List[bytes] = []
+        size = 0
+        try:
+            # requests' timeout bounds each socket read, not the answer: a
+            # server trickling bytes could hold us forever, so the whole
+            # answer also gets a deadline, checked as each piece arrives.
+            for chunk in _body_pieces(resp):
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise BadResponse(self._scrub(
+                        f"{url}: answer over max_response_bytes={self.max_response_bytes}; stopped reading"
+                    ))
+                chunks.append(chunk)
+                if self._clock.monotonic() > read_deadline:
+                    raise QueryTimeout(self._scrub(f"{url}: answer not complete within {attempt_timeout:.2f} s"))
+        except (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError) as err:
+            raise BadResponse(self._scrub(f"{url}: answer could not be decompressed")) from err
+        except urllib3.exceptions.ReadTimeoutError as err:
+            raise QueryTimeout(self._scrub(f"{url}: answer not complete within {attempt_timeout:.2f} s")) from err
+        except requests.exceptions.ConnectionError as err:
+            # iter_content reports a read timeout as a ConnectionError.
+            if "timed out" in str(err).lower():
+                raise QueryTimeout(self._scrub(f"{url}: answer not complete within {attempt_timeout:.2f} s")) from err
+            raise BackendUnavailable(self._scrub(f"{url}: connection broke mid-answer")) from err
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+            # ChunkedEncodingError, IncompleteRead, resets: broke mid-answer.
+            raise BackendUnavailable(self._scrub(f"{url}: connection broke mid-answer ({type(err).__name__})")) from err
+        return b"".join(chunks)
+
+    def _decode(self, status: int, raw: bytes, url: str, expr: str) -> Any:
+        try:
+            body: Any = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+            snippet = _short(raw[:300].decode("utf-8", "replace"))
+        else:
+            snippet = ""
+
+        if isinstance(body, dict) and body.get("status") == "error":
+            raise self._api_error(status, body, url, expr)
+        if 200 <= status < 300:
+            if body is None:
+                raise BadResponse(self._scrub(f"{url}: HTTP {status} but the answer is not JSON: {snippet!r}"))
+            return body
+        detail = f": {snippet!r}" if snippet else ""
+        if status == 429 or status >= 500:
+            raise BackendUnavailable(self._scrub(f"{url}: HTTP {status}{detail}"))
+        if status == 404:
+            raise BadResponse(self._scrub(f"{url}: HTTP 404: is the base URL (and its path prefix) right?"))
+        raise BadResponse(self._scrub(f"{url}: unexpected HTTP {status} without an API error{detail}"))
+
+    def _api_error(self, status: int, body: Dict[str, Any], url: str, expr: str) -> SourceError:
+        error_type = body.get("errorType")
+        error_type = error_type if isinstance(error_type, str) else ""
+        error = body.get("error")
+        error = _short(error, 500) if isinstance(error, str) else "(no error message)"
+        cls = _ERROR_TYPES.get(error_type)
+        if cls is None:
+            if status >= 500 or status == 429:
+                cls = BackendUnavailable
+            elif 400 <= status < 500:
+                cls = BadQuery
+            else:
+                cls = BadResponse
+        shown_type = error_type or "no errorType"
+        if cls is BadQuery:
+            return BadQuery(
+                self._scrub(f"{url}: query rejected ({shown_type}): {error} (query: {_short(expr)})"),
+                error_type or "bad_data",
+            )
+        return cls(self._scrub(f"{url}: HTTP {status}, {shown_type}: {error} (query: {_short(expr)})"))
+
+
+def _body_pieces(resp: requests.Response) -> Iterator[bytes]:
+    """The decoded body, piece by piece, each piece as soon as it arrives.
+
+    urllib3 2's ``read1`` returns whatever has arrived (so the caller can
+    check its deadline between pieces); ``iter_content`` blocks until a whole
+    chunk is filled. urllib3 returns the connection to the pool once the
+    body has been read to its end (tests/test_promql.py checks the reuse).
+    """
+    raw = resp.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # urllib3 1.x
+        yield from resp.iter_content(_READ_CHUNK)
+        return
+    while True:
+        piece = read1(_READ_CHUNK, decode_content=True)
+        if not piece:
+            return
+        yield piece
+
+
+def _connection_reason(err: BaseException) -> str:
+    """A short, secret-free reason for a connection failure."""
+    text = str(err)
+    lowered = text.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if any(s in lowered for s in ("name or service not known", "nodename nor servname", "name resolution",
+                                  "getaddrinfo failed", "no address associated")):
+        return "DNS lookup failed"
+    if any(s in lowered for s in ("reset", "aborted", "remotedisconnected", "broken pipe")):
+        return "connection reset"
+    if "timed out" in lowered:
+        return "timed out"
+    return type(err).__name__
