@@ -1,0 +1,455 @@
+"""Strategy rule files: loading, validation and compilation.
+
+A strategy file (``rules/<name>.yaml``) is validated against the published
+JSON Schema (``schemas/strategy.schema.json``) and then compiled: every
+condition parsed and checked against the signal catalog, every duration
+parsed, every preference range checked. Nothing is evaluated lazily, so a
+file that loads is a file that runs. Errors name the file, the line, the
+rule and the field::
+
+    rules/latency_focused.yaml:31: rules[2].when: rule 'prefer_faster_track': unknown signal 'latncy_p95_seconds'; did you mean 'latency_p95_seconds'?
+
+``load_strategies(path)`` loads a folder (or files) into a ``StrategySet``;
+strategies refer to each other by name (the adaptive strategy's modes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import jsonschema
+
+from .. import _yaml
+from ..errors import ConfigError
+from .conditions import Condition, ConditionError, compile_condition
+from .signals import BUILTIN_CATALOG, Catalog, Signal, user_signal
+
+PREFS: Tuple[str, ...] = ("local_bias", "parallel_threshold", "timeout_multiplier", "quality_threshold")
+
+#: The spec's starting preferences.
+DEFAULT_BASELINE: Dict[str, float] = {
+    "local_bias": 0.5, "parallel_threshold": 0.7, "timeout_multiplier": 1.0, "quality_threshold": 0.8,
+}
+#: What each preference can ever be; clamps must lie within these.
+HARD_LIMITS: Dict[str, Tuple[float, float]] = {
+    "local_bias": (0.0, 1.0),
+    "parallel_threshold": (0.0, 1.01),  # above 1: never run in parallel
+    "timeout_multiplier": (0.1, 10.0),
+    "quality_threshold": (0.0, 1.0),
+}
+DEFAULT_MAX_STEP: Dict[str, float] = {
+    "local_bias": 0.1, "parallel_threshold": 0.1, "timeout_multiplier": 0.25, "quality_threshold": 0.05,
+}
+DEFAULT_TIMEOUTS: Dict[str, float] = {"local": 30.0, "api": 30.0, "parallel": 30.0}
+
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Union[int, float, str]) -> float:
+    """``30`` / ``"30s"`` / ``"1m30s"`` / ``"500ms"`` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30s, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"durations cannot be negative, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration like 30s, got {value!r}")
+    text = value.strip()
+    pos = 0
+    total = 0.0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"expected a duration like 500ms, 30s, 2m, 1h or 1m30s, got {value!r}")
+    return total
+
+
+# ------------------------------------------------------------------ model
+
+
+@dataclass(frozen=True)
+class Action:
+    op: str  # "set", "scale" or "add"
+    pref: str
+    value: float
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    condition: Condition
+    hold_seconds: float
+    cooldown_seconds: float
+    for_each: Optional[str]
+    actions: Tuple[Action, ...]
+    line: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Health:
+    condition: Optional[Condition]
+    hold_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    base_seconds: Mapping[str, float]
+    latency_signal: str = "latency_p99_seconds"
+    latency_factor: float = 2.0
+    min_seconds: float = 1.0
+    max_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class Learning:
+    enabled: bool = False
+    rate: float = 0.2
+    gain: float = 1.0
+    max_offset: float = 0.3
+    weights: Mapping[str, float] = field(default_factory=lambda: {"quality": 1.0, "latency": 0.5, "cost": 0.5})
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    use: str
+    condition: Condition
+    hold_seconds: float
+    clear_seconds: float
+
+
+@dataclass(frozen=True)
+class Modes:
+    default: str
+    min_dwell_seconds: float
+    select: Tuple[ModeChoice, ...]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A compiled strategy. Immutable: a reload builds a new one."""
+
+    name: str
+    description: str
+    source: str
+    baseline: Mapping[str, float]
+    clamps: Mapping[str, Tuple[float, float]]  # exploration floor already folded into local_bias
+    max_step: Mapping[str, float]
+    relax: float
+    exploration_floor: float
+    health: Health
+    timeouts: Timeouts
+    learning: Learning
+    rules: Tuple[Rule, ...]
+    modes: Optional[Modes] = None
+    signals: Tuple[Signal, ...] = ()
+    document: Optional[_yaml.LocatedDocument] = None  # kept for `rules test` line numbers
+
+    @property
+    def tests(self) -> List[Mapping[str, Any]]:
+        data = self.document.data if self.document is not None else None
+        return list(data.get("tests", [])) if isinstance(data, dict) else []
+
+
+# ------------------------------------------------------------------ schema
+
+
+def _load_schema() -> Dict[str, Any]:
+    text = resources.files("dualtrack").joinpath("schemas/strategy.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+STRATEGY_SCHEMA: Dict[str, Any] = _load_schema()
+_VALIDATOR = jsonschema.Draft202012Validator(STRATEGY_SCHEMA)
+
+
+def _schema_error(doc: _yaml.LocatedDocument) -> Optional[ConfigError]:
+    errors = sorted(_VALIDATOR.iter_errors(doc.data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if not errors:
+        return None
+    err = jsonschema.exceptions.best_match(errors)
+    path = tuple(err.absolute_path)
+    message = err.message
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list(err.schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in allowed]
+        if extra:
+            key = extra[0]
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            path = path + (key,)
+            message = f"unknown field{'; did you mean ' + repr(hint[0]) + '?' if hint else ''}"
+    elif err.validator == "propertyNames":
+        message = f"{err.instance!r} is not a preference (local_bias, parallel_threshold, timeout_multiplier, quality_threshold)"
+    elif err.validator == "required":
+        message = err.message
+    elif err.validator in ("anyOf", "oneOf") and err.context:
+        message = f"{err.instance!r} is not valid here: " + "; or ".join(sorted({c.message for c in err.context}))
+    return doc.error(path, message)
+
+
+# ------------------------------------------------------------------ compile
+
+
+class _Compiler:
+    def __init__(self, doc: _yaml.LocatedDocument, catalog: Catalog) -> None:
+        self.doc = doc
+        self.catalog = catalog
+        self.infos = catalog.infos()
+
+    def fail(self, path: Tuple[Any, ...], message: str) -> ConfigError:
+        return self.doc.error(path, message)
+
+    def duration(self, value: Any, path: Tuple[Any, ...], default: float = 0.0) -> float:
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as err:
+            raise self.fail(path, str(err)) from err
+
+    def condition(self, text: str, path: Tuple[Any, ...], rule: Optional[str] = None,
+                  bound: Sequence[str] = ()) -> Condition:
+        try:
+            return compile_condition(text, self.infos, bound=bound)
+        except ConditionError as err:
+            prefix = f"rule {rule!r}: " if rule else ""
+            raise self.fail(path, prefix + str(err)) from err
+
+    def prefs(self, values: Optional[Mapping[str, float]], path: Tuple[Any, ...], *,
+              default: Mapping[str, float], within_limits: bool) -> Dict[str, float]:
+        out = dict(default)
+        for pref, value in (values or {}).items():
+            if within_limits:
+                lo, hi = HARD_LIMITS[pref]
+                if not lo <= value <= hi:
+                    raise self.fail(path + (pref,), f"{value!r} is outside [{lo:g}, {hi:g}]")
+            out[pref] = float(value)
+        return out
+
+    def compile(self, data: Mapping[str, Any]) -> Strategy:
+        name = data["strategy"]
+        baseline = self.prefs(data.get("preferences"), ("preferences",), default=DEFAULT_BASELINE,
+                              within_limits=True)
+        floor = float(data.get("exploration_floor", 0.05))
+        clamps: Dict[str, Tuple[float, float]] = dict(HARD_LIMITS)
+        for pref, pair in (data.get("clamps") or {}).items():
+            lo, hi = float(pair[0]), float(pair[1])
+            hard_lo, hard_hi = HARD_LIMITS[pref]
+            if lo > hi:
+                raise self.fail(("clamps", pref), f"low {lo:g} is above high {hi:g}")
+            if lo < hard_lo or hi > hard_hi:
+                raise self.fail(("clamps", pref), f"[{lo:g}, {hi:g}] is outside [{hard_lo:g}, {hard_hi:g}]")
+            clamps[pref] = (lo, hi)
+        lo, hi = clamps["local_bias"]
+        lo, hi = max(lo, floor), min(hi, 1.0 - floor)
+        if lo > hi:
+            raise self.fail(("exploration_floor",),
+                            f"a floor of {floor:g} leaves no room inside the local_bias clamps")
+        clamps["local_bias"] = (lo, hi)
+        for pref in PREFS:
+            c_lo, c_hi = clamps[pref]
+            if not c_lo <= baseline[pref] <= c_hi:
+                raise self.fail(("preferences", pref),
+                                f"{baseline[pref]:g} is outside its clamps [{c_lo:g}, {c_hi:g}] "
+                                "(the exploration floor narrows local_bias)")
+        max_step = self.prefs(data.get("max_step"), ("max_step",), default=DEFAULT_MAX_STEP, within_limits=False)
+        for pref, value in max_step.items():
+            if value <= 0:
+                raise self.fail(("max_step", pref), f"must be greater than 0, got {value:g}")
+
+        health_data = data.get("health") or {}
+        health_text = health_data.get("unhealthy_when", "success_ratio < 0.5")
+        health = Health(
+            self.condition(health_text, ("health", "unhealthy_when"), bound=("path",)),
+            self.duration(health_data.get("for"), ("health", "for")),
+        )
+
+        t = data.get("timeouts") or {}
+        base = dict(DEFAULT_TIMEOUTS)
+        base.update({k: float(v) for k, v in (t.get("base_seconds") or {}).items()})
+        latency_signal = t.get("latency_signal", "latency_p99_seconds")
+        if latency_signal not in self.catalog or "path" not in self.catalog[latency_signal].dims:
+            raise self.fail(("timeouts", "latency_signal"),
+                            f"{latency_signal!r} is not a signal with a path label")
+        timeouts = Timeouts(base, latency_signal, float(t.get("latency_factor", 2.0)),
+                            float(t.get("min_seconds", 1.0)), float(t.get("max_seconds", 120.0)))
+        if timeouts.min_seconds > timeouts.max_seconds:
+            raise self.fail(("timeouts", "min_seconds"), "min_seconds is above max_seconds")
+
+        ld = data.get("learning") or {}
+        weights = {"quality": 1.0, "latency": 0.5, "cost": 0.5}
+        weights.update({k: float(v) for k, v in (ld.get("weights") or {}).items()})
+        learning = Learning(bool(ld.get("enabled", bool(ld))), float(ld.get("rate", 0.2)),
+                            float(ld.get("gain", 1.0)), float(ld.get("max_offset", 0.3)), weights)
+
+        rules: List[Rule] = []
+        seen: Dict[str, int] = {}
+        for index, entry in enumerate(data.get("rules") or []):
+            path = ("rules", index)
+            rule_name = entry["name"]
+            if rule_name in seen:
+                raise self.fail(path + ("name",), f"rule name {rule_name!r} is already used by rules[{seen[rule_name]}]")
+            seen[rule_name] = index
+            for_each = entry.get("for_each")
+            condition = self.condition(entry["when"], path + ("when",), rule_name,
+                                       bound=(for_each,) if for_each else ())
+            actions: List[Action] = []
+            for op in ("set", "scale", "add"):
+                for pref, value in (entry["actions"].get(op) or {}).items():
+                    if op == "set":
+                        lo, hi = HARD_LIMITS[pref]
+                        if not lo <= value <= hi:
+                            raise self.fail(path + ("actions", op, pref),
+                                            f"rule {rule_name!r}: {value!r} is outside [{lo:g}, {hi:g}]")
+                    if op == "scale" and value < 0:
+                        raise self.fail(path + ("actions", op, pref),
+                                        f"rule {rule_name!r}: a scale factor cannot be negative")
+                    actions.append(Action(op, pref, float(value)))
+            rules.append(Rule(
+                rule_name, entry.get("description", ""), condition,
+                self.duration(entry.get("for"), path + ("for",)),
+                self.duration(entry.get("cooldown"), path + ("cooldown",)),
+                for_each, tuple(actions), self.doc.line(path),
+            ))
+
+        modes = None
+        if "modes" in data:
+            md = data["modes"]
+            choices = []
+            for index, entry in enumerate(md["select"]):
+                path = ("modes", "select", index)
+                hold = self.duration(entry.get("for"), path + ("for",))
+                choices.append(ModeChoice(
+                    entry["use"], self.condition(entry["when"], path + ("when",)),
+                    hold, self.duration(entry.get("clear_for"), path + ("clear_for",), default=hold),
+                ))
+            modes = Modes(md["default"], self.duration(md.get("min_dwell"), ("modes", "min_dwell")), tuple(choices))
+
+        return Strategy(
+            name=name, description=data.get("description", ""), source=self.doc.source,
+            baseline=baseline, clamps=clamps, max_step=max_step,
+            relax=float(data.get("relax", 0.1)), exploration_floor=floor, health=health,
+            timeouts=timeouts, learning=learning, rules=tuple(rules), modes=modes,
+            document=self.doc,
+        )
+
+
+def _parse_user_signals(doc: _yaml.LocatedDocument) -> List[Signal]:
+    out = []
+    for index, entry in enumerate(doc.data.get("signals") or []):
+        try:
+            out.append(user_signal(entry))
+        except ValueError as err:
+            field_name, _, message = str(err).partition(": ")
+            raise doc.error(("signals", index, field_name), message) from err
+    return out
+
+
+def _read(path: Union[str, Path]) -> _yaml.LocatedDocument:
+    doc = _yaml.load(path)
+    if not isinstance(doc.data, dict):
+        raise ConfigError("expected a mapping with at least 'strategy:'", source=doc.source, line=1)
+    error = _schema_error(doc)
+    if error is not None:
+        raise error
+    return doc
+
+
+def compile_strategy(doc: _yaml.LocatedDocument, catalog: Catalog = BUILTIN_CATALOG) -> Strategy:
+    """Compile one validated document against ``catalog``."""
+    strategy = _Compiler(doc, catalog).compile(doc.data)
+    signals = tuple(_parse_user_signals(doc))
+    return Strategy(**{**strategy.__dict__, "signals": signals})
+
+
+class StrategySet:
+    """Compiled strategies by name, sharing one signal catalog."""
+
+    def __init__(self, strategies: Mapping[str, Strategy], catalog: Catalog) -> None:
+        self.strategies = dict(strategies)
+        self.catalog = catalog
+
+    def __getitem__(self, name: str) -> Strategy:
+        try:
+            return self.strategies[name]
+        except KeyError:
+            hint = difflib.get_close_matches(name, list(self.strategies), n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else f"; loaded: {sorted(self.strategies)}"
+            raise ConfigError(f"no strategy named {name!r}{suffix}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.strategies
+
+    def names(self) -> List[str]:
+        return sorted(self.strategies)
+
+    def sources(self) -> List[str]:
+        return sorted({s.source for s in self.strategies.values()})
+
+
+def rule_files(paths: Iterable[Union[str, Path]]) -> List[Path]:
+    """Expand folders into their ``*.yaml``/``*.yml`` files (sorted)."""
+    out: List[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.is_file()))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ConfigError("no such file or folder", source=str(p))
+    return out
+
+
+def load_strategies(paths: Union[str, Path, Iterable[Union[str, Path]]],
+                    catalog: Catalog = BUILTIN_CATALOG) -> StrategySet:
+    """Load, validate and compile strategy files; raise ``ConfigError`` on the first problem."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = rule_files(paths)
+    if not files:
+        raise ConfigError("no strategy files (*.yaml) found", source=", ".join(str(p) for p in paths))
+    docs = [_read(f) for f in files]
+    user: List[Signal] = []
+    for doc in docs:
+        user.extend(_parse_user_signals(doc))
+    try:
+        catalog = catalog.with_user_signals(user)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    strategies: Dict[str, Strategy] = {}
+    for doc in docs:
+        strategy = compile_strategy(doc, catalog)
+        if strategy.name in strategies:
+            raise doc.error(("strategy",), f"strategy {strategy.name!r} is also defined in "
+                                           f"{strategies[strategy.name].source}")
+        strategies[strategy.name] = strategy
+    for strategy in strategies.values():
+        if strategy.modes is None:
+            continue
+        doc = strategy.document
+        assert doc is not None
+        names = [strategy.modes.default] + [c.use for c in strategy.modes.select]
+        fields = [("modes", "default")] + [("modes", "select", i, "use") for i in range(len(strategy.modes.select))]
+        for mode, where in zip(names, fields):
+            if mode == strategy.name:
+                raise doc.error(where, f"a strategy cannot use itself as a mode")
+            if mode not in strategies:
+                hint = difflib.get_close_matches(mode, list(strategies), n=1)
+                suffix = f"; did you mean {hint[0]!r}?" if hint else f"; loaded: {sorted(strategies)}"
+                raise doc.error(where, f"no strategy named {mode!r}{suffix}")
+            if strategies[mode].modes is not None:
+                raise doc.error(where, f"mode {mode!r} is itself an adaptive strategy; modes cannot nest")
+    return StrategySet(strategies, catalog)
+
