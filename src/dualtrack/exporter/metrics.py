@@ -69,6 +69,20 @@ class LabelFolder:
         return OTHER
 
 
+class _LazyChildren(dict):  # type: ignore[type-arg]
+    """outcome -> bound counter child, created on first use."""
+
+    def __init__(self, counter: Counter, labels: Tuple[str, str]) -> None:
+        super().__init__()
+        self._counter = counter
+        self._labels = labels
+
+    def __missing__(self, outcome: str) -> object:
+        child = self._counter.labels(*self._labels, outcome)
+        self[outcome] = child
+        return child
+
+
 class RequestMetrics:
     """The per-request series and the optimizer's own health counters."""
 
@@ -120,28 +134,34 @@ class RequestMetrics:
         self.fold_outcome = LabelFolder("outcome", OUTCOMES, on_fold=fold)
         self.fold_model = LabelFolder("model", known_models, max_dynamic=max_model_labels, on_fold=fold)
 
-        # Bind every (path, class) child once: no .labels() on the hot path.
+        # Bind label children once, not per request. Request counters are
+        # created up front for every real path, class and outcome (so rate()
+        # sees the first increment); histograms appear with their first use.
         self._bound: Dict[Tuple[str, str], Tuple[object, object, Dict[str, object]]] = {}
-        for path in PATHS + (OTHER,):
-            for qc in classes + (OTHER,):
-                self._bind(path, qc)
+        self._bind_lock = threading.Lock()
+        for path in PATHS:
+            for qc in classes:
+                for outcome in OUTCOMES:
+                    self.requests.labels(path, qc, outcome)
         self._model_children: Dict[Tuple[str, str, str], Tuple[object, object, object]] = {}
-        self._model_lock = threading.Lock()
 
     def _count_fold(self, label: str) -> None:
         self.labels_folded.labels(label).inc()
 
     def _bind(self, path: str, qc: str) -> Tuple[object, object, Dict[str, object]]:
-        outcomes = {o: self.requests.labels(path, qc, o) for o in OUTCOMES + (OTHER,)}
-        bound = (self.duration.labels(path, qc), self.quality.labels(path, qc), outcomes)
-        self._bound[(path, qc)] = bound
-        return bound
+        with self._bind_lock:
+            bound = self._bound.get((path, qc))
+            if bound is None:
+                outcomes = _LazyChildren(self.requests, (path, qc))
+                bound = (self.duration.labels(path, qc), self.quality.labels(path, qc), outcomes)
+                self._bound[(path, qc)] = bound
+            return bound
 
     def _model_series(self, path: str, qc: str, model: str) -> Tuple[object, object, object]:
         key = (path, qc, model)
         children = self._model_children.get(key)
         if children is None:
-            with self._model_lock:
+            with self._bind_lock:
                 children = (
                     self.tokens.labels(path, qc, model, "input"),
                     self.tokens.labels(path, qc, model, "output"),
@@ -150,13 +170,20 @@ class RequestMetrics:
                 self._model_children[key] = children
         return children
 
-    def observe(self, path: str, query_class: str, outcome: str, duration_seconds: float,
+    def observe(self, path: str, query_class: str, outcome: str, duration_seconds: Optional[float],
                 tokens_in: int, tokens_out: int, model: str, cost: Optional[float],
                 quality: Optional[float], request_id: Optional[str] = None) -> None:
-        """Record one completed request. Labels must already be folded."""
-        duration_child, quality_child, outcomes = self._bound[(path, query_class)]
+        """Record one completed request. Labels must already be folded.
+
+        ``duration_seconds`` is None when unknown (a completion without a
+        start and without ``latency_ms``): counted, not observed.
+        """
+        bound = self._bound.get((path, query_class))
+        if bound is None:
+            bound = self._bind(path, query_class)
+        duration_child, quality_child, outcomes = bound
         outcomes[outcome].inc()  # type: ignore[attr-defined]
-        if outcome != "cancelled":
+        if outcome != "cancelled" and duration_seconds is not None:
             if self.exemplars and request_id:
                 duration_child.observe(duration_seconds, {"request_id": request_id[:64]})  # type: ignore[attr-defined]
             else:

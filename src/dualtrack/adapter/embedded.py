@@ -1,0 +1,257 @@
+"""The embedded adapter: the rule engine inside the router process.
+
+``EmbeddedSource`` computes every built-in signal from the in-process
+``MetricsCollector`` windows and the ``ResourceMonitor``, with the same
+meaning as its PromQL form (the same window length, ratios of sums,
+cancelled requests excluded where PromQL excludes them). User PromQL-only
+signals have no embedded form and read as no data.
+
+``AdaptiveOptimizer`` (the spec's name) runs the engine on those signals:
+``adapt_strategy()`` is one cycle; ``get_routing_preferences()`` the
+current routing. ``DualTrackOptimizer`` owns one and runs it on a thread
+every ``adaptation_interval_seconds`` (or on demand with ``adapt_now()``;
+the simulator calls it in virtual time).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import OptimizationConfig
+from ..exporter.collector import MetricsCollector, PerformanceMetrics, quantile
+from ..exporter.constraints import MB, ConstraintCheck, request_checks, resource_checks
+from ..preferences import ConstraintState, Preferences, Reason, Routing
+from .engine import Decision, RuleEngine
+from .signals import Catalog, SignalValues
+from .strategy import StrategySet, load_strategies
+
+log = logging.getLogger(__name__)
+
+_REQUEST_LEVELS: Tuple[Tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
+
+
+def _request_signals(records: Sequence[PerformanceMetrics], span: float) -> Dict[str, Optional[float]]:
+    """Every request signal over one window of records (``span`` seconds long)."""
+    decided = [r for r in records if r.outcome != "cancelled"]
+    latencies = sorted(r.latency_ms / 1000.0 for r in decided)
+    costed = [r for r in records if r.has_cost]
+    quality = [r.quality_score for r in decided if r.outcome == "success" and r.has_quality]
+    n = len(decided)
+    out: Dict[str, Optional[float]] = {
+        "requests_per_second": len(records) / span if span > 0 else None,
+        "latency_p50_seconds": quantile(latencies, 0.50) if latencies else None,
+        "latency_p95_seconds": quantile(latencies, 0.95) if latencies else None,
+        "latency_p99_seconds": quantile(latencies, 0.99) if latencies else None,
+        "latency_mean_seconds": sum(latencies) / len(latencies) if latencies else None,
+        "success_ratio": sum(1 for r in decided if r.outcome == "success") / n if n else None,
+        "error_ratio": sum(1 for r in decided if r.outcome == "error") / n if n else None,
+        "timeout_ratio": sum(1 for r in decided if r.outcome == "timeout") / n if n else None,
+        "cost_per_request_dollars": sum(r.cost_estimate for r in costed) / len(costed) if costed else None,
+        "cost_burn_dollars_per_hour": (sum(r.cost_estimate for r in costed) / span * 3600.0
+                                       if costed and span > 0 else None),
+        "quality_mean": sum(quality) / len(quality) if quality else None,
+        "tokens_per_second": sum(r.tokens_processed for r in records) / span if span > 0 and records else None,
+    }
+    return out
+
+
+class EmbeddedSource:
+    """Signals from the in-process windows. No server, no network."""
+
+    name = "embedded"
+
+    def __init__(self, config: OptimizationConfig, collector: MetricsCollector,
+                 snapshot: Callable[[], Any], *, in_flight: Callable[[], int] = lambda: 0,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.collector = collector
+        self._snapshot = snapshot
+        self._in_flight = in_flight
+        self.clock = clock
+
+    def _span(self, window: Sequence[PerformanceMetrics], kept: Sequence[PerformanceMetrics], now: float) -> float:
+        """Seconds the kept records cover: the whole window, unless the bounded
+        deque dropped records inside it (then from the oldest record kept)."""
+        length = self.config.signal_window_seconds
+        if kept and len(window) >= self.config.metrics_window_size and len(kept) == len(window):
+            return max(now - min(r.timestamp for r in kept), 1e-6)
+        return length
+
+    def fetch(self, catalog: Optional[Catalog] = None, at: Optional[float] = None) -> SignalValues:
+        now = self.clock.time() if at is None else at
+        since = now - self.config.signal_window_seconds
+        values = SignalValues()
+        classes = {qc for _, qc in self.collector.paths_and_classes()}
+        paths = {p for p, _ in self.collector.paths_and_classes()}
+        selections: List[Tuple[Optional[str], Optional[str]]] = [(None, None)]
+        selections += [(p, None) for p in sorted(paths)]
+        selections += [(None, qc) for qc in sorted(classes)]
+        selections += [(p, qc) for p, qc in self.collector.paths_and_classes()]
+        for path, qc in selections:
+            window = self.collector.records(path, qc)
+            kept = [r for r in window if r.timestamp >= since]
+            if not kept:
+                continue
+            labels = {}
+            if path is not None:
+                labels["path"] = path
+            if qc is not None:
+                labels["query_class"] = qc
+            for name, value in _request_signals(kept, self._span(window, kept, now)).items():
+                values.set(name, labels, value)
+
+        c = self.config.constraints
+        snap = self._snapshot()
+        in_flight = self._in_flight()
+        values.set("in_flight_requests", {}, in_flight)
+        values.set("concurrency_used_ratio", {}, in_flight / c.max_concurrent_requests)
+        values.set("latency_target_seconds", {}, c.target_latency_ms / 1000.0)
+        values.set("cost_per_request_limit_dollars", {}, c.max_cost_per_request)
+        values.set("cost_budget_dollars_per_hour", {}, c.max_cost_per_hour)
+        values.set("battery_threshold_ratio", {}, c.battery_threshold_percent / 100.0)
+        values.set("min_quality_ratio", {}, c.min_quality_score)
+        values.set("cpu_limit_ratio", {}, c.max_cpu_percent / 100.0)
+        if snap is not None:
+            values.set("cpu_usage_ratio", {}, snap.cpu_ratio)
+            values.set("memory_used_bytes", {}, snap.process_memory_bytes)
+            if snap.process_memory_bytes is not None:
+                values.set("memory_used_ratio", {}, snap.process_memory_bytes / (c.max_memory_mb * MB))
+            gpu_used = snap.gpu_memory_used_bytes
+            values.set("gpu_memory_used_bytes", {}, gpu_used)
+            if gpu_used is not None:
+                values.set("gpu_memory_used_ratio", {}, gpu_used / (c.max_gpu_memory_mb * MB))
+            values.set("gpu_utilization_ratio", {}, snap.gpu_utilization_ratio)
+            if snap.battery is not None:
+                values.set("battery_ratio", {}, snap.battery.ratio)
+                if snap.battery.power_plugged is not None:
+                    values.set("battery_discharging", {}, 0.0 if snap.battery.power_plugged else 1.0)
+        return values
+
+    def constraint_checks(self, values: Optional[SignalValues] = None) -> Dict[str, ConstraintCheck]:
+        """Every constraint, from the machine and from the request windows."""
+        values = values if values is not None else self.fetch()
+        checks = resource_checks(self.config.constraints, self._snapshot())
+        checks.update(request_checks(
+            self.config.constraints,
+            in_flight=self._in_flight(),
+            latency_p95_seconds=values.get("latency_p95_seconds", {}),
+            cost_per_request=values.get("cost_per_request_dollars", {"path": "api"}),
+            cost_per_hour=values.get("cost_burn_dollars_per_hour", {}),
+            quality_mean=values.get("quality_mean", {}),
+        ))
+        return checks
+
+
+def decision_to_preferences(decision: Decision, *, sequence: int, now: float, validity_seconds: float,
+                            source: str, constraints: Dict[str, ConstraintCheck]) -> Preferences:
+    """The preferences document for a decision (what the adapter publishes)."""
+    return Preferences(
+        sequence=sequence,
+        generated_at=now,
+        valid_until=now + validity_seconds,
+        strategy=decision.strategy,
+        source=source,
+        mode=decision.mode,
+        routing=Routing(**decision.routing),
+        timeouts_seconds=dict(decision.timeouts_seconds),
+        query_classes={qc: Routing(**p) for qc, p in decision.class_overrides().items()},
+        constraints={name: ConstraintState(c.violated, c.value, c.limit) for name, c in constraints.items()},
+        reasons=[Reason(rule=r.rule, message=r.message, query_class=r.query_class,
+                        signals=dict(r.signals), changes=dict(r.changes)) for r in decision.reasons],
+    )
+
+
+class AdaptiveOptimizer:
+    """Adapts routing preferences in-process (the embedded adapter).
+
+    >>> adaptive = AdaptiveOptimizer(config, collector, monitor)
+    >>> notification = adaptive.adapt_strategy()   # one cycle
+    >>> adaptive.get_routing_preferences()["local_bias"]
+    """
+
+    def __init__(self, config: OptimizationConfig, metrics_collector: MetricsCollector,
+                 resource_monitor: Any, *, clock: Clock = SYSTEM_CLOCK,
+                 strategies: Optional[StrategySet] = None,
+                 in_flight: Callable[[], int] = lambda: 0) -> None:
+        from ..bundled import bundled_dir
+
+        self.config = config
+        self.clock = clock
+        self.strategies = strategies or load_strategies(config.rules_path or bundled_dir("rules"))
+        self.engine = RuleEngine(self.strategies, config.strategy.value, query_classes=config.query_classes)
+        snapshot = resource_monitor.snapshot if resource_monitor is not None else (lambda: None)
+        self.source = EmbeddedSource(config, metrics_collector, snapshot, in_flight=in_flight, clock=clock)
+        base = self.engine.routing
+        self.routing_preferences: Dict[str, float] = dict(base)
+        self.history: Deque[Dict[str, Any]] = deque(maxlen=config.history_size)
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self.cycles = {"ok": 0, "error": 0}
+        self.last_error: Optional[str] = None
+        now = clock.time()
+        self.preferences = Preferences.defaults(now=now, validity_seconds=self._validity())
+        self.preferences = Preferences(**{**self.preferences.__dict__, "strategy": self.engine.strategy,
+                                          "source": "embedded", "routing": Routing(**base),
+                                          "mode": self.engine.mode})
+
+    def _validity(self) -> float:
+        return 3 * self.config.adaptation_interval_seconds
+
+    def adapt_strategy(self) -> Dict[str, Any]:
+        """Run one cycle; return the adaptation notification.
+
+        On an internal error the current preferences stay (the spec's
+        "maintain current strategy if adaptation fails") and the notification
+        says so.
+        """
+        with self._lock:
+            now = self.clock.time()
+            previous = dict(self.routing_preferences)
+            try:
+                values = self.source.fetch()
+                decision = self.engine.evaluate(values, self.clock.monotonic())
+                checks = self.source.constraint_checks(values)
+                self._sequence += 1
+                prefs = decision_to_preferences(decision, sequence=self._sequence, now=now,
+                                                validity_seconds=self._validity(), source="embedded",
+                                                constraints=checks)
+            except Exception as err:  # one bad cycle never kills adaptation
+                self.cycles["error"] += 1
+                self.last_error = f"{type(err).__name__}: {err}"
+                log.exception("adaptation cycle failed; keeping the current preferences")
+                note = {"timestamp": now, "ok": False, "error": self.last_error,
+                        "strategy": self.engine.strategy, "routing": previous, "changes": {}, "reasons": []}
+                self.history.append(note)
+                return note
+            self.preferences = prefs
+            self.routing_preferences = dict(decision.routing)
+            self.cycles["ok"] += 1
+            changes = {p: round(decision.routing[p] - previous[p], 6) for p in previous
+                       if abs(decision.routing[p] - previous[p]) > 1e-9}
+            note = {
+                "timestamp": now, "ok": True, "sequence": prefs.sequence,
+                "strategy": decision.strategy, "mode": decision.mode,
+                "previous": previous, "routing": dict(decision.routing), "changes": changes,
+                "query_classes": decision.class_overrides(),
+                "timeouts_seconds": dict(decision.timeouts_seconds),
+                "fired": decision.fired,
+                "reasons": [{"rule": r.rule, "message": r.message, "query_class": r.query_class,
+                             "signals": r.signals, "changes": r.changes} for r in decision.reasons],
+            }
+            self.history.append(note)
+            return note
+
+    def get_routing_preferences(self) -> Dict[str, float]:
+        return dict(self.routing_preferences)
+
+    def current_preferences(self) -> Preferences:
+        return self.preferences
+
+    def reload(self, strategies: StrategySet) -> None:
+        with self._lock:
+            self.engine.replace_strategies(strategies)
+            self.strategies = strategies
