@@ -484,9 +484,10 @@ class DualTrackOptimizer:
         c = self.config.constraints
         checks = resource_checks(c, snap)
         cost: Dict[str, str] = {}
+        since = self.clock.time() - self.config.signal_window_seconds
         for qc in self.classifier.classes:
-            costs = [r.cost_estimate for r in self.collector.records("api", qc) if r.has_cost]
-            quality = [r.quality_score for r in self.collector.records("local", qc)
+            costs = [r.cost_estimate for r in self.collector.records("api", qc, since) if r.has_cost]
+            quality = [r.quality_score for r in self.collector.records("local", qc, since)
                        if r.outcome == "success" and r.has_quality]
             if costs and quality:
                 api_cost = sum(costs) / len(costs)

@@ -1,0 +1,1 @@
+"""The reference router: asks the optimizer, then runs local, API or both."""
