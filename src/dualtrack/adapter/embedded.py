@@ -115,6 +115,12 @@ class EmbeddedSource:
         values.set("battery_threshold_ratio", {}, c.battery_threshold_percent / 100.0)
         values.set("min_quality_ratio", {}, c.min_quality_score)
         values.set("cpu_limit_ratio", {}, c.max_cpu_percent / 100.0)
+        for name, check in self.constraint_checks_from(values, snap, in_flight).items():
+            if check.value is not None and check.limit is not None:
+                values.set("constraint_violated", {"constraint": name}, 1.0 if check.violated else 0.0)
+        violated = values.series("constraint_violated")
+        if violated:
+            values.set("constraint_violated", {}, max(violated.values()))
         if snap is not None:
             values.set("cpu_usage_ratio", {}, snap.cpu_ratio)
             values.set("memory_used_bytes", {}, snap.process_memory_bytes)
@@ -134,10 +140,13 @@ class EmbeddedSource:
     def constraint_checks(self, values: Optional[SignalValues] = None) -> Dict[str, ConstraintCheck]:
         """Every constraint, from the machine and from the request windows."""
         values = values if values is not None else self.fetch()
-        checks = resource_checks(self.config.constraints, self._snapshot())
+        return self.constraint_checks_from(values, self._snapshot(), self._in_flight())
+
+    def constraint_checks_from(self, values: SignalValues, snap: Any, in_flight: int) -> Dict[str, ConstraintCheck]:
+        checks = resource_checks(self.config.constraints, snap)
         checks.update(request_checks(
             self.config.constraints,
-            in_flight=self._in_flight(),
+            in_flight=in_flight,
             latency_p95_seconds=values.get("latency_p95_seconds", {}),
             cost_per_request=values.get("cost_per_request_dollars", {"path": "api"}),
             cost_per_hour=values.get("cost_burn_dollars_per_hour", {}),

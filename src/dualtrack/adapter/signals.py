@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import PATHS
+from ..exporter.constraints import CONSTRAINTS
 from .conditions import SignalInfo
 
 Labels = Tuple[Tuple[str, str], ...]  # sorted (label, value) pairs
@@ -105,7 +106,8 @@ class Signal:
             return self.promql
         by = ", ".join(level)
         by_le = ", ".join(level + ("le",))
-        return self.promql.format(by=by, by_le=by_le, window=window)
+        # Plain replacement, not str.format: PromQL selectors are full of braces.
+        return self.promql.replace("{by_le}", by_le).replace("{by}", by).replace("{window}", window)
 
     def info(self) -> SignalInfo:
         return SignalInfo(self.dims, self.allowed)
@@ -191,6 +193,9 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                     "max(dualtrack_battery_threshold_ratio)"),
     _machine_signal("min_quality_ratio", "min_quality_score.", "ratio", "max(dualtrack_quality_min_ratio)"),
     _machine_signal("cpu_limit_ratio", "max_cpu_percent / 100.", "ratio", "min(dualtrack_cpu_limit_ratio)"),
+    Signal("constraint_violated", "1 while a constraint is violated on any router, else 0.", "bool",
+           ("constraint",), "max by ({by}) (dualtrack_constraint_violated)",
+           allowed={"constraint": CONSTRAINTS}),
 )
 
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
