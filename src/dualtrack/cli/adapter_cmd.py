@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         values = resolve(args)
-        settings, client = build(values, once=args.once, dry_run=args.dry_run)
+        settings, client = build(values, once=args.once, dry_run=args.dry_run or args.print_queries)
         registry = CollectorRegistry()
         adapter_holder: List[Any] = []
         source = PrometheusSource(client, window=settings.window,

@@ -1,0 +1,291 @@
+"""The adapter process against a real Prometheus scraping a real exporter."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from dualtrack import DualTrackOptimizer, OptimizationConfig, PreferencesReader
+from dualtrack.adapter.loop import Adapter, AdapterSettings
+from dualtrack.adapter.prometheus_source import PrometheusSource
+from dualtrack.adapter.promql import PromQLClient
+from dualtrack.bundled import bundled_dir
+from dualtrack.cli import main
+from dualtrack.preferences import read_preferences
+from support.live_workload import LiveWorkload
+from support.net import free_port
+from support.prometheus import PrometheusServer
+
+pytestmark = pytest.mark.prometheus
+
+WINDOW = "5s"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def make_adapter(url: str, output: Path, *, rules: Optional[Path] = None, strategy: str = "balanced",
+                 interval: float = 1.0) -> Adapter:
+    settings = AdapterSettings(rules=(str(rules or bundled_dir("rules")),), strategy=strategy,
+                               output=str(output), interval_seconds=interval, window=WINDOW)
+    registry = CollectorRegistry()
+    holder: list = []
+    source = PrometheusSource(PromQLClient(url, timeout=2.0, retries=0), window=WINDOW,
+                              on_query=lambda s, e: holder[0].metrics.observe_query(s, e))
+    adapter = Adapter(settings, source, registry=registry)
+    holder.append(adapter)
+    return adapter
+
+
+def _start_stack(tmp: Path):
+    port = free_port()
+    workload = LiveWorkload(port, latency_ms={"local": 3000.0, "api": 500.0}).start()
+    prom = PrometheusServer(tmp, targets=[("dualtrack-router", f"127.0.0.1:{port}")], scrape_interval="1s")
+    try:
+        prom.start()
+        prom.wait_for(f"sum(rate(dualtrack_requests_total[{WINDOW}])) > 0", timeout=60)
+    except BaseException:
+        prom.stop()
+        workload.stop()
+        raise
+    return workload, prom
+
+
+@pytest.fixture(scope="module")
+def shared_stack(tmp_path_factory):
+    """A router exporter where local is 6x slower than the API, scraped by
+    Prometheus. Shared by the tests that only read from it (starting one
+    takes ~6 s: Prometheus 2.42 refreshes its targets every 5 s)."""
+    workload, prom = _start_stack(tmp_path_factory.mktemp("stack"))
+    yield workload, prom
+    prom.stop()
+    workload.stop()
+
+
+@pytest.fixture
+def live_stack(tmp_path):
+    """The same, for one test alone (it kills Prometheus)."""
+    workload, prom = _start_stack(tmp_path / "stack")
+    yield workload, prom
+    prom.stop()
+    workload.stop()
+
+
+def test_preferences_shift_away_from_the_slow_track_and_routers_see_it(shared_stack, tmp_path):
+    workload, prom = shared_stack
+    output = tmp_path / "prefs.json"
+    adapter = make_adapter(prom.url, output)
+    router = DualTrackOptimizer(OptimizationConfig(preferences_file=str(output), enable_resource_monitoring=False,
+                                                   preferences_check_interval_seconds=0.01))
+    before = router.get_optimization_recommendations("hello")
+    assert before["source"] == "defaults"  # no file yet: safe defaults
+
+    biases = []
+    for _ in range(3):  # bounded: a shift must show within three cycles
+        result = adapter.run_cycle()
+        assert result.result == "ok", result.error
+        biases.append(read_preferences(output).routing.local_bias)
+    assert biases[0] < 0.5, biases
+    assert biases == sorted(biases, reverse=True) and biases[-1] <= 0.3, biases
+
+    prefs = read_preferences(output)
+    assert prefs.source == "prometheus" and prefs.strategy == "balanced"
+    assert prefs.sequence == 3
+    fired = {r.rule for r in prefs.reasons}
+    assert "shift_from_slow_local" in fired
+    reason = next(r for r in prefs.reasons if r.rule == "shift_from_slow_local")
+    assert reason.signals['latency_p95_seconds{path="local"}'] > reason.signals['latency_p95_seconds{path="api"}']
+    # Timeouts follow the measured p99 latency per path.
+    assert prefs.timeouts_seconds["local"] > prefs.timeouts_seconds["api"]
+
+    rec = wait_until(lambda: (r := router.get_optimization_recommendations("hello"))["source"] == "prometheus" and r,
+                     5, "the router to read the published preferences")
+    assert rec["routing"]["local_bias"] == pytest.approx(biases[-1])
+    assert rec["sequence"] == 3
+
+    # The adapter's own metrics.
+    reg = adapter.registry
+    assert reg.get_sample_value("dualtrack_adapter_cycles_total", {"result": "ok"}) == 3
+    assert reg.get_sample_value("dualtrack_adapter_preference",
+                                {"preference": "local_bias", "query_class": "short"}) is not None
+    assert reg.get_sample_value("dualtrack_adapter_rule_fires_total",
+                                {"strategy": "balanced", "rule": "shift_from_slow_local"}) >= 1
+    assert reg.get_sample_value("dualtrack_adapter_query_duration_seconds_count") == 3  # one query per cycle
+    assert reg.get_sample_value("dualtrack_adapter_last_publish_timestamp_seconds") == pytest.approx(
+        prefs.generated_at)
+
+
+def test_prometheus_down_keeps_the_last_preferences_backs_off_and_recovers(live_stack, tmp_path):
+    workload, prom = live_stack
+    output = tmp_path / "prefs.json"
+    adapter = make_adapter(prom.url, output)
+    assert adapter.run_cycle().result == "ok"
+    published = output.read_bytes()
+
+    prom.kill()
+    delays = []
+    for _ in range(3):
+        result = adapter.run_cycle()
+        assert result.result == "error" and "unavailable" in (result.error or "")
+        delays.append(adapter.next_delay())
+    assert delays == [1.0, 2.0, 4.0]
+    assert output.read_bytes() == published  # not republished: its valid_until runs out honestly
+    reg = adapter.registry
+    assert reg.get_sample_value("dualtrack_adapter_query_errors_total", {"type": "unavailable"}) == 3
+    assert reg.get_sample_value("dualtrack_adapter_consecutive_failures") == 3
+
+    prom.restart()
+    prom.wait_for(f"sum(rate(dualtrack_requests_total[{WINDOW}])) > 0", timeout=60)
+    result = adapter.run_cycle()
+    assert result.result == "ok" and result.sequence == 2
+    assert adapter.next_delay() == 1.0
+    assert read_preferences(output).sequence == 2
+
+
+def test_a_bad_rules_edit_keeps_the_last_good_rules_until_fixed(shared_stack, tmp_path, caplog):
+    workload, prom = shared_stack
+    rules = tmp_path / "rules"
+    shutil.copytree(bundled_dir("rules"), rules)
+    adapter = make_adapter(prom.url, tmp_path / "prefs.json", rules=rules)
+    good = (rules / "balanced.yaml").read_text()
+    assert adapter.run_cycle().result == "ok"
+
+    (rules / "balanced.yaml").write_text(good.replace("when: success_ratio < 0.5", "when: succes_ratio < 0.5"))
+    with caplog.at_level(logging.ERROR, logger="dualtrack.adapter.loop"):
+        for _ in range(2):
+            assert adapter.run_cycle().result == "ok"  # still adapting, on the last good rules
+    assert adapter.registry.get_sample_value("dualtrack_adapter_rules_reload_success") == 0
+    errors = [r for r in caplog.records if "rules reload failed" in r.getMessage()]
+    assert len(errors) == 1  # logged once, not every cycle
+    assert "balanced.yaml:" in errors[0].getMessage() and "did you mean 'success_ratio'" in errors[0].getMessage()
+
+    (rules / "balanced.yaml").write_text(good + "\n# fixed\n")
+    assert adapter.run_cycle().result == "ok"
+    assert adapter.registry.get_sample_value("dualtrack_adapter_rules_reload_success") == 1
+
+
+def test_a_bad_user_signal_is_isolated(shared_stack, tmp_path):
+    workload, prom = shared_stack
+    rules = tmp_path / "rules"
+    shutil.copytree(bundled_dir("rules"), rules)
+    text = (rules / "balanced.yaml").read_text()
+    text = text.replace("rules:\n", "signals:\n  - name: broken_signal\n    promql: 'sum(rate(x[5s]'\n\nrules:\n", 1)
+    (rules / "balanced.yaml").write_text(text)
+    adapter = make_adapter(prom.url, tmp_path / "prefs.json", rules=rules)
+    result = adapter.run_cycle()
+    assert result.result == "ok"
+    values = adapter.source.fetch(adapter.strategies.catalog)
+    assert "broken_signal" in values.errors and "bad_query" in values.errors["broken_signal"]
+    assert values.get("latency_p95_seconds", {"path": "local"}) is not None  # the batch still answered
+
+
+def test_no_data_is_not_zero(prometheus_factory, tmp_path):
+    prom = prometheus_factory()  # scrapes nothing
+    adapter = make_adapter(prom.url, tmp_path / "prefs.json")
+    result = adapter.run_cycle()
+    assert result.result == "no_data" and result.published
+    prefs = read_preferences(tmp_path / "prefs.json")
+    assert prefs.routing.local_bias == 0.5  # nothing fired on missing data
+    assert not prefs.reasons
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_cli_once_dry_run_prints_preferences(shared_stack, capsys):
+    workload, prom = shared_stack
+    status = main(["adapter", "--prometheus-url", prom.url, "--once", "--dry-run", "--strategy", "latency_focused",
+                   "--window", WINDOW])
+    out = capsys.readouterr().out
+    assert status == 0
+    doc = json.loads(out)
+    assert doc["strategy"] == "latency_focused" and doc["source"] == "prometheus"
+    assert doc["routing"]["local_bias"] < 0.5  # prefer_faster_api fired
+
+
+def test_cli_print_queries_is_one_batched_query(capsys):
+    assert main(["adapter", "--prometheus-url", "http://127.0.0.1:1", "--print-queries"]) == 0
+    out = capsys.readouterr().out
+    assert out.count('"dualtrack_signal", "latency_p95_seconds"') == 4  # four aggregation levels
+    assert "histogram_quantile(0.95, sum by (path, query_class, le)" in out
+
+
+def test_cli_settings_errors_are_clear(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DUALTRACK_PROMETHEUS_URL", raising=False)
+    assert main(["adapter", "--output", str(tmp_path / "p.json")]) == 2
+    assert "--prometheus-url: required" in capsys.readouterr().err
+    config = tmp_path / "adapter.yaml"
+    config.write_text("prometheus_url: http://127.0.0.1:9090\nintervall: 5\n")
+    assert main(["adapter", "--config", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:2: intervall: unknown setting; did you mean 'interval'?" in err
+    assert main(["adapter", "--prometheus-url", "ftp://nowhere", "--dry-run"]) == 2
+    assert "prometheus_url" in capsys.readouterr().err
+
+
+def test_settings_precedence_cli_env_file(tmp_path):
+    from dualtrack.cli.adapter_cmd import resolve
+    import argparse
+
+    config = tmp_path / "a.yaml"
+    config.write_text("prometheus_url: http://file:9090\ninterval: 7\nwindow: 3m\n")
+    args = argparse.Namespace(config=str(config), prometheus_url=None, interval="9", window=None)
+    values = resolve(args, environ={"DUALTRACK_PROMETHEUS_URL": "http://env:9090", "DUALTRACK_INTERVAL": "8"})
+    assert values["prometheus_url"] == "http://env:9090"  # env beats file
+    assert values["interval"] == 9.0  # command line beats env
+    assert values["window"] == "3m"  # file beats default
+    assert values["strategy"] == "adaptive"  # default
+
+
+def test_sigterm_stops_between_cycles_and_leaves_a_whole_file(shared_stack, tmp_path):
+    workload, prom = shared_stack
+    output = tmp_path / "out" / "prefs.json"
+    output.parent.mkdir()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "dualtrack", "adapter", "--prometheus-url", prom.url,
+                             "--output", str(output), "--interval", "0.2", "--window", WINDOW,
+                             "--metrics-port", "-1"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: output.exists() and read_preferences(output).sequence >= 3, 30, "three publishes")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    prefs = read_preferences(output)  # valid, not torn
+    assert prefs.sequence >= 3
+    assert sorted(p.name for p in output.parent.iterdir()) == ["prefs.json"]  # no temp files
+
+
+def test_credentials_never_reach_logs_or_files(fake_http, tmp_path):
+    token = "s3cr3t-token-value"
+    fake_http.respond(401, json.dumps({"status": "error", "errorType": "unauthorized", "error": f"bad {token}"}))
+    output = tmp_path / "prefs.json"
+    env = dict(os.environ, DUALTRACK_PROMETHEUS_BEARER_TOKEN=token)
+    proc = subprocess.run([sys.executable, "-m", "dualtrack", "--log-level", "DEBUG", "adapter",
+                           "--prometheus-url", fake_http.url, "--output", str(output), "--once"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "auth" in proc.stderr
+    assert token not in proc.stderr and token not in proc.stdout
+    assert fake_http.requests and fake_http.requests[0].headers.get("Authorization") == f"Bearer {token}"
+    assert not output.exists()
