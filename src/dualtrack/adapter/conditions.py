@@ -462,7 +462,9 @@ def parse_expression(text: str) -> Node:
     if len(text) > 4096:
         raise ConditionError("condition is longer than 4096 characters")
     try:
-        return _Build().transform(_PARSER.parse(text))
+        root = _Build().transform(_PARSER.parse(text))
+    except RecursionError as err:
+        raise ConditionError(f"the condition is nested too deeply (at most {MAX_DEPTH} levels)") from err
     except VisitError as err:
         if isinstance(err.orig_exc, ConditionError):
             raise err.orig_exc from None
@@ -480,6 +482,35 @@ def parse_expression(text: str) -> Node:
         raise ConditionError(f"cannot parse: {err}", getattr(err, "column", None)) from err
     except LarkError as err:  # pragma: no cover - defensive
         raise ConditionError(f"cannot parse: {err}") from err
+    if _depth(root) > MAX_DEPTH:
+        # Evaluation recurses too; refuse what could overflow it later.
+        raise ConditionError(f"the condition is nested too deeply (at most {MAX_DEPTH} levels)")
+    return root
+
+
+MAX_DEPTH = 64
+
+
+def _children(node: Node) -> Tuple[Node, ...]:
+    if isinstance(node, (Neg, Not)):
+        return (node.operand,)
+    if isinstance(node, (Arith, Compare)):
+        return (node.left, node.right)
+    if isinstance(node, (And, Or)):
+        return node.operands
+    if isinstance(node, Call):
+        return node.args
+    return ()
+
+
+def _depth(root: Node) -> int:
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in _children(node))
+    return deepest
 
 
 def compile_condition(text: str, catalog: Mapping[str, SignalInfo], *,

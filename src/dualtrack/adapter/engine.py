@@ -294,8 +294,14 @@ class RuleEngine:
                 scores[track] = sum(parts[track][c] for c in common)
             advantage = scores["local"] - scores["api"]
             previous = self._advantage.get(qc)
-            self._advantage[qc] = advantage if previous is None else (
+            updated = advantage if previous is None else (
                 (1 - learning.rate) * previous + learning.rate * advantage)
+            if not math.isfinite(updated):
+                # Finite signals can still overflow (latency / a tiny target is
+                # inf; inf - inf is NaN). That is no evidence, and a NaN would
+                # stick in the average and publish a NaN local_bias forever.
+                continue
+            self._advantage[qc] = updated
             offset = self._learned_offset(strat, qc)
             if abs(offset) >= 0.01:
                 better = "local" if offset > 0 else "api"
@@ -342,7 +348,9 @@ class RuleEngine:
         out = {}
         for pref in PREFS:
             lo, hi = strat.clamps[pref]
-            value = _clip(target[pref], lo, hi)
+            prev = _clip(previous[pref], lo, hi)  # after a mode switch the old value may be outside
+            # A NaN target (e.g. inf - inf from an overflowing scale action) keeps the previous value.
+            value = prev if math.isnan(target[pref]) else _clip(target[pref], lo, hi)
             if pref == "local_bias":
                 local_ok = self._healthy["local"] is not False
                 api_ok = self._healthy["api"] is not False
@@ -351,7 +359,6 @@ class RuleEngine:
                 elif api_ok and not local_ok:
                     value = lo
             step = strat.max_step[pref]
-            prev = _clip(previous[pref], lo, hi)  # after a mode switch the old value may be outside
             out[pref] = _clip(value, prev - step, prev + step)
         return out
 

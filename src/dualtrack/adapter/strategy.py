@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -220,11 +221,15 @@ class _Compiler:
 
     def condition(self, text: str, path: Tuple[Any, ...], rule: Optional[str] = None,
                   bound: Sequence[str] = ()) -> Condition:
+        prefix = f"rule {rule!r}: " if rule else ""
         try:
             return compile_condition(text, self.infos, bound=bound)
         except ConditionError as err:
-            prefix = f"rule {rule!r}: " if rule else ""
             raise self.fail(path, prefix + str(err)) from err
+        except RecursionError as err:
+            # Deeply nested text overflows the parser's recursion; that is a bad
+            # file, not a crash of the loader (or of a running adapter's reload).
+            raise self.fail(path, prefix + "the condition is nested too deeply") from err
 
     def prefs(self, values: Optional[Mapping[str, float]], path: Tuple[Any, ...], *,
               default: Mapping[str, float], within_limits: bool) -> Dict[str, float]:
@@ -345,15 +350,31 @@ class _Compiler:
         )
 
 
-def _parse_user_signals(doc: _yaml.LocatedDocument) -> List[Signal]:
+def _parse_user_signals(doc: _yaml.LocatedDocument, builtins: Optional[Catalog] = None) -> List[Signal]:
+    """The file's ``signals:``; with ``builtins``, a name clash with a built-in is an error."""
     out = []
     for index, entry in enumerate(doc.data.get("signals") or []):
         try:
-            out.append(user_signal(entry))
+            signal = user_signal(entry)
         except ValueError as err:
             field_name, _, message = str(err).partition(": ")
             raise doc.error(("signals", index, field_name), message) from err
+        if builtins is not None and signal.name in builtins and builtins[signal.name].builtin:
+            raise doc.error(("signals", index, "name"), f"signal {signal.name!r} is built in; choose another name")
+        out.append(signal)
     return out
+
+
+def _non_finite(data: Any, path: Tuple[Any, ...] = ()) -> Optional[Tuple[Any, ...]]:
+    """The path of the first NaN/Inf number (YAML ``.nan``/``.inf``), if any."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = _non_finite(value, path + (key,))
+        if found is not None:
+            return found
+    return None
 
 
 def _read(path: Union[str, Path]) -> _yaml.LocatedDocument:
@@ -363,6 +384,12 @@ def _read(path: Union[str, Path]) -> _yaml.LocatedDocument:
     error = _schema_error(doc)
     if error is not None:
         raise error
+    # JSON Schema's minimum/maximum let NaN through, and a NaN relax, step or
+    # action would publish NaN preferences. Test inputs may use .nan on purpose
+    # (NaN signal values are no data), so tests: is exempt.
+    bad = _non_finite({k: v for k, v in doc.data.items() if k != "tests"})
+    if bad is not None:
+        raise doc.error(bad, "must be a finite number (not .nan or .inf)")
     return doc
 
 
@@ -413,43 +440,102 @@ def rule_files(paths: Iterable[Union[str, Path]]) -> List[Path]:
 
 
 def load_strategies(paths: Union[str, Path, Iterable[Union[str, Path]]],
-                    catalog: Catalog = BUILTIN_CATALOG) -> StrategySet:
-    """Load, validate and compile strategy files; raise ``ConfigError`` on the first problem."""
+                    catalog: Catalog = BUILTIN_CATALOG,
+                    errors: Optional[List[ConfigError]] = None) -> StrategySet:
+    """Load, validate and compile strategy files.
+
+    Without ``errors`` the first problem raises ``ConfigError``. With a list,
+    problems are appended to it instead: a bad file contributes its first
+    problem and is skipped, the good files are still compiled (with the user
+    signals of every file that could be read) and their cross-file
+    references (modes, duplicate names) checked among themselves; the result
+    holds the good strategies only::
+
+        errors: List[ConfigError] = []
+        strategies = load_strategies("rules/", errors=errors)
+        for err in errors:
+            print(err)  # rules/cost.yaml:12: rules[0].when: rule 'x': ...
+    """
+
+    def report(err: ConfigError) -> None:
+        if errors is None:
+            raise err
+        errors.append(err)
+
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    files = rule_files(paths)
-    if not files:
-        raise ConfigError("no strategy files (*.yaml) found", source=", ".join(str(p) for p in paths))
-    docs = [_read(f) for f in files]
-    user: List[Signal] = []
-    for doc in docs:
-        user.extend(_parse_user_signals(doc))
+    paths = list(paths)
+    files: List[Path] = []
+    missing = False
+    for p in paths:
+        try:
+            files.extend(rule_files([p]))
+        except ConfigError as err:
+            missing = True
+            report(err)
+    if not files and not missing:
+        report(ConfigError("no strategy files (*.yaml) found", source=", ".join(str(p) for p in paths)))
+
+    docs: List[_yaml.LocatedDocument] = []
+    user: Dict[str, Tuple[Signal, str]] = {}
+    for f in files:
+        try:
+            doc = _read(f)
+            signals = _parse_user_signals(doc, catalog)
+            for index, signal in enumerate(signals):
+                other = user.get(signal.name)
+                if other is not None and other[0] != signal:
+                    raise doc.error(("signals", index, "name"),
+                                    f"signal {signal.name!r} is defined differently in {other[1]}")
+        except ConfigError as err:
+            report(err)
+            continue
+        docs.append(doc)
+        for signal in signals:
+            user.setdefault(signal.name, (signal, doc.source))
     try:
-        catalog = catalog.with_user_signals(user)
-    except ValueError as err:
+        catalog = catalog.with_user_signals(s for s, _ in user.values())
+    except ValueError as err:  # pragma: no cover - clashes are reported per file above
         raise ConfigError(str(err)) from err
+
     strategies: Dict[str, Strategy] = {}
     for doc in docs:
-        strategy = compile_strategy(doc, catalog)
-        if strategy.name in strategies:
-            raise doc.error(("strategy",), f"strategy {strategy.name!r} is also defined in "
-                                           f"{strategies[strategy.name].source}")
-        strategies[strategy.name] = strategy
-    for strategy in strategies.values():
-        if strategy.modes is None:
+        try:
+            strategy = compile_strategy(doc, catalog)
+            if strategy.name in strategies:
+                raise doc.error(("strategy",), f"strategy {strategy.name!r} is also defined in "
+                                               f"{strategies[strategy.name].source}")
+        except ConfigError as err:
+            report(err)
             continue
-        doc = strategy.document
-        assert doc is not None
-        names = [strategy.modes.default] + [c.use for c in strategy.modes.select]
-        fields = [("modes", "default")] + [("modes", "select", i, "use") for i in range(len(strategy.modes.select))]
-        for mode, where in zip(names, fields):
-            if mode == strategy.name:
-                raise doc.error(where, f"a strategy cannot use itself as a mode")
-            if mode not in strategies:
-                hint = difflib.get_close_matches(mode, list(strategies), n=1)
-                suffix = f"; did you mean {hint[0]!r}?" if hint else f"; loaded: {sorted(strategies)}"
-                raise doc.error(where, f"no strategy named {mode!r}{suffix}")
-            if strategies[mode].modes is not None:
-                raise doc.error(where, f"mode {mode!r} is itself an adaptive strategy; modes cannot nest")
+        strategies[strategy.name] = strategy
+
+    bad: List[str] = []
+    for strategy in strategies.values():
+        try:
+            _check_modes(strategy, strategies)
+        except ConfigError as err:
+            report(err)
+            bad.append(strategy.name)
+    for name in bad:
+        del strategies[name]
     return StrategySet(strategies, catalog)
 
+
+def _check_modes(strategy: Strategy, strategies: Mapping[str, Strategy]) -> None:
+    """An adaptive strategy's modes must name other, non-adaptive, loaded strategies."""
+    if strategy.modes is None:
+        return
+    doc = strategy.document
+    assert doc is not None
+    names = [strategy.modes.default] + [c.use for c in strategy.modes.select]
+    fields = [("modes", "default")] + [("modes", "select", i, "use") for i in range(len(strategy.modes.select))]
+    for mode, where in zip(names, fields):
+        if mode == strategy.name:
+            raise doc.error(where, "a strategy cannot use itself as a mode")
+        if mode not in strategies:
+            hint = difflib.get_close_matches(mode, list(strategies), n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else f"; loaded: {sorted(strategies)}"
+            raise doc.error(where, f"no strategy named {mode!r}{suffix}")
+        if strategies[mode].modes is not None:
+            raise doc.error(where, f"mode {mode!r} is itself an adaptive strategy; modes cannot nest")

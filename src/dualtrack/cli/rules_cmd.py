@@ -1,6 +1,7 @@
 """``dualtrack rules check|test|signals``: strategy files, checked like promtool checks rules.
 
-    dualtrack rules check rules/            exit 0 when every file is valid
+    dualtrack rules check rules/            exit 0 when every file is valid; else every
+                                            problem as file:line: field: message, exit 1
     dualtrack rules test rules/             run the tests: sections of every file
     dualtrack rules signals                 list the signals conditions can read
 """
@@ -23,7 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     commands.required = True
     check = commands.add_parser(
         "check", help="validate files (exit 1 with file:line messages when invalid)",
-        description="Load, validate and compile strategy files; print file:line: field: problem on errors.")
+        description="Load, validate and compile strategy files; print every problem as "
+                    "file:line: field: message (one per bad file) and exit 1 when there is any.")
     check.add_argument("paths", nargs="*", metavar="PATH",
                        help="files or folders (default: the bundled rules/)")
     test = commands.add_parser(
@@ -48,20 +50,32 @@ def run(args: argparse.Namespace, *, stdout: Optional[TextIO] = None, stderr: Op
             print(f"{signal.name}{labels:<24} {signal.unit:<13} {signal.help}", file=out)
         return 0
     paths: List[Any] = list(args.paths) or [bundled_dir("rules")]
-    try:
-        files = rule_files(paths)
-        strategies = load_strategies(paths)
-    except ConfigError as exc:
-        print(f"dualtrack: {exc}", file=err)
-        return 1
+    # Every problem of every file, not just the first: a bad file is reported
+    # and skipped, the good ones are still compiled and checked together.
+    problems: List[ConfigError] = []
+    strategies = load_strategies(paths, errors=problems)
+    for problem in sorted(problems, key=lambda p: (p.source or "", p.line or 0)):
+        print(str(problem), file=err)
     if args.rules_command == "check":
+        files: List[Any] = []
+        for p in paths:
+            try:
+                files.extend(rule_files([p]))
+            except ConfigError:
+                pass  # already in problems
+        bad = {problem.source for problem in problems}
         for f in files:
-            print(f"{f}: ok", file=out)
-        print(f"{len(files)} files, strategies: {', '.join(strategies.names())}", file=out)
-        return 0
+            if str(f) not in bad:
+                print(f"{f}: ok", file=out)
+        invalid = len({str(f) for f in files} & bad)
+        summary = f"{len(files)} files"
+        if invalid:
+            summary += f", {invalid} invalid"
+        print(f"{summary}, strategies: {', '.join(strategies.names()) or 'none'}", file=out)
+        return 1 if problems else 0
     report = run_tests(strategies)
     for failure in report.failures:
         print(f"FAILED {failure}", file=out)
     total = report.passed + len({(f.source, f.test) for f in report.failures})
     print(f"{report.passed}/{total} strategy tests passed", file=out)
-    return 0 if report.ok else 1
+    return 0 if report.ok and not problems else 1
