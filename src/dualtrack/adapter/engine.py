@@ -19,7 +19,8 @@ A cycle, in order (``docs/rules.md`` has the full story):
    the **maximum step**: no preference moves more than ``max_step`` from
    the previous cycle, globally or for any class.
 6. **Timeouts** per path follow the latency signal (factor × p99), within
-   min/max, times ``timeout_multiplier``.
+   min/max. These are base timeouts: a router multiplies them by the
+   ``timeout_multiplier`` of the query's class.
 
 The engine is deterministic: the same strategy, signal values and times give
 the same decisions. It holds state between cycles (current preferences,
@@ -368,5 +369,7 @@ class RuleEngine:
         for path in TIMEOUT_PATHS:
             latency = values.get(t.latency_signal, {"path": path})
             base = latency * t.latency_factor if latency is not None else t.base_seconds[path]
-            out[path] = round(_clip(base, t.min_seconds, t.max_seconds) * self.routing["timeout_multiplier"], 3)
+            # The base timeout: routers multiply it by the timeout_multiplier of
+            # the query's class (preferences.md), so per-class multipliers work.
+            out[path] = round(_clip(base, t.min_seconds, t.max_seconds), 3)
         return out
