@@ -231,7 +231,8 @@ class OptimizationConfig:
     def __post_init__(self) -> None:
         self.strategy = OptimizationStrategy.parse(self.strategy)
         if isinstance(self.constraints, Mapping):
-            self.constraints = ResourceConstraints(**dict(self.constraints))
+            # from_dict: an unknown key is a ValueError naming it, not a TypeError.
+            self.constraints = ResourceConstraints.from_dict(self.constraints)
         if not isinstance(self.constraints, ResourceConstraints):
             raise ValueError(f"constraints: expected ResourceConstraints, got {type(self.constraints).__name__}")
         self.metrics_window_size = _integer("", "metrics_window_size", self.metrics_window_size)
@@ -276,6 +277,10 @@ class OptimizationConfig:
                 raise ValueError(f"prices: model names must be non-empty strings, got {model!r}")
             if isinstance(price, Mapping):
                 _check_keys(ModelPrice, price, "<dict>", prefix=f"prices.{model}")
+                # A missing key is a ValueError naming it, not ModelPrice's TypeError.
+                missing = [f.name for f in fields(ModelPrice) if f.name not in price]
+                if missing:
+                    raise ValueError(f"prices.{model}.{missing[0]}: missing, got {dict(price)!r}")
                 price = ModelPrice(**dict(price))
             elif isinstance(price, (list, tuple)) and len(price) == 2:
                 price = ModelPrice(*price)
@@ -363,6 +368,9 @@ def _check_keys(cls: Any, data: Mapping[str, Any], source: str, *, prefix: str =
 def _config_error(err: ValueError, source: str) -> ConfigError:
     """Turn a ``'field: message'`` ValueError into a ConfigError naming the source."""
     if isinstance(err, ConfigError):
+        if err.source in (None, "<dict>") and source != "<dict>":
+            # Raised by a nested check that did not know the file: name it.
+            return ConfigError(err.message, source=source, line=err.line, field=err.field)
         return err
     text = str(err)
     field_name, sep, message = text.partition(": ")

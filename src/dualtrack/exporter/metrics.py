@@ -53,7 +53,10 @@ class LabelFolder:
 
     def __call__(self, value: object) -> str:
         # Fast path: a known value (no lock; dict reads are atomic).
-        known = self._known.get(value)  # type: ignore[call-overload]
+        try:
+            known = self._known.get(value)  # type: ignore[call-overload]
+        except TypeError:  # unhashable (a list from a bad result/context): fold it, don't lose the request
+            known = None
         if known is not None:
             return known
         if isinstance(value, str) and 0 < len(value) <= 64 and self._dynamic_left > 0:
