@@ -240,7 +240,10 @@ class DualTrackRouter:
 
     def _route_parallel(self, rid: str, query: Prompt, text: str, context: Optional[Dict[str, Any]],
                         plan: RoutePlan, started: float) -> RouterResult:
-        self._safe("record_request_start", self.optimizer.record_request_start, rid, text, context)
+        # context path=parallel: the request is tracked for its latency, while
+        # in-flight work (and the concurrency limit) counts its two legs.
+        parent_context = dict(context or {}, path="parallel")
+        self._safe("record_request_start", self.optimizer.record_request_start, rid, text, parent_context)
         race_deadline = time.monotonic() + _timeout(plan, "parallel")
         pending: Dict["Future[_Status]", _Leg] = {}
         for track in plan.tracks:
