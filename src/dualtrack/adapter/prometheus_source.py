@@ -1,6 +1,12 @@
 """``PrometheusSource``: every signal of a cycle, fetched with one PromQL query.
 
-The built-in signals are fetched together: each signal at each level of
+Request signals (latency, success, cost, quality... at every level of
+aggregation) are computed from eight aggregated rates fetched once
+(``adapter.aggregates``): Prometheus scans the raw series eight times per
+cycle instead of once per signal and level. Machine and limit signals use
+their own PromQL forms.
+
+The signals are fetched together: each signal at each level of
 aggregation becomes one branch, tagged with a ``dualtrack_signal`` label by
 ``label_replace``, and the branches are joined with ``or``. Branch label
 sets never collide (each carries its signal name and its own grouping
@@ -28,10 +34,12 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import BadQuery, BadResponse, SourceError
+from .aggregates import DIMS, INPUTS, REQUEST_SIGNALS, compute
 from .promql import InstantResult, PromQLClient
 from .signals import BUILTIN_CATALOG, Catalog, Signal, SignalValues
 
 SIGNAL_LABEL = "dualtrack_signal"
+_INPUT_PREFIX = "_input_"
 
 QueryObserver = Callable[[float, Optional[str]], None]  # (seconds, error kind or None)
 
@@ -50,17 +58,29 @@ class PrometheusSource:
     name = "prometheus"
 
     def __init__(self, client: PromQLClient, *, window: str = "2m", batch: bool = True,
-                 on_query: Optional[QueryObserver] = None) -> None:
+                 aggregates: bool = True, on_query: Optional[QueryObserver] = None) -> None:
         self.client = client
         self.window = window
         self.batch = batch
+        self.aggregates = aggregates
         self._on_query = on_query
         self.last_query_count = 0
 
     def batch_query(self, catalog: Catalog = BUILTIN_CATALOG) -> str:
-        """The single PromQL expression answering every built-in signal."""
-        return "\nor ".join(_branch(s, level, self.window)
-                            for s in catalog if s.builtin for level in s.levels())
+        """The single PromQL expression answering every built-in signal.
+
+        With ``aggregates`` (the default) the request signals come from the
+        eight rates of ``adapter.aggregates`` instead of their own PromQL forms.
+        """
+        branches = []
+        if self.aggregates:
+            for name, (promql, _) in INPUTS.items():
+                branches.append(f'label_replace({promql.replace("{window}", self.window)}, '
+                                f'"{SIGNAL_LABEL}", "{_INPUT_PREFIX}{name}", "", "")')
+        for s in catalog:
+            if s.builtin and not (self.aggregates and s.name in REQUEST_SIGNALS):
+                branches.extend(_branch(s, level, self.window) for level in s.levels())
+        return "\nor ".join(branches)
 
     def is_online(self) -> bool:
         return self.client.is_online()
@@ -115,13 +135,25 @@ class PrometheusSource:
 
     @staticmethod
     def _store(values: SignalValues, result: InstantResult, catalog: Catalog) -> None:
+        inputs: Dict[str, Dict[Tuple[Tuple[str, str], ...], float]] = {}
         for sample in result.samples:
             name = sample.labels.get(SIGNAL_LABEL)
-            if name is None or name not in catalog:
+            if name is None:
+                continue
+            if name.startswith(_INPUT_PREFIX):
+                input_name = name[len(_INPUT_PREFIX):]
+                if input_name in INPUTS and sample.is_finite:
+                    keep = DIMS + ((INPUTS[input_name][1],) if INPUTS[input_name][1] else ())
+                    key = tuple(sorted((k, v) for k, v in sample.labels.items() if k in keep))
+                    inputs.setdefault(input_name, {})[key] = sample.value
+                continue
+            if name not in catalog:
                 continue
             dims = catalog[name].dims
             labels: Dict[str, str] = {k: v for k, v in sample.labels.items() if k in dims}
             values.set(name, labels, sample.value)  # NaN and ±Inf are dropped: no data
+        if inputs:
+            compute(inputs, values)
 
 
 def describe_queries(catalog: Catalog = BUILTIN_CATALOG, window: str = "2m") -> List[Tuple[str, str]]:
