@@ -1,0 +1,28 @@
+"""Simulated models, machine and scenarios, run in virtual time.
+
+    from dualtrack.simulation import Simulation, load_scenario
+
+    scenario = load_scenario("api_outage")                 # scenarios/api_outage.yaml
+    result = Simulation(scenario, "strategy:adaptive", seed=1).run()
+    result.summary["p95_latency_seconds"], result.summary["objective"]
+    for row in result.series:                              # one row per adaptation interval
+        print(row["t"], row["split"], row["preferences"]["effective"]["local_bias"])
+
+``docs/simulation.md`` describes the models, the scenario format and the
+runner; ``dualtrack bench adaptation`` runs the scenario suite.
+"""
+
+from .machine import SimulatedMachine
+from .models import ApiModelSim, Call, Draws, LocalModelSim
+from .objective import OBJECTIVE, Objective
+from .oracle import OraclePlanner
+from .runner import (ORACLE, STATIC_POLICIES, STRATEGY_PREFIX, Request, Simulation, SimulationResult, Workload,
+                     check_policy, run_simulation, strategy_policy)
+from .scenario import Change, Event, Expectation, Scenario, load_scenario, scenario_names
+
+__all__ = [
+    "ApiModelSim", "Call", "Change", "Draws", "Event", "Expectation", "LocalModelSim", "OBJECTIVE", "ORACLE",
+    "Objective", "OraclePlanner", "Request", "STATIC_POLICIES", "STRATEGY_PREFIX", "Scenario", "SimulatedMachine",
+    "Simulation", "SimulationResult", "Workload", "check_policy", "load_scenario", "run_simulation",
+    "scenario_names", "strategy_policy",
+]
