@@ -129,6 +129,8 @@ LEVEL_LABELS = {
     "": set(),
     "path": {"path"},
     "path_query_class": {"path", "query_class"},
+    "path_query_class_le": {"path", "query_class", "le"},
+    "path_query_class_outcome": {"path", "query_class", "outcome"},
     "instance": {"instance"},
     "instance_path": {"instance", "path"},
     "instance_path_query_class": {"instance", "path", "query_class"},

@@ -14,6 +14,12 @@ a hundred), which is what keeps a cycle fast against a large fleet
 numerators and denominators summed before dividing, and
 ``histogram_quantile`` as Prometheus computes it — ``tests/test_aggregates.py``
 checks the two agree on real data.
+
+With recording_rules.yml loaded the eight need no scan of raw series at
+all: ``RECORDED_INPUTS`` reads them from the fleet inputs the rules record
+(``path_query_class_outcome:dualtrack_requests:rate2m`` and its siblings),
+which Prometheus computes once per evaluation interval whoever asks; the
+arithmetic here is the same either way (``tests/test_recorded_inputs.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,27 @@ INPUTS: Dict[str, Tuple[str, Optional[str]]] = {
     "tokens": ("sum by (path, query_class) (rate(dualtrack_tokens_total[{window}]))", None),
     "quality_sum": ("sum by (path, query_class) (rate(dualtrack_response_quality_ratio_sum[{window}]))", None),
     "quality_count": ("sum by (path, query_class) (rate(dualtrack_response_quality_ratio_count[{window}]))", None),
+}
+
+#: The rate window of recording_rules.yml: the recorded inputs exist for it only.
+RECORDED_WINDOW = "2m"
+
+#: name -> PromQL reading the same input from the fleet inputs that
+#: recording_rules.yml records every evaluation interval (``PrometheusSource(
+#: recorded=True)``, ``dualtrack adapter --recording-rules``). Prometheus then
+#: sums a few dozen precomputed series per cycle instead of taking ``rate()``
+#: over every router's raw series. The ``sum by`` keeps the answer's labels
+#: exactly those of ``INPUTS`` (it drops the series name, and folds any label
+#: a federating or Thanos-style setup adds, as the raw form would).
+RECORDED_INPUTS: Dict[str, str] = {
+    "requests": "sum by (path, query_class, outcome) (path_query_class_outcome:dualtrack_requests:rate2m)",
+    "buckets": "sum by (path, query_class, le) (path_query_class_le:dualtrack_request_duration_seconds_bucket:rate2m)",
+    "duration_sum": "sum by (path, query_class) (path_query_class:dualtrack_request_duration_seconds_sum:rate2m)",
+    "duration_count": "sum by (path, query_class) (path_query_class:dualtrack_request_duration_seconds_count:rate2m)",
+    "cost": "sum by (path, query_class) (path_query_class:dualtrack_cost_dollars:rate2m)",
+    "tokens": "sum by (path, query_class) (path_query_class:dualtrack_tokens:rate2m)",
+    "quality_sum": "sum by (path, query_class) (path_query_class:dualtrack_response_quality_ratio_sum:rate2m)",
+    "quality_count": "sum by (path, query_class) (path_query_class:dualtrack_response_quality_ratio_count:rate2m)",
 }
 
 #: The signals computed here (the catalog's request signals).

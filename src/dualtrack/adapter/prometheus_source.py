@@ -6,6 +6,21 @@ aggregation) are computed from eight aggregated rates fetched once
 cycle instead of once per signal and level. Machine and limit signals use
 their own PromQL forms.
 
+With ``recorded=True`` (``dualtrack adapter --recording-rules``) the eight
+rates are read from the series recording_rules.yml records for the fleet
+(``aggregates.RECORDED_INPUTS``) instead of computed from the raw metrics,
+so a cycle costs Prometheus a few dozen series instead of every router's
+histogram buckets. It needs those rules loaded in the Prometheus queried and
+the rules' window, 2m::
+
+    source = PrometheusSource(PromQLClient(url), window="2m", recorded=True)
+
+The values are the raw mode's as of the rules' last evaluation (at most one
+evaluation interval old), which ``tests/test_recorded_inputs.py`` checks on
+real data. If Prometheus answers with data for other signals but none for
+the recorded inputs, the rules are most likely not loaded: the request
+signals read as no data and the source logs that once.
+
 The signals are fetched together: each signal at each level of
 aggregation becomes one branch, tagged with a ``dualtrack_signal`` label by
 ``label_replace``, and the branches are joined with ``or``. Branch label
@@ -30,13 +45,16 @@ and the adapter keeps its last preferences.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import BadQuery, BadResponse, SourceError
-from .aggregates import DIMS, INPUTS, REQUEST_SIGNALS, compute
+from .aggregates import DIMS, INPUTS, RECORDED_INPUTS, RECORDED_WINDOW, REQUEST_SIGNALS, compute
 from .promql import InstantResult, PromQLClient
 from .signals import BUILTIN_CATALOG, Catalog, Signal, SignalValues
+
+log = logging.getLogger(__name__)
 
 SIGNAL_LABEL = "dualtrack_signal"
 _INPUT_PREFIX = "_input_"
@@ -52,31 +70,47 @@ class PrometheusSource:
     """Signals from a PromQL engine over its HTTP API.
 
     ``window`` is the rate window (``"2m"``); keep it at least four scrape
-    intervals long so ``rate()`` always has points.
+    intervals long so ``rate()`` always has points. ``recorded`` reads the
+    request signals' inputs from recording_rules.yml's series (their window
+    is 2m: any other ``window`` is a ``ValueError``).
     """
 
     name = "prometheus"
 
     def __init__(self, client: PromQLClient, *, window: str = "2m", batch: bool = True,
-                 aggregates: bool = True, on_query: Optional[QueryObserver] = None) -> None:
+                 aggregates: bool = True, recorded: bool = False,
+                 on_query: Optional[QueryObserver] = None) -> None:
+        if recorded and window != RECORDED_WINDOW:
+            raise ValueError(f"recorded=True reads the recording rules' series, which are rates over "
+                             f"{RECORDED_WINDOW}; got window={window!r} (use window={RECORDED_WINDOW!r}, "
+                             f"or recorded=False to compute rates over {window!r} from the raw metrics)")
+        if recorded and not aggregates:
+            raise ValueError("recorded=True reads the eight aggregated inputs; it needs aggregates=True")
         self.client = client
         self.window = window
         self.batch = batch
         self.aggregates = aggregates
+        self.recorded = recorded
         self._on_query = on_query
+        self._warned_no_recorded = False
         self.last_query_count = 0
+
+    def _input_queries(self) -> Dict[str, str]:
+        if self.recorded:
+            return dict(RECORDED_INPUTS)
+        return {name: promql.replace("{window}", self.window) for name, (promql, _) in INPUTS.items()}
 
     def batch_query(self, catalog: Catalog = BUILTIN_CATALOG) -> str:
         """The single PromQL expression answering every built-in signal.
 
         With ``aggregates`` (the default) the request signals come from the
-        eight rates of ``adapter.aggregates`` instead of their own PromQL forms.
+        eight rates of ``adapter.aggregates`` instead of their own PromQL forms;
+        with ``recorded`` those rates are the recorded series.
         """
         branches = []
         if self.aggregates:
-            for name, (promql, _) in INPUTS.items():
-                branches.append(f'label_replace({promql.replace("{window}", self.window)}, '
-                                f'"{SIGNAL_LABEL}", "{_INPUT_PREFIX}{name}", "", "")')
+            for name, promql in self._input_queries().items():
+                branches.append(f'label_replace({promql}, "{SIGNAL_LABEL}", "{_INPUT_PREFIX}{name}", "", "")')
         for s in catalog:
             if s.builtin and not (self.aggregates and s.name in REQUEST_SIGNALS):
                 branches.extend(_branch(s, level, self.window) for level in s.levels())
@@ -110,7 +144,9 @@ class PrometheusSource:
         builtins = [s for s in catalog if s.builtin]
         if self.batch and builtins:
             try:
-                self._store(values, self._query(self.batch_query(catalog), at, deadline), catalog)
+                got_inputs = self._store(values, self._query(self.batch_query(catalog), at, deadline), catalog)
+                if self.recorded:
+                    self._check_recorded(got_inputs, have_other=len(values) > 0)
             except (BadQuery, BadResponse):
                 # Isolate the culprit: one query per signal.
                 for signal in builtins:
@@ -134,7 +170,8 @@ class PrometheusSource:
         self._store(values, result, catalog)
 
     @staticmethod
-    def _store(values: SignalValues, result: InstantResult, catalog: Catalog) -> None:
+    def _store(values: SignalValues, result: InstantResult, catalog: Catalog) -> bool:
+        """Add ``result``'s samples to ``values``; True if it carried aggregated inputs."""
         inputs: Dict[str, Dict[Tuple[Tuple[str, str], ...], float]] = {}
         for sample in result.samples:
             name = sample.labels.get(SIGNAL_LABEL)
@@ -154,6 +191,18 @@ class PrometheusSource:
             values.set(name, labels, sample.value)  # NaN and ±Inf are dropped: no data
         if inputs:
             compute(inputs, values)
+        return bool(inputs)
+
+    def _check_recorded(self, have_inputs: bool, have_other: bool) -> None:
+        # Other signals answered but no recorded input did: the recording
+        # rules are most likely not loaded. Said once, not every cycle.
+        if have_inputs:
+            self._warned_no_recorded = False
+        elif have_other and not self._warned_no_recorded:
+            self._warned_no_recorded = True
+            log.warning("no recorded inputs (path_query_class_outcome:dualtrack_requests:rate2m and the rest) "
+                        "although Prometheus has other data: are recording_rules.yml loaded there? Request "
+                        "signals read as no data until they are.")
 
 
 def describe_queries(catalog: Catalog = BUILTIN_CATALOG, window: str = "2m") -> List[Tuple[str, str]]:

@@ -7,6 +7,16 @@ default. Credentials come only from files or the environment, never from
 the command line (it shows in ``ps``): ``--bearer-token-file`` or
 ``DUALTRACK_PROMETHEUS_BEARER_TOKEN``; ``--basic-auth-user`` with
 ``--basic-auth-password-file`` or ``DUALTRACK_PROMETHEUS_PASSWORD``.
+
+``--recording-rules`` (``DUALTRACK_RECORDING_RULES=1``, ``recording_rules:
+true``) reads the request signals' eight inputs from the series that
+recording_rules.yml records (``PrometheusSource(recorded=True)``) instead
+of computing rates over the raw metrics every cycle: the cheap choice for a
+large fleet. The rules must be loaded in the Prometheus queried, and the
+window must be theirs, 2m (any other ``--window`` is an error, exit 2)::
+
+    dualtrack adapter --prometheus-url http://prometheus:9090 \
+        --output /shared/preferences.json --recording-rules
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ SETTINGS: Dict[str, Tuple[Any, Any, str]] = {
     "strategy": ("adaptive", str, "strategy to follow (default adaptive)"),
     "interval": (30.0, float, "seconds between cycles (default 30)"),
     "window": ("2m", str, "rate window of the signals' PromQL (default 2m; at least 4 scrape intervals)"),
+    "recording_rules": (False, bool, "read the request signals' inputs from the series recording_rules.yml "
+                                     "records (load those rules in Prometheus; window must be 2m)"),
     "validity": (None, float, "seconds a published file stays valid (default 3 intervals)"),
     "query_classes": ("short,medium,long", str, "query classes, comma-separated (default short,medium,long)"),
     "query_timeout": (5.0, float, "seconds per PromQL query (default 5)"),
@@ -128,6 +140,7 @@ def _split(text: str) -> List[str]:
 
 def build(values: Dict[str, Any], *, once: bool, dry_run: bool) -> Tuple[Any, Any]:
     """(AdapterSettings, PromQLClient) from resolved settings; ConfigError on a bad one."""
+    from ..adapter.aggregates import RECORDED_WINDOW
     from ..adapter.loop import AdapterSettings
     from ..adapter.promql import PromQLClient
     from ..bundled import bundled_dir
@@ -141,6 +154,10 @@ def build(values: Dict[str, Any], *, once: bool, dry_run: bool) -> Tuple[Any, An
     except ValueError:
         raise ConfigError(f"expected octal permissions like 0644, got {values['file_mode']!r}",
                           field="file_mode") from None
+    if values["recording_rules"] and values["window"] != RECORDED_WINDOW:
+        raise ConfigError(f"reads the recording rules' series, which are rates over {RECORDED_WINDOW}; it "
+                          f"cannot be combined with window {values['window']!r} (set the window to "
+                          f"{RECORDED_WINDOW}, or turn --recording-rules off)", field="--recording-rules")
     rules = tuple(_split(values["rules"])) if values["rules"] else (str(bundled_dir("rules")),)
     settings = AdapterSettings(
         rules=rules, strategy=values["strategy"], output=values["output"] or "-",
@@ -184,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         settings, client = build(values, once=args.once, dry_run=args.dry_run or args.print_queries)
         registry = CollectorRegistry()
         adapter_holder: List[Any] = []
-        source = PrometheusSource(client, window=settings.window,
+        source = PrometheusSource(client, window=settings.window, recorded=bool(values["recording_rules"]),
                                   on_query=lambda s, e: adapter_holder[0].metrics.observe_query(s, e)
                                   if adapter_holder else None)
         if args.print_queries:
@@ -201,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"dualtrack adapter: {err}", file=sys.stderr)
         return 2
-    log.info("effective configuration: %s", effective_settings_text(settings, repr(client)))
+    source_desc = repr(client) + (" (inputs from recording rules)" if source.recorded else "")
+    log.info("effective configuration: %s", effective_settings_text(settings, source_desc))
     if server is not None:
         log.info("serving the adapter's metrics on %s", server.url)
     if not args.once:
