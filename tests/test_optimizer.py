@@ -489,6 +489,25 @@ def test_memory_over_limit_steers_to_api_and_disables_parallel():
     assert env.get("dualtrack_constraint_violated", constraint="memory") == 0
 
 
+def test_memory_over_limit_does_not_steer_to_a_failing_api():
+    env = Env(monitor=True, rss_mb=600, constraints=ResourceConstraints(max_memory_mb=512))
+    o = env.optimizer
+    for i in range(10):  # the API fails every call
+        o.record_request_start(f"a{i}", "q")
+        env.clock.advance(0.1)
+        o.record_request_completion(f"a{i}", "api", {}, success=False, error_type="unavailable")
+    env.monitor.sample_now()
+    rec = o.get_optimization_recommendations("q")
+    assert rec["overrides"] == [] and rec["routing"]["local_bias"] == 0.5
+    assert any("the API is failing: not steering to it" in r for r in rec["reasons"])
+    for i in range(10):  # the API works again
+        o.record_request_start(f"b{i}", "q")
+        env.clock.advance(0.1)
+        o.record_request_completion(f"b{i}", "api", {})
+    env.monitor.sample_now()
+    assert o.get_optimization_recommendations("q")["overrides"] == ["memory"]
+
+
 def test_gpu_memory_over_limit_steers_away_from_local():
     gpus = [FakeGpu("NVIDIA RTX 4090", utilization_percent=90, memory_used=3 * GIB, memory_total=24 * GIB)]
     env = Env(monitor=True, gpus=gpus, constraints=ResourceConstraints(max_gpu_memory_mb=2048))

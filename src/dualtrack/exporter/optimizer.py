@@ -60,6 +60,7 @@ class _Overrides:
     over_limit: Tuple[str, ...]  # memory / gpu_memory over their limits
     battery_low: bool
     cost: Dict[str, str]  # query class -> reason, where local is preferred for cost
+    api_failing: bool = False  # most recent API calls failed: steering to it would not help
 
 
 def _usage_of(snap: Any) -> Tuple[float, float, float]:
@@ -504,14 +505,19 @@ class DualTrackOptimizer:
         steer_away = list(overrides.over_limit)
         if concurrency_full:
             steer_away.append("concurrency")
-        # Priority: machine limits, then battery, then cost.
-        if steer_away:
+        # Priority: machine limits, then battery, then cost. Steering to the API
+        # is pointless while it fails: then the routing stays as preferred.
+        if (steer_away or overrides.battery_low) and overrides.api_failing:
+            reasons.append(f"over limit ({', '.join(steer_away or ['battery'])}) but the API is failing: "
+                           "not steering to it")
+            steer_away = []
+        elif steer_away:
             values["local_bias"] = 0.0
             values["parallel_threshold"] = 1.01
             preferred = "api"
             applied.extend(steer_away)
             reasons.append(f"over limit ({', '.join(steer_away)}): steering away from local and parallel")
-        elif overrides.battery_low:
+        elif overrides.battery_low and not overrides.api_failing:
             values["local_bias"] = 0.0
             values["parallel_threshold"] = 1.01
             preferred = "api"
@@ -570,8 +576,11 @@ class DualTrackOptimizer:
                     cost[qc] = (f"API requests of class {qc} cost ${api_cost:.4f} > cap "
                                 f"${c.max_cost_per_request:.4f} and local quality {local_quality:.2f} is "
                                 "acceptable: preferring local")
+        api_calls = [r for r in self.collector.records("api", None, since) if r.outcome != "cancelled"]
+        recent = api_calls[-20:]
+        api_failing = len(recent) >= 5 and sum(r.outcome == "success" for r in recent) < len(recent) / 2
         self._overrides = _Overrides(snap, prefs, tuple(n for n in ("memory", "gpu_memory") if checks[n]),
-                                     bool(checks["battery"]), cost)
+                                     bool(checks["battery"]), cost, api_failing)
         return self._overrides
 
     def _safe_default(self, err: BaseException) -> Dict[str, Any]:
