@@ -211,7 +211,8 @@ class DualTrackOptimizer:
             prefs = self.reader.current(force=True)
             note = {"timestamp": self.clock.time(), "ok": True, "source": prefs.source,
                     "strategy": prefs.strategy, "sequence": prefs.sequence,
-                    "routing": prefs.routing.as_dict(), "reasons": [r.message for r in prefs.reasons]}
+                    "mode": prefs.mode, "routing": prefs.routing.as_dict(),
+                    "fired": [r.rule for r in prefs.reasons], "reasons": [r.message for r in prefs.reasons]}
         self._cache.clear()
         return note
 

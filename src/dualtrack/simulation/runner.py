@@ -331,6 +331,8 @@ class Simulation:
     folder. ``on_interval(row)`` and ``on_event(event)`` are called as the
     run produces them (a live view). ``measure_reactions`` adds reaction
     times to the result (it reruns the scenario without each event: slower).
+    ``config_changes`` are extra ``OptimizationConfig`` settings (the demo
+    passes ``preferences_file`` to follow an adapter process).
 
     ``run()`` runs to the end and returns a :class:`SimulationResult`;
     ``run_until(t)`` advances to simulation time ``t`` (seconds from the
@@ -342,7 +344,8 @@ class Simulation:
                  strategies: Any = None, rules_path: Optional[str] = None, keep_requests: bool = False,
                  on_interval: Optional[Callable[[Dict[str, Any]], None]] = None,
                  on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
-                 objective: Objective = OBJECTIVE, measure_reactions: bool = False) -> None:
+                 objective: Objective = OBJECTIVE, measure_reactions: bool = False,
+                 config_changes: Optional[Dict[str, Any]] = None) -> None:
         self.scenario = scenario
         self.policy = check_policy(policy)
         self.seed = scenario.seed if seed is None else int(seed)
@@ -354,7 +357,7 @@ class Simulation:
         self.machine = SimulatedMachine(self.params, self.local, self.clock)
         self.adaptive = self.policy.startswith(STRATEGY_PREFIX)
         strategy = self.policy[len(STRATEGY_PREFIX):] if self.adaptive else "balanced"
-        self.config = scenario.optimization_config(strategy, rules_path=rules_path)
+        self.config = scenario.optimization_config(strategy, rules_path=rules_path, **(config_changes or {}))
         self.optimizer = DualTrackOptimizer(self.config, registry=registry, clock=self.clock,
                                             resource_monitor=self.machine, strategies=strategies)
         self.machine.start_monitoring()
