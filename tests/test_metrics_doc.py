@@ -1,0 +1,49 @@
+"""docs/metrics.md lists every metric the router, the adapter and the reader export."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
+from dualtrack.adapter.loop import AdapterMetrics
+from dualtrack.preferences import PreferencesReader, Preferences, write_preferences
+from fakes.fake_nvml import FakeGpu, FakeNvml
+from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+
+
+def _names(registry: CollectorRegistry) -> set:
+    return {m.name for m in registry.collect()}
+
+
+def test_every_exported_metric_is_documented(tmp_path):
+    registry = CollectorRegistry()
+    config = OptimizationConfig(prices={"api": ModelPrice(1, 2)}, constraints=ResourceConstraints(max_cost_per_hour=5))
+    ps = FakePsutil(battery=sbattery(50, 3600, False), temperatures={"coretemp": [shwtemp("Package", 50.0, 90.0, 100.0)]})
+    ps.procs[os.getpid()] = FakeProc(rss=10 ** 8, cpu_percent=5)
+    gpus = [FakeGpu("gpu", utilization_percent=5, memory_used=10 ** 9, memory_total=10 ** 10)]
+    monitor = ResourceMonitor(config, psutil_module=ps, nvml=FakeNvml(gpus), registry=registry)
+    monitor.min_cpu_window_seconds = 0.0
+    optimizer = DualTrackOptimizer(config, registry=registry, resource_monitor=monitor)
+    monitor.sample_now()
+    monitor.sample_now()
+    optimizer.record_request_start("a", "q")
+    optimizer.record_request_completion("a", "api", {"tokens_in": 1, "quality_score": 0.5})
+    optimizer.adapt_now()
+    AdapterMetrics(registry)
+    file = tmp_path / "p.json"
+    write_preferences(file, Preferences.defaults())
+    PreferencesReader(file, registry=registry).current()
+
+    names = _names(registry)
+    assert len(names) > 60
+    documented = set(re.findall(r"^\| `(dualtrack_[a-z_]+)`", DOC.read_text(), re.M))
+    missing = sorted(names - documented)
+    assert not missing, f"add these to docs/metrics.md: {missing}"
+    stale = sorted(documented - names)
+    assert not stale, f"docs/metrics.md lists metrics nothing exports: {stale}"
