@@ -777,12 +777,18 @@ class ResourceMonitor:
         self._interval_gauge.set(self._interval)
 
 
+def register_resource_gauges(registry: CollectorRegistry, source: Any) -> None:
+    """Export the resource gauges of anything with ``snapshot() -> ResourceSnapshot``
+    (the simulator's machine uses this; a ``ResourceMonitor`` does it itself)."""
+    registry.register(_ResourceCollector(source))
+
+
 class _ResourceCollector:
     """Resource gauges read from the latest snapshot at scrape time; absent stays absent."""
 
     _GPU_LABELS = ("gpu", "name")
 
-    def __init__(self, monitor: ResourceMonitor) -> None:
+    def __init__(self, monitor: Any) -> None:
         self._monitor = monitor
 
     def describe(self) -> Iterator[Metric]:

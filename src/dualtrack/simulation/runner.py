@@ -54,6 +54,7 @@ from ..clock import VirtualClock
 from ..exporter.collector import quantile
 from ..exporter.constraints import resource_checks
 from ..exporter.optimizer import DualTrackOptimizer
+from ..exporter.resources import register_resource_gauges
 from ..preferences import DEFAULT_TIMEOUTS_SECONDS
 from ..router.policy import RoutePlan, RoutingPolicy
 from .machine import SimulatedMachine
@@ -360,6 +361,8 @@ class Simulation:
         self.config = scenario.optimization_config(strategy, rules_path=rules_path, **(config_changes or {}))
         self.optimizer = DualTrackOptimizer(self.config, registry=registry, clock=self.clock,
                                             resource_monitor=self.machine, strategies=strategies)
+        if registry is not None:  # a served registry (the demo): export the simulated machine too
+            register_resource_gauges(registry, self.machine)
         self.machine.start_monitoring()
         self.machine.sample(0.0)
         route_rng = random.Random(f"dualtrack-sim:{self.seed}:routing")
