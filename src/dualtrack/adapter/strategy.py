@@ -20,13 +20,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-import jsonschema
 
 from .. import _yaml
+from .._schema import load_validator, schema_error
 from ..errors import ConfigError
 from .conditions import Condition, ConditionError, compile_condition
 from .signals import BUILTIN_CATALOG, Catalog, Signal, user_signal
@@ -166,37 +165,9 @@ class Strategy:
 # ------------------------------------------------------------------ schema
 
 
-def _load_schema() -> Dict[str, Any]:
-    text = resources.files("dualtrack").joinpath("schemas/strategy.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-STRATEGY_SCHEMA: Dict[str, Any] = _load_schema()
-_VALIDATOR = jsonschema.Draft202012Validator(STRATEGY_SCHEMA)
-
-
-def _schema_error(doc: _yaml.LocatedDocument) -> Optional[ConfigError]:
-    errors = sorted(_VALIDATOR.iter_errors(doc.data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
-    if not errors:
-        return None
-    err = jsonschema.exceptions.best_match(errors)
-    path = tuple(err.absolute_path)
-    message = err.message
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = list(err.schema.get("properties", {}))
-        extra = [k for k in err.instance if k not in allowed]
-        if extra:
-            key = extra[0]
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            path = path + (key,)
-            message = f"unknown field{'; did you mean ' + repr(hint[0]) + '?' if hint else ''}"
-    elif err.validator == "propertyNames":
-        message = f"{err.instance!r} is not a preference (local_bias, parallel_threshold, timeout_multiplier, quality_threshold)"
-    elif err.validator == "required":
-        message = err.message
-    elif err.validator in ("anyOf", "oneOf") and err.context:
-        message = f"{err.instance!r} is not valid here: " + "; or ".join(sorted({c.message for c in err.context}))
-    return doc.error(path, message)
+_VALIDATOR = load_validator("strategy.schema.json")
+STRATEGY_SCHEMA: Dict[str, Any] = _VALIDATOR.schema
+_PREFERENCE_NAMES = "is not a preference (local_bias, parallel_threshold, timeout_multiplier, quality_threshold)"
 
 
 # ------------------------------------------------------------------ compile
@@ -381,7 +352,7 @@ def _read(path: Union[str, Path]) -> _yaml.LocatedDocument:
     doc = _yaml.load(path)
     if not isinstance(doc.data, dict):
         raise ConfigError("expected a mapping with at least 'strategy:'", source=doc.source, line=1)
-    error = _schema_error(doc)
+    error = schema_error(doc, _VALIDATOR, property_names=_PREFERENCE_NAMES)
     if error is not None:
         raise error
     # JSON Schema's minimum/maximum let NaN through, and a NaN relax, step or

@@ -29,13 +29,12 @@ import difflib
 import json
 import math
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-import jsonschema
 
 from .. import _yaml
+from .._schema import load_validator, schema_error
 from ..adapter.strategy import parse_duration
 from ..bundled import bundled_dir
 from ..config import ModelPrice, OptimizationConfig, ResourceConstraints
@@ -387,9 +386,8 @@ def _boundaries(classes: Tuple[QueryClassSpec, ...]) -> Tuple[int, ...]:
 
 # ------------------------------------------------------------------ loading
 
-_SCHEMA: Dict[str, Any] = json.loads(
-    resources.files("dualtrack").joinpath("schemas/scenario.schema.json").read_text(encoding="utf-8"))
-_VALIDATOR = jsonschema.Draft202012Validator(_SCHEMA)
+_VALIDATOR = load_validator("scenario.schema.json")
+_SCHEMA: Dict[str, Any] = _VALIDATOR.schema
 
 
 def scenario_names() -> List[str]:
@@ -419,30 +417,6 @@ def load_scenario(path_or_name: Union[str, Path]) -> Scenario:
     return _build(_yaml.load(path))
 
 
-def _schema_error(doc: _yaml.LocatedDocument) -> Optional[ConfigError]:
-    errors = list(_VALIDATOR.iter_errors(doc.data))
-    if not errors:
-        return None
-    err = jsonschema.exceptions.best_match(errors)
-    path = tuple(err.absolute_path)
-    message = err.message
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = list(err.schema.get("properties", {}))
-        extra = [k for k in err.instance if k not in allowed]
-        if extra:
-            hint = difflib.get_close_matches(str(extra[0]), allowed, n=1)
-            path = path + (extra[0],)
-            message = f"unknown field{'; did you mean ' + repr(hint[0]) + '?' if hint else ''}"
-    elif err.validator == "propertyNames":
-        message = f"{err.instance!r} is not a parameter path like api.outage or local.quality.long"
-    elif err.validator == "enum" and isinstance(err.instance, bool):
-        message += " (quote it: YAML reads off, on, yes and no as booleans)"
-    elif err.validator in ("anyOf", "oneOf") and err.context:
-        if err.schema.get("anyOf") and all("required" in s for s in err.schema["anyOf"]):
-            message = "an event needs at least one of set, scale, add"
-        else:
-            message = f"{err.instance!r} is not valid here: " + "; or ".join(sorted({c.message for c in err.context}))
-    return doc.error(path, message)
 
 
 class _Checker:
@@ -475,7 +449,7 @@ def _build(doc: _yaml.LocatedDocument) -> Scenario:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a scenario file must be a mapping (name:, duration:, workload:, ...)")
-    error = _schema_error(doc)
+    error = schema_error(doc, _VALIDATOR, property_names="is not a parameter path like api.outage or local.quality.long")
     if error is not None:
         raise error
     c = _Checker(doc)
