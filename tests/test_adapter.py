@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import pytest
 from prometheus_client import CollectorRegistry
 
-from dualtrack import DualTrackOptimizer, OptimizationConfig, PreferencesReader
+from dualtrack import DualTrackOptimizer, OptimizationConfig
 from dualtrack.adapter.loop import Adapter, AdapterSettings
 from dualtrack.adapter.prometheus_source import PrometheusSource
 from dualtrack.adapter.promql import PromQLClient

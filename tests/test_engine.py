@@ -6,7 +6,7 @@ import itertools
 import math
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 from hypothesis import event, example, given, settings

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from typing import Dict, Optional
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig

@@ -16,7 +16,6 @@ strategies refer to each other by name (the adaptive strategy's modes).
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
 from dataclasses import dataclass, field

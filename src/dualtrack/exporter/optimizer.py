@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -41,7 +41,7 @@ from ..preferences import Preferences, PreferencesReader, Routing
 from .collector import MetricsCollector, PerformanceMetrics
 from .constraints import CONSTRAINTS, MB, ConstraintCheck, resource_checks
 from .metrics import OTHER, RequestMetrics
-from .query_classes import QueryClassifier, estimate_tokens
+from .query_classes import QueryClassifier
 from .resources import ResourceMonitor
 
 log = logging.getLogger(__name__)
@@ -429,7 +429,10 @@ class DualTrackOptimizer:
 
     def _non_negative(self, name: str, value: Any) -> Optional[float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            v = float(value)
+            try:
+                v = float(value)
+            except OverflowError:  # an int beyond float range (10**400): rejected, not an internal error
+                v = math.inf
             if v >= 0 and not math.isinf(v):  # NaN fails v >= 0
                 return v
         self._reject("result", f"bad_{name}", value)
