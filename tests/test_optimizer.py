@@ -355,8 +355,13 @@ def test_bad_arguments_and_internal_failures_never_raise(monkeypatch):
     o.record_request_start("fine", "q")
     o.record_request_start(["unhashable"], "q")  # type: ignore[arg-type]
     o.record_request_completion({"bad": "id"}, "api", {})  # type: ignore[arg-type]
-    assert env.get("dualtrack_optimizer_errors_total", component="record_request_start") == 1
-    assert env.get("dualtrack_optimizer_errors_total", component="record_request_completion") == 1
+    # Bad input, not internal failures: the start is refused and counted, the
+    # completion is recorded as one without a start.
+    assert env.get("dualtrack_inputs_rejected_total", input="start", reason="unhashable_request_id") == 1
+    assert env.value("dualtrack_optimizer_errors_total", component="record_request_start") == 0
+    assert env.value("dualtrack_optimizer_errors_total", component="record_request_completion") == 0
+    assert env.get("dualtrack_completions_without_start_total") == 1
+    assert env.total("dualtrack_requests_total") == 1
     assert env.get("dualtrack_requests_in_flight") == 1
 
     def boom(*args: Any, **kw: Any) -> None:
@@ -364,10 +369,10 @@ def test_bad_arguments_and_internal_failures_never_raise(monkeypatch):
 
     monkeypatch.setattr(o.collector, "record_metric", boom)
     env.request("r1", "api")
-    assert env.get("dualtrack_optimizer_errors_total", component="record_request_completion") == 2
+    assert env.get("dualtrack_optimizer_errors_total", component="record_request_completion") == 1
     # The metrics were recorded before the failure; in-flight is consistent.
     assert env.get("dualtrack_requests_in_flight") == 1
-    assert env.total("dualtrack_requests_total") == 1
+    assert env.total("dualtrack_requests_total") == 2
 
 
 # --------------------------------------------------------------------------- cost and label folding

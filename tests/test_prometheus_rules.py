@@ -262,6 +262,9 @@ def evaluated(stack: BackfilledStack) -> float:
     # of the request group that comes after the machine group's first one, so
     # that every recorded series has a sample at or before that time.
     machine = prom.wait_for("timestamp(:dualtrack_cpu_usage_ratio:max)", timeout=30)[0][1]
+    assert time.time() - stack.history.end < 90, (
+        f"the stack's history ended {time.time() - stack.history.end:.0f} s ago: the 2m request "
+        "rules are about to go empty (machine too loaded to build and start it in time?)")
     samples = prom.wait_for("timestamp(path:dualtrack_requests:rate2m)",
                             lambda s: bool(s) and s[0][1] >= machine, timeout=30)
     return samples[0][1]

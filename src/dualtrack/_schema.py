@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections import deque
 from importlib import resources
 from typing import Any, Dict, Optional
 
@@ -27,6 +28,21 @@ def load_validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+def _comparable(path: Any) -> Any:
+    # YAML mapping keys need not be strings: one mapping can hold 0, "" and
+    # None, and jsonschema's key compares error paths element by element
+    # ("int" > "str" is a TypeError). Numbers keep their order, the rest
+    # compare as text.
+    return tuple((0, part, "") if isinstance(part, (int, float)) and not isinstance(part, bool)
+                 else (1, 0, str(part)) for part in path)
+
+
+def _relevance(error: jsonschema.ValidationError) -> Any:
+    """jsonschema's relevance key, with every error path in it made comparable."""
+    return tuple(_comparable(part) if isinstance(part, deque) else part
+                 for part in jsonschema.exceptions.relevance(error))
+
+
 def schema_error(doc: LocatedDocument, validator: jsonschema.Draft202012Validator, *,
                  property_names: str = "is not a valid name here") -> Optional[ConfigError]:
     """The most relevant schema violation of ``doc`` as a ConfigError, or None when valid.
@@ -37,7 +53,7 @@ def schema_error(doc: LocatedDocument, validator: jsonschema.Draft202012Validato
     errors = list(validator.iter_errors(doc.data))
     if not errors:
         return None
-    err = jsonschema.exceptions.best_match(errors)
+    err = jsonschema.exceptions.best_match(errors, key=_relevance)
     path = tuple(err.absolute_path)
     message = err.message
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):

@@ -413,6 +413,8 @@ class BackfilledStack:
 
 
 _STACKS: Dict[Tuple[str, ...], BackfilledStack] = {}
+#: How old a stack's history may be for another test module to reuse it.
+STACK_REUSE_SECONDS = 45.0
 
 
 def backfilled_stack(workdir: Path, rule_files: Iterable[Path] = ()) -> BackfilledStack:
@@ -423,8 +425,14 @@ def backfilled_stack(workdir: Path, rule_files: Iterable[Path] = ()) -> Backfill
     """
     key = tuple(str(p) for p in rule_files)
     stack = _STACKS.get(key)
-    if stack is not None and stack.prom.running:
+    # Reuse only a recent stack: the rules evaluate live over the history's
+    # last minutes. A rate over 2m needs two scrapes (15 s apart) in its
+    # window, so the request rules go empty about 105 s after the history's
+    # end (a stack built early in a long test run goes stale).
+    if stack is not None and stack.prom.running and time.time() - stack.history.end < STACK_REUSE_SECONDS:
         return stack
+    if stack is not None:
+        stack.close()
     workdir = Path(workdir)
     history = run_workload(workdir / "workload", end=time.time())
     prom = PrometheusServer(workdir / "prometheus", rule_files=[Path(p) for p in key])

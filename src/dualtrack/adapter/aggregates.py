@@ -114,6 +114,18 @@ def histogram_quantile(q: float, buckets: Iterable[Tuple[float, float]]) -> floa
     return start + (end - start) * (rank / count)
 
 
+def _bucket_bound(le: str) -> Optional[float]:
+    """A bucket's upper bound, or None for a series without a usable ``le``.
+
+    Prometheus' histogram_quantile ignores such series; so do we, instead of
+    failing the whole fetch on one foreign or broken series.
+    """
+    try:
+        return float(le)
+    except (TypeError, ValueError):
+        return None
+
+
 def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     if num is None or den is None or den == 0:
         return None  # PromQL: x/0 is ±Inf or NaN, and a missing side matches nothing
@@ -162,8 +174,8 @@ def compute(inputs: Mapping[str, Mapping[Key, float]], values: SignalValues) -> 
                 "tokens_per_second": g.get("tokens"),  # type: ignore[dict-item]
             }
             buckets: Dict[str, float] = g.get("buckets", {})  # type: ignore[assignment]
-            if buckets:
-                pairs = [(float(le), rate) for le, rate in buckets.items()]
+            pairs = [(bound, rate) for le, rate in buckets.items() if (bound := _bucket_bound(le)) is not None]
+            if pairs:
                 for q, name in ((0.5, "latency_p50_seconds"), (0.95, "latency_p95_seconds"),
                                 (0.99, "latency_p99_seconds")):
                     out[name] = histogram_quantile(q, pairs)

@@ -93,7 +93,11 @@ class EmbeddedSource:
         selections += [(p, qc) for p, qc in self.collector.paths_and_classes()]
         for path, qc in selections:
             window = self.collector.records(path, qc)
-            kept = [r for r in window if r.timestamp >= since]
+            # Records stamped after ``now`` were made before the wall clock was
+            # set back: out of the window, or they would stand in for fresh
+            # traffic for as long as the jump (an hour back: an hour of stale
+            # signals) and make the span negative.
+            kept = [r for r in window if since <= r.timestamp <= now]
             if not kept:
                 continue
             labels = {}

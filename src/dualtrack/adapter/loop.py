@@ -31,11 +31,12 @@ from typing import Any, List, Optional, Sequence, TextIO, Tuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..config import DEFAULT_QUERY_CLASSES
+from ..config import DEFAULT_QUERY_CLASSES, _label_value
 from ..errors import ConfigError, PreferencesError, SourceError
 from ..preferences import PreferencesWriter
 from .embedded import decision_to_preferences
 from .engine import RuleEngine
+from .prometheus_source import check_window
 from .signals import SignalValues
 from .strategy import StrategySet, load_strategies, rule_files
 
@@ -68,6 +69,18 @@ class AdapterSettings:
             raise ConfigError(f"must be positive, got {self.validity_seconds!r}", field="validity")
         if not self.output:
             raise ConfigError("an output file is required", field="output")
+        try:
+            check_window(self.window)
+        except ValueError as err:
+            raise ConfigError(str(err).partition(": ")[2], field="window") from None
+        # The routers' rule for class names (a metric label, a key of the
+        # preferences file): refused here, not by the file's validation the
+        # first time a per-class rule fires.
+        try:
+            for qc in self.query_classes:
+                _label_value("query_classes", qc)
+        except ValueError as err:
+            raise ConfigError(str(err).partition(": ")[2], field="query_classes") from None
 
     @property
     def validity(self) -> float:

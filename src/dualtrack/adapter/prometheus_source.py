@@ -35,7 +35,9 @@ catalog::
 User signals (PromQL written in YAML) are queried one by one, so one bad
 user query cannot take the built-ins down with it. If the batch itself is
 rejected as a bad query (a PromQL engine lacking a function), the source
-falls back to one query per signal and reports which ones failed.
+falls back to one query per signal and reports which ones failed; if not
+one built-in signal is answered that way, the backend is what is broken
+and ``fetch`` raises (the cycle fails, the last preferences stay).
 
 "No data" is not an error: an empty answer, NaN or ±Inf leave the signal
 without a value. A backend that is down, slow or refusing credentials
@@ -46,12 +48,13 @@ and the adapter keeps its last preferences.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import BadQuery, BadResponse, SourceError
 from .aggregates import DIMS, INPUTS, RECORDED_INPUTS, RECORDED_WINDOW, REQUEST_SIGNALS, compute
-from .promql import InstantResult, PromQLClient
+from .promql import InstantResult, PromQLClient, escape_label_value
 from .signals import BUILTIN_CATALOG, Catalog, Signal, SignalValues
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,28 @@ _INPUT_PREFIX = "_input_"
 QueryObserver = Callable[[float, Optional[str]], None]  # (seconds, error kind or None)
 
 
+#: A PromQL duration as Prometheus parses it (model.ParseDuration): units in
+#: this order, each at most once, e.g. 2m, 90s, 1h30m.
+_DURATION_RE = re.compile(r"(?=[0-9])([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?")
+
+
+def check_window(window: object) -> str:
+    """``window`` if it is a PromQL duration (``2m``, ``90s``, ``1h30m``), else ``ValueError``.
+
+    The window is pasted into every rate() of the batch query, so anything
+    else (a typo, or ``2m]) or vector(1) or rate(x[2m``) must be refused at
+    start, not sent to Prometheus every cycle.
+    """
+    if not isinstance(window, str) or not _DURATION_RE.fullmatch(window):
+        raise ValueError(f"window: expected a PromQL duration such as 2m, 90s or 1h30m, got {window!r}")
+    return window
+
+
 def _branch(signal: Signal, level: Tuple[str, ...], window: str) -> str:
-    return f'label_replace({signal.query(level, window)}, "{SIGNAL_LABEL}", "{signal.name}", "", "")'
+    # The name is validated ([a-zA-Z_][a-zA-Z0-9_]*) but escaped all the same:
+    # nothing from configuration reaches PromQL as a raw string literal.
+    name = escape_label_value(signal.name)
+    return f'label_replace({signal.query(level, window)}, "{SIGNAL_LABEL}", "{name}", "", "")'
 
 
 class PrometheusSource:
@@ -80,6 +103,7 @@ class PrometheusSource:
     def __init__(self, client: PromQLClient, *, window: str = "2m", batch: bool = True,
                  aggregates: bool = True, recorded: bool = False,
                  on_query: Optional[QueryObserver] = None) -> None:
+        check_window(window)
         if recorded and window != RECORDED_WINDOW:
             raise ValueError(f"recorded=True reads the recording rules' series, which are rates over "
                              f"{RECORDED_WINDOW}; got window={window!r} (use window={RECORDED_WINDOW!r}, "
@@ -149,25 +173,44 @@ class PrometheusSource:
                     self._check_recorded(got_inputs, have_other=len(values) > 0)
             except (BadQuery, BadResponse):
                 # Isolate the culprit: one query per signal.
-                for signal in builtins:
-                    self._fetch_one(values, signal, catalog, at, deadline)
+                self._fetch_each(values, builtins, catalog, at, deadline)
         else:
-            for signal in builtins:
-                self._fetch_one(values, signal, catalog, at, deadline)
+            self._fetch_each(values, builtins, catalog, at, deadline)
         for signal in catalog:
             if not signal.builtin:
                 self._fetch_one(values, signal, catalog, at, deadline)
         return values
 
+    def _fetch_each(self, values: SignalValues, signals: List[Signal], catalog: Catalog,
+                    at: Optional[float], deadline: Optional[float]) -> None:
+        """One query per signal. If not one of them is answered, the backend
+        itself is broken (garbage, wrong types, oversize, every query
+        rejected), not one signal: raise the first error, so that the cycle
+        fails and keeps the last preferences instead of publishing fresh
+        "no data" ones that would hide the outage from the expiry policy."""
+        first: Optional[SourceError] = None
+        answered = False
+        for signal in signals:
+            err = self._fetch_one(values, signal, catalog, at, deadline)
+            if err is None:
+                answered = True
+            elif first is None:
+                first = err
+        if first is not None and not answered:
+            raise first
+
     def _fetch_one(self, values: SignalValues, signal: Signal, catalog: Catalog,
-                   at: Optional[float], deadline: Optional[float]) -> None:
+                   at: Optional[float], deadline: Optional[float]) -> Optional[SourceError]:
+        """Query one signal into ``values``; a bad query or answer is recorded
+        in ``values.errors`` and returned (``None`` when answered)."""
         expr = " or ".join(_branch(signal, level, self.window) for level in signal.levels())
         try:
             result = self._query(expr, at, deadline)
         except (BadQuery, BadResponse) as err:
             values.errors[signal.name] = f"{err.kind}: {err}"
-            return
+            return err
         self._store(values, result, catalog)
+        return None
 
     @staticmethod
     def _store(values: SignalValues, result: InstantResult, catalog: Catalog) -> bool:

@@ -198,7 +198,9 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
            allowed={"constraint": CONSTRAINTS}),
 )
 
-_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# fullmatch, not match: "$" also matches before a final newline, and a name
+# goes into PromQL (prometheus_source._branch) and into label names.
+_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class Catalog:
@@ -245,13 +247,13 @@ def user_signal(entry: Mapping[str, Any]) -> Signal:
         if key not in allowed_keys:
             raise ValueError(f"{key}: unknown field (expected one of {sorted(allowed_keys)})")
     name = entry.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(f"name: expected a name like my_signal, got {name!r}")
     promql = entry.get("promql")
     if not isinstance(promql, str) or not promql.strip():
         raise ValueError("promql: expected a PromQL expression")
     labels = entry.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(x, str) and _NAME_RE.match(x) for x in labels):
+    if not isinstance(labels, list) or not all(isinstance(x, str) and _NAME_RE.fullmatch(x) for x in labels):
         raise ValueError(f"labels: expected a list of label names, got {labels!r}")
     return Signal(name, str(entry.get("help", "")), str(entry.get("unit", "")), tuple(labels),
                   promql.strip(), builtin=False, allowed={"path": PATHS} if "path" in labels else {})

@@ -225,6 +225,11 @@ class DualTrackOptimizer:
     def record_request_start(self, request_id: str, query: str, context: Optional[Dict] = None) -> None:
         """Record the start of a request. Latency is measured from here (monotonic clock)."""
         try:
+            if not _hashable(request_id):
+                # A list or dict cannot key the in-flight table: bad input, counted;
+                # its completion is then recorded as one without a start.
+                self._reject("start", "unhashable_request_id", request_id)
+                return
             qc = self.classifier.classify(query, context)
             now = self.clock.monotonic()
             # A parallel request's legs are recorded as their own calls; the
@@ -302,10 +307,12 @@ class DualTrackOptimizer:
         # inline fast checks; anything else goes through the full validators.
         now = self.clock.monotonic()
         metrics = self.metrics
-        with self._inflight_lock:
-            start = self._inflight.pop(request_id, None)
-            if start is not None and start[2]:
-                self._calls_in_flight -= 1
+        start = None
+        if _hashable(request_id):  # an unhashable id was never started (see record_request_start)
+            with self._inflight_lock:
+                start = self._inflight.pop(request_id, None)
+                if start is not None and start[2]:
+                    self._calls_in_flight -= 1
         if start is not None:
             if start[2]:
                 metrics.in_flight.dec()
@@ -704,3 +711,14 @@ class _StateCollector(Collector):
 
 
 __all__ = ["DualTrackOptimizer", "PATHS"]
+
+
+def _hashable(value: Any) -> bool:
+    # str first: the id of nearly every call, without a try block's set-up.
+    if type(value) is str:
+        return True
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True

@@ -64,7 +64,9 @@ class QueryClassifier:
             if isinstance(given, (int, float)) and not isinstance(given, bool) and 0.0 <= given <= 1.0:
                 return float(given)
         tokens = estimate_tokens(query, context)
-        score = 0.7 * min(1.0, tokens / (2.0 * self._long))
+        # Compare before dividing: a caller's estimated_tokens may be any int
+        # (10**400 / 4096.0 raises OverflowError).
+        score = 0.7 * (1.0 if tokens >= 2.0 * self._long else tokens / (2.0 * self._long))
         if isinstance(query, str):
             head = query[:1000]  # the start of a query says enough; scanning more costs per request
             # Hot path (every recommendation scans the query): a marker with a
