@@ -524,7 +524,7 @@ def test_credentials_never_appear_in_errors_or_repr(fake_http: FakeHTTPServer, s
 def test_constructor_validation_messages_hide_secrets(tmp_path: Path):
     cases = [
         ("ftp://host/", "http:// or https://"),
-        ("http:///path", "no host"),
+        ("http:///path", "with a host"),
         ("http://host:99999", "not a valid URL"),
         ("http://host/?a=b", "query string"),
         (f"ftp://u:{PASSWORD}@host/", "http:// or https://"),

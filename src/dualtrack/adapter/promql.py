@@ -44,11 +44,12 @@ import threading
 import time as _time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
-from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlunsplit
 
 import requests
 import urllib3
 
+from .._urls import split_base_url
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
     AuthenticationFailed,
@@ -177,18 +178,6 @@ def _describe(value: Any) -> str:
         return _short(repr(value), 60)
     except Exception:  # pragma: no cover - repr of JSON values does not fail
         return type(value).__name__
-
-
-def _redact_url(url: str) -> str:
-    """``url`` with any userinfo replaced, for messages about an invalid URL."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" in parts.netloc:
-        host = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc="***@" + host)
-    return urlunsplit(parts)
 
 
 def _format_time(at: Union[float, int, _dt.datetime]) -> str:
@@ -480,20 +469,8 @@ class PromQLClient:
 
     @staticmethod
     def _parse_base_url(base_url: Any) -> Tuple[str, Optional[Tuple[str, str]]]:
-        if not isinstance(base_url, str):
-            raise ValueError(f"base_url: expected a string, got {type(base_url).__name__}")
-        shown = _redact_url(base_url)
-        try:
-            parts = urlsplit(base_url.strip())
-            port = parts.port  # raises on a non-numeric or out-of-range port
-        except ValueError:
-            raise ValueError(f"base_url: not a valid URL: {shown}") from None
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"base_url: expected an http:// or https:// URL, got {shown}")
-        if not parts.hostname:
-            raise ValueError(f"base_url: no host in {shown}")
-        if parts.query or parts.fragment:
-            raise ValueError(f"base_url: must not carry a query string or fragment: {shown}")
+        parts = split_base_url(base_url)
+        port = parts.port
         auth: Optional[Tuple[str, str]] = None
         if parts.username is not None or parts.password is not None:
             auth = (unquote(parts.username or ""), unquote(parts.password or ""))

@@ -29,6 +29,7 @@ import signal
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+from .._urls import has_password
 from ..errors import ConfigError
 
 log = logging.getLogger("dualtrack.adapter")
@@ -117,6 +118,13 @@ def resolve(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) 
                 hint = difflib.get_close_matches(str(key), list(SETTINGS), n=1)
                 raise doc.error((key,), "unknown setting" + (f"; did you mean {hint[0]!r}?" if hint else ""))
             file_values[key] = _convert(key, value, SETTINGS[key][1], f"{args.config}")
+    cli_url = getattr(args, "prometheus_url", None)
+    if isinstance(cli_url, str) and has_password(cli_url):
+        # The one flag that could carry a secret: refused, as every other
+        # credential on the command line (it shows in ps). The URL is not shown.
+        raise ConfigError("a password in the URL would show in ps; give it in DUALTRACK_PROMETHEUS_PASSWORD or "
+                          "--basic-auth-password-file (user: --basic-auth-user), or the whole URL in "
+                          "DUALTRACK_PROMETHEUS_URL", field="--prometheus-url")
     out: Dict[str, Any] = {}
     for name, (default, kind, _) in SETTINGS.items():
         cli = getattr(args, name, None)

@@ -43,11 +43,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 from typing import runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import requests
 import urllib3
 
+from .._urls import redact_url, split_base_url
 from ..errors import DualTrackError
 from ..exporter.query_classes import CHARS_PER_TOKEN
 
@@ -236,16 +237,6 @@ def _check_header_value(name: str, value: Any) -> str:
     return value
 
 
-def _redact_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1])
-    return urlunsplit(parts._replace(query="", fragment=""))
-
-
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP
 
 
@@ -347,20 +338,9 @@ class OpenAICompatibleBackend:
 
     @staticmethod
     def _endpoint(base_url: Any) -> str:
-        if not isinstance(base_url, str):
-            raise ValueError(f"base_url: expected a string, got {type(base_url).__name__}")
-        shown = _redact_url(base_url)
-        try:
-            parts = urlsplit(base_url.strip())
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError(f"base_url: not a valid URL: {shown}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url: expected an http:// or https:// URL with a host, got {shown}")
+        parts = split_base_url(base_url)
         if parts.username is not None or parts.password is not None:
-            raise ValueError(f"base_url: must not carry credentials (use api_key): {shown}")
-        if parts.query or parts.fragment:
-            raise ValueError(f"base_url: must not carry a query string or fragment: {shown}")
+            raise ValueError(f"base_url: must not carry credentials (use api_key): {redact_url(base_url)}")
         path = parts.path.rstrip("/")
         if path.endswith("/chat/completions"):
             path = path[: -len("/chat/completions")]
