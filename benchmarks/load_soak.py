@@ -283,7 +283,7 @@ def run(requests: int, threads: int, unbounded_every: int, *, trace: bool = Fals
         out["tracemalloc_top"] = [f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno} "
                                   f"{s.size / 1024:.0f} KiB in {s.count} blocks" for s in top]
     out["checks"] = check(optimizer, tally, requests)
-    out["state"] = {"in_flight_table": len(optimizer._inflight),
+    out["state"] = {"in_flight_table": len(optimizer._calls) + len(optimizer._parents),
                     "window_records": len(optimizer.collector.metrics)}
     return out
 

@@ -604,7 +604,7 @@ def slow_local_traffic(env: Env, n: int = 10) -> None:
     for i in range(n):
         o.record_request_start(f"l{env.clock.time()}-{i}", "q")
         o.record_request_start(f"a{env.clock.time()}-{i}", "q")
-    ids = list(o._inflight)
+    ids = list(o._calls)
     env.clock.advance(1.0)
     for rid in ids:
         if rid.startswith("a"):
@@ -809,6 +809,52 @@ def test_sixteen_threads_counters_exactly_equal_the_requests_recorded():
     assert env.total("dualtrack_optimizer_errors_total") == 0
     assert env.value("dualtrack_completions_without_start_total") == 0
     assert o.collector.total_recorded == n
+
+
+def test_sweeps_racing_completions_on_many_threads_keep_the_books_exact():
+    """The in-flight table takes no lock per request: sweeps run while other
+    threads start and complete. Every start ends exactly once, completed or
+    expired, and the gauge, the table and the counters agree."""
+    env = Env(inflight_ttl_seconds=5.0)
+    o = env.optimizer
+    threads, per_thread = 8, 3000
+    stop = threading.Event()
+
+    def work(t: int) -> None:
+        for i in range(per_thread):
+            rid = f"t{t}-{i}"
+            o.record_request_start(rid, "q", {"path": "parallel"} if i % 7 == 0 else None)
+            if i % 10:  # one in ten is an orphan, left to expire
+                o.record_request_completion(rid, "api", {"tokens_in": 1})
+
+    def tick() -> None:  # time passes: sweeps by time, orphans (and some slow starts) expire
+        while not stop.is_set():
+            env.clock.advance(1.0)
+            stop.wait(0.001)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=60)
+    stop.set()
+    ticker.join(timeout=10)
+    env.clock.advance(10.0)
+    o.get_optimization_recommendations("q")  # a sweep is due: the orphans left expire now
+
+    starts = threads * per_thread
+    completions = sum(1 for t in range(threads) for i in range(per_thread) if i % 10)
+    without_start = env.value("dualtrack_completions_without_start_total")
+    expired = env.value("dualtrack_request_starts_expired_total")
+    assert env.total("dualtrack_requests_total") == completions
+    assert expired >= starts - completions  # every orphan, and any start that outlived the TTL
+    assert expired + (completions - without_start) == starts  # each start ended exactly once
+    assert o.in_flight_count() == 0 and env.get("dualtrack_requests_in_flight") == 0
+    assert len(o._parents) == 0
+    assert env.total("dualtrack_optimizer_errors_total") == 0
+    assert o.collector.total_recorded == completions
 
 
 # --------------------------------------------------------------------------- the machine, faked

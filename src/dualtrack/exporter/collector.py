@@ -13,13 +13,18 @@ bounded deques (``metrics_window_size`` each) kept overall, per path and per
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 import threading
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..config import OptimizationConfig
+
+#: False on a free-threaded build running without the GIL (Python 3.13t).
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 @dataclass
@@ -123,6 +128,14 @@ class MetricsCollector:
     ``metrics`` holds the latest ``metrics_window_size`` requests overall,
     ``metrics_by_path[path]`` the latest per path and
     ``metrics_by_class[(path, query_class)]`` the latest per path and class.
+
+    Recording takes no lock under CPython's GIL: each step is one operation
+    on a builtin (``deque.append`` with ``maxlen``, ``dict.setdefault``,
+    ``next()`` on a counter) that no other thread can interleave with, and
+    readers copy a window with one ``list()`` call, which runs in C. A lock
+    per request made threads queue behind a holder the GIL had preempted
+    (docs/benchmarks.md). Where the GIL is disabled (free-threaded builds)
+    every method takes the lock.
     """
 
     def __init__(self, config: OptimizationConfig) -> None:
@@ -130,19 +143,37 @@ class MetricsCollector:
         self._size = size
         self._lock = threading.Lock()
         self.metrics: Deque[PerformanceMetrics] = deque(maxlen=size)
-        self.metrics_by_path: Dict[str, Deque[PerformanceMetrics]] = defaultdict(lambda: deque(maxlen=size))
-        self.metrics_by_class: Dict[Tuple[str, str], Deque[PerformanceMetrics]] = defaultdict(
-            lambda: deque(maxlen=size)
-        )
-        self.total_recorded = 0
+        self.metrics_by_path: Dict[str, Deque[PerformanceMetrics]] = {}
+        self.metrics_by_class: Dict[Tuple[str, str], Deque[PerformanceMetrics]] = {}
+        self._recorded = itertools.count()  # next() is atomic; a plain += 1 could lose counts
+        if not _GIL:
+            self.record_metric = self._record_locked  # type: ignore[method-assign]
+
+    @property
+    def total_recorded(self) -> int:
+        """Requests recorded since creation (the windows keep only the latest)."""
+        # itertools.count cannot be read without advancing it; its repr,
+        # "count(N)", says the next number, which is the count so far.
+        return int(repr(self._recorded)[len("count("):-1])
 
     def record_metric(self, metric: PerformanceMetrics) -> None:
         """Add one request to the windows. O(1); the oldest entry falls out."""
+        path = metric.processing_path
+        key = (path, metric.query_class)
+        by_path = self.metrics_by_path.get(path)
+        if by_path is None:
+            by_path = self.metrics_by_path.setdefault(path, deque(maxlen=self._size))
+        by_class = self.metrics_by_class.get(key)
+        if by_class is None:
+            by_class = self.metrics_by_class.setdefault(key, deque(maxlen=self._size))
+        self.metrics.append(metric)
+        by_path.append(metric)
+        by_class.append(metric)
+        next(self._recorded)
+
+    def _record_locked(self, metric: PerformanceMetrics) -> None:
         with self._lock:
-            self.metrics.append(metric)
-            self.metrics_by_path[metric.processing_path].append(metric)
-            self.metrics_by_class[(metric.processing_path, metric.query_class)].append(metric)
-            self.total_recorded += 1
+            MetricsCollector.record_metric(self, metric)
 
     def records(self, path: Optional[str] = None, query_class: Optional[str] = None,
                 since: Optional[float] = None) -> List[PerformanceMetrics]:
@@ -154,15 +185,16 @@ class MetricsCollector:
         """
         with self._lock:
             if path is not None and query_class is not None:
-                window: Iterable[PerformanceMetrics] = list(self.metrics_by_class.get((path, query_class), ()))
+                window = list(self.metrics_by_class.get((path, query_class), ()))
             elif path is not None:
                 window = list(self.metrics_by_path.get(path, ()))
             elif query_class is not None:
-                window = [m for (_, c), d in self.metrics_by_class.items() if c == query_class for m in d]
+                windows = [d for (_, c), d in list(self.metrics_by_class.items()) if c == query_class]
+                window = [m for d in windows for m in list(d)]
             else:
                 window = list(self.metrics)
         if since is None:
-            return list(window)
+            return window
         return [m for m in window if m.timestamp >= since]
 
     def get_metrics_summary(self, path: Optional[str] = None, query_class: Optional[str] = None,
@@ -176,13 +208,13 @@ class MetricsCollector:
         summary = summarize(self.records(path, query_class, since))
         if path is None and query_class is None:
             with self._lock:
-                paths = sorted(self.metrics_by_path)
+                paths = sorted(list(self.metrics_by_path))
             summary["by_path"] = {p: summarize(self.records(p, None, since)) for p in paths}
         return summary
 
     def paths_and_classes(self) -> List[Tuple[str, str]]:
         with self._lock:
-            return sorted(self.metrics_by_class)
+            return sorted(list(self.metrics_by_class))
 
     def clear(self) -> None:
         with self._lock:

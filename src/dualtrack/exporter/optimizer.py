@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter
@@ -120,11 +121,20 @@ class DualTrackOptimizer:
             resource_monitor = ResourceMonitor(config, clock=self.clock, registry=self.registry)
         self.resource_monitor = resource_monitor
 
-        # Bounded: entries older than the TTL are swept out (and counted).
-        # In-flight table: request id -> (monotonic start, query class, counts as a call).
-        self._inflight: Dict[str, Tuple[float, str, bool]] = {}
-        self._calls_in_flight = 0
-        self._inflight_lock = threading.Lock()
+        # In-flight tables: request id -> (monotonic start, query class), in
+        # start order. ``_calls`` holds what counts as a model call (a
+        # single-track request, a parallel request's legs), ``_parents`` the
+        # parallel requests themselves (timed, not counted as calls). Bounded:
+        # entries older than the TTL are swept out (and counted).
+        #
+        # No lock on the hot path: every step is one operation on a dict
+        # (pop, setitem, len), atomic in CPython. Two Python locks per request
+        # (this table's and the windows') made threads queue behind whichever
+        # holder the GIL had preempted: 2-3x the single-thread cost per
+        # request at 8-16 threads (docs/benchmarks.md).
+        self._calls: Dict[Any, Tuple[float, str]] = {}
+        self._parents: Dict[Any, Tuple[float, str]] = {}
+        self._sweep_lock = threading.Lock()  # one sweeper at a time; never taken per request
         self._starts_since_sweep = 0
         # Also sweep on time, not only every _SWEEP_EVERY starts: at low traffic
         # orphans would otherwise outlive their TTL indefinitely (and pin the
@@ -220,7 +230,7 @@ class DualTrackOptimizer:
 
     def in_flight_count(self) -> int:
         """Model calls started and not completed (parallel requests count by their legs)."""
-        return self._calls_in_flight
+        return len(self._calls)
 
     def record_request_start(self, request_id: str, query: str, context: Optional[Dict] = None) -> None:
         """Record the start of a request. Latency is measured from here (monotonic clock)."""
@@ -235,52 +245,42 @@ class DualTrackOptimizer:
             # A parallel request's legs are recorded as their own calls; the
             # request itself is tracked for its latency but is not extra work.
             counted = not (context and context.get("path") == "parallel")
-            with self._inflight_lock:
-                # pop, then insert: the table stays in start order for the sweep
-                previous = self._inflight.pop(request_id, None)
-                self._inflight[request_id] = (now, qc, counted)
-                if previous is not None and previous[2]:
-                    self._calls_in_flight -= 1
-                if counted:
-                    self._calls_in_flight += 1
-                self._starts_since_sweep += 1
-                sweep = (self._starts_since_sweep >= _SWEEP_EVERY or now >= self._next_sweep
-                         or len(self._inflight) > self.config.max_inflight_tracked)
+            calls, parents = self._calls, self._parents
+            # pop, then insert: the table stays in start order for the sweep
+            previous_call = calls.pop(request_id, None)
+            previous = previous_call or parents.pop(request_id, None)
+            (calls if counted else parents)[request_id] = (now, qc)
             if previous is not None:
                 self._reject("start", "duplicate_request_id", request_id)
-                if previous[2]:
+                if previous_call is not None:
                     self.metrics.in_flight.dec()
             if counted:
                 self.metrics.in_flight.inc()
-            if sweep:
+            # A racy count is fine here: it only decides when to sweep.
+            self._starts_since_sweep += 1
+            if (self._starts_since_sweep >= _SWEEP_EVERY or now >= self._next_sweep
+                    or len(calls) + len(parents) > self.config.max_inflight_tracked):
                 self._sweep(now)
         except Exception as err:  # never break the caller's request
             self._internal_error("record_request_start", err)
 
     def _sweep(self, now: float) -> None:
-        deadline = now - self.config.inflight_ttl_seconds
-        expired = 0
-        with self._inflight_lock:
+        if not self._sweep_lock.acquire(blocking=False):
+            return  # another thread is sweeping
+        try:
             self._starts_since_sweep = 0
             self._next_sweep = now + self._sweep_period
-            # Insertion order is start order, so stop at the first live entry;
-            # a table over its size limit loses its oldest entries too. (No
-            # copy of the whole table: a sweep costs what it removes.)
-            overflow = len(self._inflight) - self.config.max_inflight_tracked
-            stale = []
-            for rid, (started, _, _) in self._inflight.items():
-                if started >= deadline and overflow <= 0:
-                    break
-                stale.append(rid)
-                overflow -= 1
-            counted = 0
-            for rid in stale:
-                counted += self._inflight.pop(rid)[2]
-            self._calls_in_flight -= counted
-            expired = len(stale)
+            deadline = now - self.config.inflight_ttl_seconds
+            overflow = len(self._calls) + len(self._parents) - self.config.max_inflight_tracked
+            calls, overflow = _expire(self._calls, deadline, overflow)
+            parents, _ = _expire(self._parents, deadline, overflow)
+        finally:
+            self._sweep_lock.release()
+        expired = calls + parents
+        if calls:
+            self.metrics.in_flight.dec(calls)
         if expired:
             self.metrics.starts_expired.inc(expired)
-            self.metrics.in_flight.dec(counted)
             self._once.warning(("expired",), "%d started requests were never completed and expired "
                                "(counted in dualtrack_request_starts_expired_total)", expired)
 
@@ -309,14 +309,13 @@ class DualTrackOptimizer:
         metrics = self.metrics
         start = None
         if _hashable(request_id):  # an unhashable id was never started (see record_request_start)
-            with self._inflight_lock:
-                start = self._inflight.pop(request_id, None)
-                if start is not None and start[2]:
-                    self._calls_in_flight -= 1
-        if start is not None:
-            if start[2]:
+            start = self._calls.pop(request_id, None)
+            if start is not None:
                 metrics.in_flight.dec()
-            started, qc, _ = start
+            else:
+                start = self._parents.pop(request_id, None)
+        if start is not None:
+            started, qc = start
         else:
             metrics.completions_without_start.inc()
             started, qc = _NO_START_TIME, OTHER
@@ -487,7 +486,7 @@ class DualTrackOptimizer:
         now = self.clock.monotonic()
         if now >= self._next_sweep:  # orphans past their TTL must not count as in flight
             self._sweep(now)
-        concurrency_full = self._calls_in_flight >= self.config.constraints.max_concurrent_requests
+        concurrency_full = len(self._calls) >= self.config.constraints.max_concurrent_requests
         routing = prefs.routing_for(qc)
         parallel = complexity >= routing.parallel_threshold
         key = (qc, parallel, concurrency_full)
@@ -711,6 +710,32 @@ class _StateCollector(Collector):
 
 
 __all__ = ["DualTrackOptimizer", "PATHS"]
+
+
+def _expire(table: Dict[Any, Tuple[float, str]], deadline: float, overflow: int) -> Tuple[int, int]:
+    """Drop the entries of ``table`` started before ``deadline``, and the
+    ``overflow`` oldest ones; return (how many were dropped, overflow left).
+
+    Insertion order is start order, so this stops at the first live entry: a
+    sweep costs what it removes, not the size of the table. Other threads
+    insert and pop meanwhile: the table is read a few entries at a time
+    (list(islice(...)) runs in C, so no other thread changes the dict while it
+    is read), and an entry counts as dropped only if this pop removed it.
+    """
+    dropped = 0
+    while True:
+        try:
+            head = list(islice(table.items(), 64))
+        except RuntimeError:  # changed during iteration (free-threaded builds): next sweep
+            return dropped, overflow
+        if not head:
+            return dropped, overflow
+        for rid, (started, _) in head:
+            if started >= deadline and overflow <= 0:
+                return dropped, overflow
+            overflow -= 1
+            if table.pop(rid, None) is not None:
+                dropped += 1
 
 
 def _hashable(value: Any) -> bool:
