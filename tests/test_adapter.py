@@ -9,9 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -23,6 +22,7 @@ from dualtrack.adapter.promql import PromQLClient
 from dualtrack.bundled import bundled_dir
 from dualtrack.cli import main
 from dualtrack.preferences import read_preferences
+from support.adapter_process import wait_until
 from support.live_workload import LiveWorkload
 from support.net import free_port
 from support.prometheus import PrometheusServer
@@ -30,17 +30,6 @@ from support.prometheus import PrometheusServer
 pytestmark = pytest.mark.prometheus
 
 WINDOW = "5s"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_adapter(url: str, output: Path, *, rules: Optional[Path] = None, strategy: str = "balanced",
