@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -28,6 +29,8 @@ from dualtrack.exporter.constraints import MB
 from dualtrack.exporter.exposition import MetricsPortInUse, multiprocess_registry, serve_metrics, wsgi_app
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
+from support.adapter_process import AdapterProcess, wait_until
+from support.net import free_port
 from support.prometheus import promtool
 
 GIB = 1 << 30
@@ -290,6 +293,49 @@ def test_tls_with_client_certificates(pki):
         assert response.status_code == 200 and "dualtrack_requests_total" in response.text
     finally:
         server.close()
+
+
+def test_tls_certificate_that_cannot_be_loaded_is_a_config_error(pki, tmp_path):
+    bad = tmp_path / "not-a-cert.pem"
+    bad.write_text("not a certificate\n")
+    config = OptimizationConfig(metrics_port=0, metrics_tls_certfile=str(bad), metrics_tls_keyfile=pki["server.key"])
+    with pytest.raises(ConfigError, match=r"metrics_tls_certfile: cannot load the TLS certificate"):
+        serve_metrics(CollectorRegistry(), config)
+
+
+def test_the_adapter_process_serves_its_metrics_over_tls_with_client_certificates(pki, tmp_path):
+    """dualtrack adapter --metrics-tls-*: HTTPS with our CA, client certificate required; a bad
+    combination of flags is a one-line error naming the flag, exit status 2."""
+    port = free_port()
+    tls = ["--metrics-port", str(port), "--metrics-tls-cert-file", pki["server.pem"],
+           "--metrics-tls-key-file", pki["server.key"], "--metrics-tls-client-ca-file", pki["ca.pem"]]
+    # Prometheus itself is not needed for /metrics: the discard port refuses, cycles fail and are counted.
+    adapter = AdapterProcess("http://127.0.0.1:9", tmp_path / "out" / "prefs.json", tmp_path, interval=1.0,
+                             metrics_port=None, extra=tls)
+    url = f"https://127.0.0.1:{port}/metrics"
+    client = (pki["client.pem"], pki["client.key"])
+
+    def scrape() -> Any:
+        assert adapter.alive, adapter.log_tail()
+        try:
+            return requests.get(url, verify=pki["ca.pem"], cert=client, timeout=5)
+        except requests.ConnectionError:
+            return None  # not listening yet
+
+    with adapter.start():
+        response = wait_until(scrape, 30, "the adapter's /metrics over TLS")
+        assert response.status_code == 200 and "dualtrack_adapter_cycles_total" in response.text
+        with pytest.raises(requests.ConnectionError):  # no client certificate
+            requests.get(url, verify=pki["ca.pem"], timeout=5)
+        with pytest.raises(requests.ConnectionError):  # plain HTTP
+            requests.get(url.replace("https://", "http://"), timeout=5)
+    bad = subprocess.run([sys.executable, "-m", "dualtrack", "adapter", "--prometheus-url", "http://127.0.0.1:9",
+                          "--output", str(tmp_path / "p.json"), "--metrics-port", str(port),
+                          "--metrics-tls-cert-file", pki["server.pem"]],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("dualtrack adapter: --metrics-tls-cert-file and --metrics-tls-key-file "
+                                  "must be given together")
 
 
 # --------------------------------------------------------------------------- multiprocess mode

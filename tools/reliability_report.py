@@ -202,8 +202,20 @@ MAPPED: Tuple[Mapped, ...] = (
            "MetricsPortInUse naming the address, no thread left, no traceback"),
     Mapped("tests/test_exposition.py::test_missing_tls_files_are_a_config_error",
            "faults", "TLS certificate files missing", "a ConfigError naming the setting"),
+    Mapped("tests/test_exposition.py::test_tls_certificate_that_cannot_be_loaded_is_a_config_error",
+           "faults", "a TLS certificate file that is not a certificate",
+           "a ConfigError naming metrics_tls_certfile, not an error about the address"),
+    Mapped("tests/test_exposition.py::test_the_adapter_process_serves_its_metrics_over_tls_with_client_certificates",
+           "security", "`dualtrack adapter --metrics-tls-cert-file/--metrics-tls-key-file/"
+           "--metrics-tls-client-ca-file`",
+           "its /metrics answers over HTTPS with a client certificate only (no certificate, or plain HTTP: "
+           "refused); a certificate without its key is a one-line error naming the flags, exit status 2"),
     Mapped("tests/test_optimizer.py::test_orphaned_starts_expire_after_the_ttl_and_are_counted",
            "faults", "requests started and never completed", "expired after the TTL, counted"),
+    Mapped("tests/test_optimizer.py::test_sweeps_racing_completions_on_many_threads_keep_the_books_exact",
+           "faults", "8 threads start and complete 24,000 requests (one in ten never completed) while the "
+           "clock runs and sweeps of the lock-free in-flight table race the completions",
+           "every start ends exactly once, completed or expired; table, gauge and counters agree; no internal error"),
     Mapped("tests/test_optimizer.py::test_the_inflight_table_is_bounded",
            "faults", "more starts in flight than max_inflight_tracked", "the oldest are dropped and counted"),
     Mapped("tests/test_optimizer.py::test_a_failing_adaptation_cycle_keeps_the_current_preferences",

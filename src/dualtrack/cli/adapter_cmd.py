@@ -50,6 +50,9 @@ SETTINGS: Dict[str, Tuple[Any, Any, str]] = {
     "query_timeout": (5.0, float, "seconds per PromQL query (default 5)"),
     "metrics_host": ("127.0.0.1", str, "address for the adapter's own /metrics (default 127.0.0.1)"),
     "metrics_port": (9465, int, "port for the adapter's own /metrics; -1 disables it (default 9465)"),
+    "metrics_tls_cert_file": (None, str, "serve /metrics over HTTPS with this certificate (PEM; needs the key)"),
+    "metrics_tls_key_file": (None, str, "private key of --metrics-tls-cert-file (PEM)"),
+    "metrics_tls_client_ca_file": (None, str, "require client certificates signed by this CA (PEM) on /metrics"),
     "bearer_token_file": (None, str, "file holding a bearer token for Prometheus (re-read when it changes)"),
     "basic_auth_user": (None, str, "basic-auth user for Prometheus (password from a file or the env)"),
     "basic_auth_password_file": (None, str, "file holding the basic-auth password"),
@@ -57,6 +60,11 @@ SETTINGS: Dict[str, Tuple[Any, Any, str]] = {
     "insecure_skip_verify": (False, bool, "do not verify Prometheus' TLS certificate (testing only)"),
     "file_mode": ("0644", str, "permissions of the preferences file, octal (default 0644)"),
 }
+
+
+#: OptimizationConfig's names for the /metrics TLS files -> the adapter's flags, for error messages.
+_TLS_FLAGS = {"metrics_tls_certfile": "--metrics-tls-cert-file", "metrics_tls_keyfile": "--metrics-tls-key-file",
+              "metrics_tls_client_cafile": "--metrics-tls-client-ca-file"}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -221,8 +229,17 @@ def run(args: argparse.Namespace) -> int:
         adapter_holder.append(adapter)
         server = None
         if values["metrics_port"] is not None and values["metrics_port"] >= 0 and not settings.once:
-            server = serve_metrics(registry, OptimizationConfig(metrics_host=values["metrics_host"],
-                                                                metrics_port=values["metrics_port"]))
+            try:
+                server = serve_metrics(registry, OptimizationConfig(
+                    metrics_host=values["metrics_host"], metrics_port=values["metrics_port"],
+                    metrics_tls_certfile=values["metrics_tls_cert_file"],
+                    metrics_tls_keyfile=values["metrics_tls_key_file"],
+                    metrics_tls_client_cafile=values["metrics_tls_client_ca_file"]))
+            except ValueError as err:  # ConfigError included: say the flags, not the config fields
+                message = str(err)
+                for field, flag in _TLS_FLAGS.items():
+                    message = message.replace(field, flag)
+                raise ConfigError(message) from None
     except ConfigError as err:
         print(f"dualtrack adapter: {err}", file=sys.stderr)
         return 2

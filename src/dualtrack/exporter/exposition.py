@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import ssl
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -76,6 +77,9 @@ def serve_metrics(registry: CollectorRegistry, config: OptimizationConfig) -> Me
             client_cafile=config.metrics_tls_client_cafile,
             client_auth_required=config.metrics_tls_client_cafile is not None,
         )
+    except ssl.SSLError as err:  # an OSError too: a bad certificate or key, not a bad address
+        why = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+        raise ConfigError(f"cannot load the TLS certificate or its key: {why}", field="metrics_tls_certfile") from err
     except OSError as err:
         where = f"{config.metrics_host}:{config.metrics_port}"
         if err.errno == errno.EADDRINUSE:
