@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import array
 import gc
-import json
 import logging
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -53,6 +51,7 @@ from typing import Any, Dict, List, Sequence
 import psutil
 import requests
 from prometheus_client import CollectorRegistry
+from _common import machine as describe_machine, write_json
 
 FLAT_MB = 5.0
 WARMUP_CYCLES = 50
@@ -226,7 +225,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
     from dualtrack.local_prometheus import LocalPrometheus, free_port
 
-    machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    machine = describe_machine()
     port = free_port()
     exporter = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-exporter", str(port)])
     prom = LocalPrometheus(targets={"dualtrack-router": [f"127.0.0.1:{port}"]}, scrape_interval="1s")
@@ -283,11 +282,7 @@ def main(argv: Sequence[str] = ()) -> int:
     print("leaks: none (no descriptor, thread or temp file left; every cycle published)" if not problems
           else "PROBLEMS: " + "; ".join(problems))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(figures, fh, indent=2)
-            fh.write("\n")
-        print(f"figures written to {args.json}")
+        write_json(args.json, figures)
     return 0 if not problems else 1
 
 

@@ -47,9 +47,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import gc
-import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -63,6 +61,7 @@ from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig
 from dualtrack.exporter.metrics import LATENCY_BUCKETS
+from _common import machine, write_json
 
 TARGET_MEMORY_MB = 10.0
 PATHS = ("local", "api", "parallel")
@@ -388,19 +387,6 @@ def check(optimizer: DualTrackOptimizer, tally: Tally, requests: int) -> Dict[st
 # --------------------------------------------------------------------------- main
 
 
-def machine() -> Dict[str, Any]:
-    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
-            "cpus": os.cpu_count(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "prometheus_client": _version("prometheus-client")}
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
-
-
 def report(name: str, figures: Dict[str, Any]) -> None:
     c = figures["checks"]
     print(f"{name}: {figures['requests']:,} requests on {figures['threads']} thread(s): "
@@ -526,11 +512,7 @@ def main(argv: Sequence[str] = ()) -> int:
     results["exact"] = exact
     print(f"correctness: {'every request counted exactly once in every run' if exact else 'FAILED'}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
-            fh.write("\n")
-        print(f"figures written to {args.json}")
+        write_json(args.json, results)
     return 0 if exact else 1
 
 

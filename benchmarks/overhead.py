@@ -40,21 +40,18 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-import prometheus_client
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig
 from dualtrack.exporter.metrics import LATENCY_BUCKETS, QUALITY_BUCKETS
+from _common import machine as describe_machine, write_json
 
 TARGET_RATIO = 1.5
 TARGET_MEMORY_MB = 10.0
@@ -329,14 +326,7 @@ def main(argv: Sequence[str] = ()) -> int:
     if args.requests <= 0 or args.batch <= 0 or args.threads <= 0 or args.memory_requests < 0:
         parser.error("--requests, --batch and --threads must be positive, --memory-requests not negative")
 
-    machine = {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "prometheus_client": getattr(prometheus_client, "__version__", None) or _dist_version("prometheus-client"),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
+    machine = describe_machine()
     print(f"dualtrack instrumentation overhead — Python {machine['python']}, {machine['cpus']} CPUs, "
           f"prometheus_client {machine['prometheus_client']}")
     print(f"{args.requests} requests per variant, batches of {args.batch}; "
@@ -404,17 +394,8 @@ def main(argv: Sequence[str] = ()) -> int:
               f"{memory['seconds'] / memory['requests'] * 1e9:,.0f} ns/req")
 
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        print(f"figures written to {args.json}")
+        write_json(args.json, results)
     return 0
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 if __name__ == "__main__":

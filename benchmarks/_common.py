@@ -1,0 +1,30 @@
+"""What every benchmark script reports the same way: the machine, and its figures as JSON.
+
+The scripts run as ``python benchmarks/<name>.py``, so this folder is on
+``sys.path`` and they ``import _common``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib.metadata import version
+from typing import Any, Dict
+
+
+def machine() -> Dict[str, Any]:
+    """The machine a figure came from: Python, CPUs, platform, prometheus_client."""
+    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
+            "cpus": os.cpu_count(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "prometheus_client": version("prometheus-client")}
+
+
+def write_json(path: str, figures: Dict[str, Any]) -> None:
+    """Write ``figures`` to ``path`` (folders made as needed) and say so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(figures, fh, indent=2)
+        fh.write("\n")
+    print(f"figures written to {path}")
