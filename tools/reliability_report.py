@@ -679,6 +679,11 @@ STATIC_LIMITS = """\
   network faults tried are a dead, slow or misbehaving Prometheus on loopback.
 - **Many routers at once.** One reader thread (or one optimizer) reads the file in
   these tests; many router processes on one file are not exercised here.
+- **Free-threaded Python.** The request hot path takes no lock: it relies on
+  single dict and deque operations being atomic, as they are under CPython's
+  GIL and, per object, on free-threaded builds (where the sliding windows take
+  their lock again). Every test ran on CPython 3.11 with the GIL; no
+  free-threaded build was tried.
 - The adapter runs its rule reload inside the cycle, so a reload's cost (about
   45 ms for the bundled rules here) comes out of the query budget of that cycle
   (0.8 x interval); harmless at real intervals (30 s), visible below ~0.1 s.
