@@ -4,6 +4,7 @@ hand computation, absent means None, and thread safety."""
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
 import math
 import threading
 from dataclasses import asdict, replace
@@ -245,3 +246,13 @@ def test_sixteen_threads_record_and_read_concurrently():
     for window in c.metrics_by_path.values():
         assert len(window) == 50
     assert sorted(c.metrics_by_path) == ["api", "local", "parallel"]
+
+
+def test_the_windows_keep_the_spec_types():
+    """The spec's MetricsCollector: ``metrics`` a bounded deque, ``metrics_by_path`` a
+    defaultdict of bounded deques (an unseen path reads as an empty window)."""
+    c = MetricsCollector(OptimizationConfig(metrics_window_size=7))
+    assert isinstance(c.metrics, deque) and c.metrics.maxlen == 7
+    assert isinstance(c.metrics_by_path, defaultdict)
+    unseen = c.metrics_by_path["never-used"]
+    assert isinstance(unseen, deque) and unseen.maxlen == 7 and len(unseen) == 0

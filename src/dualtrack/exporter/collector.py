@@ -17,7 +17,7 @@ import itertools
 import math
 import sys
 import threading
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -143,8 +143,11 @@ class MetricsCollector:
         self._size = size
         self._lock = threading.Lock()
         self.metrics: Deque[PerformanceMetrics] = deque(maxlen=size)
-        self.metrics_by_path: Dict[str, Deque[PerformanceMetrics]] = {}
-        self.metrics_by_class: Dict[Tuple[str, str], Deque[PerformanceMetrics]] = {}
+        # defaultdicts, as the spec has them; record_metric never calls their
+        # factory (get, then setdefault: each one atomic).
+        self.metrics_by_path: Dict[str, Deque[PerformanceMetrics]] = defaultdict(lambda: deque(maxlen=size))
+        self.metrics_by_class: Dict[Tuple[str, str], Deque[PerformanceMetrics]] = defaultdict(
+            lambda: deque(maxlen=size))
         self._recorded = itertools.count()  # next() is atomic; a plain += 1 could lose counts
         if not _GIL:
             self.record_metric = self._record_locked  # type: ignore[method-assign]
