@@ -4,9 +4,9 @@ hand computation, absent means None, and thread safety."""
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
 import math
 import threading
+from collections import defaultdict, deque
 from dataclasses import asdict, replace
 
 import pytest
