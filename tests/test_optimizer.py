@@ -375,6 +375,19 @@ def test_bad_arguments_and_internal_failures_never_raise(monkeypatch):
     assert env.total("dualtrack_requests_total") == 2
 
 
+def test_a_start_context_that_is_not_a_mapping_is_counted_and_the_request_still_timed():
+    env = Env()
+    o = env.optimizer
+    for i, context in enumerate(("parallel", ["path", "parallel"], 42)):
+        o.record_request_start(f"r{i}", "q", context)  # type: ignore[arg-type]
+    assert o.in_flight_count() == 3  # counted as calls: the bad context said nothing
+    assert env.get("dualtrack_inputs_rejected_total", input="start", reason="context_not_a_mapping") == 3
+    assert env.value("dualtrack_optimizer_errors_total", component="record_request_start") == 0
+    env.clock.advance(0.25)
+    o.record_request_completion("r0", "api", {})
+    assert env.get("dualtrack_request_duration_seconds_sum", path="api", query_class="short") == pytest.approx(0.25)
+
+
 # --------------------------------------------------------------------------- cost and label folding
 
 

@@ -240,6 +240,9 @@ class DualTrackOptimizer:
                 # its completion is then recorded as one without a start.
                 self._reject("start", "unhashable_request_id", request_id)
                 return
+            if context is not None and not isinstance(context, Mapping):
+                self._reject("start", "context_not_a_mapping", type(context).__name__)
+                context = None  # the request is still timed, classified by its query alone
             qc = self.classifier.classify(query, context)
             now = self.clock.monotonic()
             # A parallel request's legs are recorded as their own calls; the
