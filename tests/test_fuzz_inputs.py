@@ -794,9 +794,13 @@ def test_recommendations_for_arbitrary_queries_and_contexts_have_every_documente
 
 
 @pytest.mark.parametrize("context", ["not a dict", ["query_class", "long"], 42, ("a", "b")])
-def test_a_context_that_is_not_a_mapping_gets_safe_defaults_and_is_counted(context: Any) -> None:
-    """A context that is not a mapping (a string, a list, a number): the recommendation still has every documented key (the safe defaults) and the failure is counted in dualtrack_optimizer_errors_total."""
+def test_a_context_that_is_not_a_mapping_is_ignored_and_counted(context: Any) -> None:
+    """A context that is not a mapping (a string, a list, a number): ignored, counted in dualtrack_inputs_rejected_total{input="recommendation",reason="context_not_a_mapping"}; the recommendation is the one for the query alone (every documented key, not the safe defaults) and no internal error is counted."""
     optimizer, registry, _ = _fresh()
     rec = optimizer.get_optimization_recommendations("query", context)
+    alone = optimizer.get_optimization_recommendations("query")
     assert RECOMMENDATION_KEYS <= set(rec) and rec["preferred_path"] in PATHS
-    assert _total(registry, "dualtrack_optimizer_errors_total") >= 1
+    assert rec == alone and rec["source"] != "defaults"
+    assert registry.get_sample_value("dualtrack_inputs_rejected_total",
+                                     {"input": "recommendation", "reason": "context_not_a_mapping"}) == 1
+    assert _total(registry, "dualtrack_optimizer_errors_total") == 0

@@ -476,6 +476,9 @@ class DualTrackOptimizer:
         must not be modified.
         """
         try:
+            if context is not None and not isinstance(context, Mapping):
+                self._reject("recommendation", "context_not_a_mapping", type(context).__name__)
+                context = None  # recommend for the query alone
             return self._recommend(query, context)
         except Exception as err:
             self._internal_error("get_optimization_recommendations", err)
