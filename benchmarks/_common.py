@@ -21,6 +21,13 @@ def machine() -> Dict[str, Any]:
             "prometheus_client": version("prometheus-client")}
 
 
+def announce(title: str) -> Dict[str, Any]:
+    """Print the run's title line with the machine; return the machine (for the JSON)."""
+    info = machine()
+    print(f"{title} — Python {info['python']}, {info['cpus']} CPUs, prometheus_client {info['prometheus_client']}")
+    return info
+
+
 def write_json(path: str, figures: Dict[str, Any]) -> None:
     """Write ``figures`` to ``path`` (folders made as needed) and say so."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -61,7 +61,7 @@ from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig
 from dualtrack.exporter.metrics import LATENCY_BUCKETS
-from _common import machine, write_json
+from _common import announce, write_json
 
 TARGET_MEMORY_MB = 10.0
 PATHS = ("local", "api", "parallel")
@@ -431,9 +431,7 @@ def main(argv: Sequence[str] = ()) -> int:
     if args.requests <= 0 or args.threads <= 0 or args.baseline_requests <= 0 or args.unbounded_every < 3:
         parser.error("--requests, --threads and --baseline-requests must be positive, --unbounded-every >= 3")
 
-    info = machine()
-    print(f"dualtrack load and soak — Python {info['python']}, {info['cpus']} CPUs, "
-          f"prometheus_client {info['prometheus_client']}")
+    info = announce("dualtrack load and soak")
     print(f"{args.requests:,} requests on {args.threads} threads into one optimizer (monitor and adaptation "
           f"thread running); one in {args.unbounded_every} with an unbounded path, class and model each")
 

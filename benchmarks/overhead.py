@@ -51,7 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig
 from dualtrack.exporter.metrics import LATENCY_BUCKETS, QUALITY_BUCKETS
-from _common import machine as describe_machine, write_json
+from _common import announce, write_json
 
 TARGET_RATIO = 1.5
 TARGET_MEMORY_MB = 10.0
@@ -326,9 +326,7 @@ def main(argv: Sequence[str] = ()) -> int:
     if args.requests <= 0 or args.batch <= 0 or args.threads <= 0 or args.memory_requests < 0:
         parser.error("--requests, --batch and --threads must be positive, --memory-requests not negative")
 
-    machine = describe_machine()
-    print(f"dualtrack instrumentation overhead — Python {machine['python']}, {machine['cpus']} CPUs, "
-          f"prometheus_client {machine['prometheus_client']}")
+    machine = announce("dualtrack instrumentation overhead")
     print(f"{args.requests} requests per variant, batches of {args.batch}; "
           "optimizer with a started ResourceMonitor; baseline = bare prometheus_client calls")
 

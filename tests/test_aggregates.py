@@ -16,6 +16,7 @@ from dualtrack.adapter.aggregates import REQUEST_SIGNALS, histogram_quantile
 from dualtrack.adapter.prometheus_source import PrometheusSource
 from dualtrack.adapter.promql import PromQLClient
 from dualtrack.adapter.signals import BUILTIN_CATALOG
+from support.compare import assert_same_series
 from support.workload import backfilled_stack
 
 
@@ -32,14 +33,7 @@ def test_aggregates_match_the_promql_forms_at_every_level(stack):
     source = PrometheusSource(client, window="2m")
     by_aggregates = source.fetch(BUILTIN_CATALOG, at=at)
     assert source.last_query_count == 1
-    compared = 0
-    for name in REQUEST_SIGNALS:
-        forms = by_forms.series(name)
-        aggregates = by_aggregates.series(name)
-        assert set(forms) == set(aggregates), name  # the same series have data (and the same lack it)
-        for labels, value in forms.items():
-            assert aggregates[labels] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, labels)
-            compared += 1
+    compared = assert_same_series(by_forms, by_aggregates, REQUEST_SIGNALS)
     # Every level of every request signal had data somewhere: the comparison is not vacuous.
     assert compared > 12 * 4
     for name in REQUEST_SIGNALS:

@@ -35,6 +35,7 @@ import yaml
 
 from dualtrack.adapter.signals import BUILTIN_SIGNALS, Signal
 from support.net import LOOPBACK, free_port
+from support.processes import stop
 from support.prometheus import find_binary, promtool
 from support.workload import ROUTER_A, BackfilledStack, backfilled_stack
 
@@ -491,9 +492,4 @@ def test_a_real_alertmanager_inhibits_warnings_by_criticals(tmp_path: Path, fake
             assert time.monotonic() < deadline, f"inhibition: {states()} != {want}"
             time.sleep(0.1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

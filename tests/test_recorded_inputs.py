@@ -22,6 +22,7 @@ from dualtrack.adapter.prometheus_source import PrometheusSource
 from dualtrack.adapter.promql import PromQLClient
 from dualtrack.adapter.signals import BUILTIN_CATALOG
 from dualtrack.cli import main
+from support.compare import assert_same_series
 from support.prometheus import openmetrics_text
 from support.workload import BackfilledStack, backfilled_stack
 
@@ -76,16 +77,10 @@ def test_recorded_inputs_give_the_raw_modes_request_signals_at_every_level(clien
     recorded = source.fetch(BUILTIN_CATALOG, at=evaluated)
     assert source.last_query_count == 1  # still one round trip
     assert not raw.errors and not recorded.errors
-    compared = 0
+    # Summed in another order (routers first), so equal up to rounding.
+    compared = assert_same_series(raw, recorded, REQUEST_SIGNALS)
     for name in REQUEST_SIGNALS:
-        want = raw.series(name)
-        got = recorded.series(name)
-        assert set(got) == set(want), name  # the same series have data (and the same lack it)
-        for labels, value in want.items():
-            # Summed in another order (routers first), so equal up to rounding.
-            assert got[labels] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, labels)
-            compared += 1
-        levels = {tuple(k for k, _ in labels) for labels in want}
+        levels = {tuple(k for k, _ in labels) for labels in raw.series(name)}
         assert levels == LEVELS, f"{name}: levels with data {sorted(levels)}"
     # Not vacuous: 12 signals, 4 levels, 3 paths x 3 classes at the finest.
     assert compared >= len(REQUEST_SIGNALS) * (1 + 3 + 3 + 9) * 0.75, compared

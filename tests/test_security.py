@@ -25,7 +25,6 @@ import base64
 import json
 import os
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from dualtrack.cli import adapter_cmd
 from dualtrack.errors import ConfigError
 from dualtrack.simulation.scenario import load_scenario
 from support.fakehttp import FakeHTTPServer
+from support.processes import stop
 from support.prometheus import PrometheusServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,16 +101,10 @@ class Proc:
             time.sleep(0.05)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop(self.proc, timeout=20)
         for reader in self._readers:
             reader.join(timeout=5)
-        return self.proc.returncode
+        return code
 
 
 def listening_addresses(pid: int) -> List[Tuple[str, int]]:

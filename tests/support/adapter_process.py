@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .fakehttp import FakeHTTPServer, Response
 from .net import LOOPBACK, free_port
+from .processes import stop
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -193,17 +194,10 @@ class AdapterProcess:
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:
         """SIGTERM (the adapter stops between cycles) and wait; SIGKILL after ``timeout``. The exit status."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        code = stop(self._proc, timeout)
         _RUNNING.discard(self)
         self._close_log()
-        return proc.returncode if proc is not None else None
+        return code
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -34,7 +34,6 @@ import copy
 import math
 import os
 import shutil
-import signal
 import subprocess
 import time
 import weakref
@@ -46,6 +45,7 @@ import requests
 import yaml
 
 from .net import LOOPBACK, free_port
+from .processes import stop
 
 Labels = Dict[str, str]
 Samples = List[Tuple[Labels, float]]
@@ -431,14 +431,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """SIGTERM and wait; SIGKILL if it does not exit in time. Idempotent."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(self._proc, STOP_TIMEOUT_S)
         self._reap()
 
     def kill(self) -> None:

@@ -240,7 +240,7 @@ class DualTrackOptimizer:
                 # its completion is then recorded as one without a start.
                 self._reject("start", "unhashable_request_id", request_id)
                 return
-            if context is not None and not isinstance(context, Mapping):
+            if context is not None and type(context) is not dict and not isinstance(context, Mapping):
                 self._reject("start", "context_not_a_mapping", type(context).__name__)
                 context = None  # the request is still timed, classified by its query alone
             qc = self.classifier.classify(query, context)
@@ -476,7 +476,7 @@ class DualTrackOptimizer:
         must not be modified.
         """
         try:
-            if context is not None and not isinstance(context, Mapping):
+            if context is not None and type(context) is not dict and not isinstance(context, Mapping):
                 self._reject("recommendation", "context_not_a_mapping", type(context).__name__)
                 context = None  # recommend for the query alone
             return self._recommend(query, context)
