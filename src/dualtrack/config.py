@@ -20,17 +20,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-from . import _yaml
+from . import _validate, _yaml
 from .errors import ConfigError
-
-PATHS: Tuple[str, ...] = ("local", "api", "parallel")
-"""The processing paths a request can take. A bounded label set."""
-
-OUTCOMES: Tuple[str, ...] = ("success", "error", "timeout", "cancelled")
-"""Request outcomes. A bounded label set."""
-
-DEFAULT_QUERY_CLASSES: Tuple[str, ...] = ("short", "medium", "long")
-
+from .vocabulary import DEFAULT_QUERY_CLASSES, OUTCOMES, PATHS
 
 class OptimizationStrategy(Enum):
     """The optimization strategies; each has a rule file in ``rules/``."""
@@ -65,54 +57,12 @@ class OptimizationStrategy(Enum):
 def _number(owner: str, name: str, value: Any, *, positive: bool = False,
             non_negative: bool = False, upper: Optional[float] = None) -> float:
     label = f"{owner}.{name}" if owner else name
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{label}: expected a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{label}: expected a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{label}: must be greater than 0, got {value!r}")
-    if non_negative and value < 0:
-        raise ValueError(f"{label}: must not be negative, got {value!r}")
-    if upper is not None and value > upper:
-        raise ValueError(f"{label}: must be at most {upper:g}, got {value!r}")
-    return value
+    lower = 0.0 if positive or non_negative else None
+    return _validate.number(label, value, lower=lower, lower_open=positive, upper=upper)
 
 
 def _integer(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:
-    label = f"{owner}.{name}" if owner else name
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{label}: expected an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{label}: must be at least {minimum}, got {value!r}")
-    return int(value)
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected true or false, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _optional_str(name: str, value: Any) -> Optional[str]:
-    if value is None:
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name}: expected a non-empty string or null, got {value!r}")
-    return value
-
-
-def _label_value(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 64 or not value.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(
-            f"{name}: expected a short name of letters, digits, '_' or '-', got {value!r}"
-        )
-    return value
+    return _validate.integer(f"{owner}.{name}" if owner else name, value, minimum=minimum)
 
 
 @dataclass
@@ -166,7 +116,8 @@ class ModelPrice:
         return (tokens_in * self.input_per_million + tokens_out * self.output_per_million) / 1e6
 
 
-QueryClassifier = Callable[[str, Optional[Dict[str, Any]]], str]
+ClassifierFunction = Callable[[str, Optional[Dict[str, Any]]], str]
+"""A user's query classifier: (query, context) -> class name."""
 
 
 @dataclass
@@ -201,7 +152,7 @@ class OptimizationConfig:
     # classifier's boundaries in estimated input tokens: len(classes) - 1 values.
     query_classes: Tuple[str, ...] = DEFAULT_QUERY_CLASSES
     query_class_boundaries_tokens: Tuple[int, ...] = (256, 2048)
-    query_classifier: Optional[QueryClassifier] = None
+    query_classifier: Optional[ClassifierFunction] = None
     # Price table per model; a result without ``model`` uses its path name.
     # Unknown models have unknown cost (counted, not guessed).
     prices: Dict[str, ModelPrice] = field(default_factory=lambda: {"local": ModelPrice(0.0, 0.0)})
@@ -242,11 +193,11 @@ class OptimizationConfig:
             setattr(self, name, _number("", name, getattr(self, name), positive=True))
         self.cache_ttl_seconds = _number("", "cache_ttl_seconds", self.cache_ttl_seconds, non_negative=True)
         for name in ("enable_caching", "enable_preemption", "enable_resource_monitoring"):
-            setattr(self, name, _boolean(name, getattr(self, name)))
+            setattr(self, name, _validate.boolean(name, getattr(self, name)))
 
         if isinstance(self.query_classes, str) or not isinstance(self.query_classes, (list, tuple)):
             raise ValueError(f"query_classes: expected a list of names, got {self.query_classes!r}")
-        classes = tuple(_label_value("query_classes", c) for c in self.query_classes)
+        classes = tuple(_validate.label_value("query_classes", c) for c in self.query_classes)
         if not 1 <= len(classes) <= 10:
             raise ValueError(f"query_classes: expected 1 to 10 classes (it is a metric label), got {len(classes)}")
         if len(set(classes)) != len(classes):
@@ -291,8 +242,8 @@ class OptimizationConfig:
             prices[model] = ModelPrice(float(price.input_per_million), float(price.output_per_million))
         self.prices = prices
 
-        self.preferences_file = _optional_str("preferences_file", self.preferences_file)
-        self.rules_path = _optional_str("rules_path", self.rules_path)
+        self.preferences_file = _validate.optional_str("preferences_file", self.preferences_file)
+        self.rules_path = _validate.optional_str("rules_path", self.rules_path)
         if not isinstance(self.metrics_host, str) or not self.metrics_host:
             raise ValueError(f"metrics_host: expected a host name or address, got {self.metrics_host!r}")
         if self.metrics_port is not None:
@@ -300,7 +251,7 @@ class OptimizationConfig:
             if self.metrics_port > 65535:
                 raise ValueError(f"metrics_port: must be at most 65535, got {self.metrics_port}")
         for name in ("metrics_tls_certfile", "metrics_tls_keyfile", "metrics_tls_client_cafile"):
-            setattr(self, name, _optional_str(name, getattr(self, name)))
+            setattr(self, name, _validate.optional_str(name, getattr(self, name)))
         if (self.metrics_tls_certfile is None) != (self.metrics_tls_keyfile is None):
             raise ValueError("metrics_tls_certfile and metrics_tls_keyfile must be given together")
         if self.metrics_tls_client_cafile and not self.metrics_tls_certfile:

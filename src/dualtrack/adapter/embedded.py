@@ -23,7 +23,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import OptimizationConfig
 from ..exporter.collector import MetricsCollector, PerformanceMetrics, quantile
-from ..exporter.constraints import MB, ConstraintCheck, request_checks, resource_checks
+from ..constraints import MB, ConstraintCheck, request_checks, resource_checks
 from ..preferences import ConstraintState, Preferences, Reason, Routing
 from .engine import Decision, RuleEngine
 from .signals import Catalog, SignalValues

@@ -31,7 +31,8 @@ from typing import Any, List, Optional, Sequence, TextIO, Tuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..config import DEFAULT_QUERY_CLASSES, _label_value
+from .._validate import label_value
+from ..vocabulary import DEFAULT_QUERY_CLASSES
 from ..errors import ConfigError, PreferencesError, SourceError
 from ..preferences import PreferencesWriter
 from .embedded import decision_to_preferences
@@ -78,7 +79,7 @@ class AdapterSettings:
         # first time a per-class rule fires.
         try:
             for qc in self.query_classes:
-                _label_value("query_classes", qc)
+                label_value("query_classes", qc)
         except ValueError as err:
             raise ConfigError(str(err).partition(": ")[2], field="query_classes") from None
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import PATHS
-from ..exporter.constraints import CONSTRAINTS
+from ..constraints import CONSTRAINTS
 from .conditions import SignalInfo
 
 Labels = Tuple[Tuple[str, str], ...]  # sorted (label, value) pairs

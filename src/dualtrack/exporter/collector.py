@@ -21,6 +21,7 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .._quantile import quantile
 from ..config import OptimizationConfig
 
 #: False on a free-threaded build running without the GIL (Python 3.13t).
@@ -56,17 +57,6 @@ class PerformanceMetrics:
     def __post_init__(self) -> None:
         if not self.outcome:
             self.outcome = "success" if self.success else "error"
-
-
-def quantile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile of already sorted values (like NumPy's default)."""
-    if not sorted_values:
-        return math.nan
-    position = (len(sorted_values) - 1) * q
-    lower = math.floor(position)
-    upper = min(lower + 1, len(sorted_values) - 1)
-    fraction = position - lower
-    return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * fraction
 
 
 def summarize(records: Iterable[PerformanceMetrics]) -> Dict[str, Any]:

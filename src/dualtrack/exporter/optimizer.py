@@ -40,7 +40,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..config import OUTCOMES, PATHS, OptimizationConfig
 from ..preferences import Preferences, PreferencesReader, Routing
 from .collector import MetricsCollector, PerformanceMetrics
-from .constraints import CONSTRAINTS, MB, ConstraintCheck, resource_checks
+from ..constraints import CONSTRAINTS, MB, ConstraintCheck, resource_checks
 from .metrics import OTHER, RequestMetrics
 from .query_classes import QueryClassifier
 from .resources import ResourceMonitor

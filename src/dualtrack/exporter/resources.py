@@ -76,7 +76,7 @@ from prometheus_client.metrics_core import Metric
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import OptimizationConfig, ResourceConstraints
-from .constraints import MB, ConstraintCheck, resource_checks
+from ..constraints import MB, ConstraintCheck, resource_checks
 
 try:  # not on Windows
     import resource as _resource

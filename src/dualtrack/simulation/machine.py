@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional
 
 from ..clock import Clock
 from ..config import ResourceConstraints
-from ..exporter.constraints import MB, ConstraintCheck, resource_checks
+from ..constraints import MB, ConstraintCheck, resource_checks
 from ..exporter.resources import BatteryReading, GpuReading, ResourceSnapshot
 from .models import LocalModelSim
 

@@ -51,8 +51,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from prometheus_client import CollectorRegistry
 
 from ..clock import VirtualClock
-from ..exporter.collector import quantile
-from ..exporter.constraints import resource_checks
+from .._quantile import quantile
+from ..constraints import resource_checks
 from ..exporter.optimizer import DualTrackOptimizer
 from ..exporter.resources import register_resource_gauges
 from ..preferences import DEFAULT_TIMEOUTS_SECONDS
