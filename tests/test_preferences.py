@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from dualtrack import preferences as prefmod
 from dualtrack.cli import preferences_cmd
 from dualtrack.clock import VirtualClock
 from dualtrack.errors import PreferencesError
@@ -37,6 +36,7 @@ from dualtrack.preferences import (
     read_preferences,
     write_preferences,
 )
+from dualtrack.preferences import writer as prefmod
 
 T0 = 1_700_000_000.0
 LOGGER = "dualtrack.preferences"
@@ -194,7 +194,8 @@ SIG = 'latency_p95_seconds{path="local"}'
     (_set(["routing", "local_bias"], 1.7), "routing.local_bias: 1.7 is greater than the maximum of 1"),
     (_set(["routing", "local_bias"], -0.1), "routing.local_bias: -0.1 is less than the minimum of 0"),
     (_set(["routing", "parallel_threshold"], 1.2), "routing.parallel_threshold: 1.2 is greater than"),
-    (_set(["routing", "timeout_multiplier"], 0), "routing.timeout_multiplier: 0 is less than or equal"),
+    (_set(["routing", "timeout_multiplier"], 0), "routing.timeout_multiplier: 0 is less than the minimum of 0.1"),
+    (_set(["routing", "timeout_multiplier"], 0.05), "routing.timeout_multiplier: 0.05 is less than the minimum"),
     (_set(["routing", "timeout_multiplier"], 11), "routing.timeout_multiplier: 11 is greater than"),
     (_set(["routing", "quality_threshold"], "high"), "routing.quality_threshold: 'high' is not of type"),
     (_set(["routing", "local_bais"], 0.5), "routing.local_bais: unexpected field"),
