@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceMonitor
 from dualtrack.clock import VirtualClock
 from dualtrack.errors import ConfigError
-from dualtrack.exporter.constraints import MB
+from dualtrack.constraints import MB
 from dualtrack.exporter.exposition import MetricsPortInUse, multiprocess_registry, serve_metrics, wsgi_app
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp

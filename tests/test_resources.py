@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dualtrack.clock import VirtualClock
 from dualtrack.config import OptimizationConfig, ResourceConstraints
 from dualtrack.exporter import resources as resources_module
-from dualtrack.exporter.constraints import MB
+from dualtrack.constraints import MB
 from dualtrack.exporter.resources import (
     NVML_RETRY_INITIAL_SECONDS,
     BatteryReading,
