@@ -25,7 +25,7 @@ from dualtrack.adapter.promql import (
 from dualtrack.clock import VirtualClock
 from dualtrack.errors import (
     AuthenticationFailed,
-    BackendUnavailable,
+    SourceUnavailable,
     BadQuery,
     BadResponse,
     QueryTimeout,
@@ -185,7 +185,7 @@ def test_killed_prometheus_is_backend_unavailable(prometheus_factory):
     with PromQLClient(prom.url, retries=1, backoff=0.01) as c:
         assert [s.value for s in c.instant("vector(3)")] == [3.0]
         prom.kill()
-        with pytest.raises(BackendUnavailable, match="connection refused") as info:
+        with pytest.raises(SourceUnavailable, match="connection refused") as info:
             c.instant("vector(3)")
         assert "2 attempts" in str(info.value)
         assert c.is_online() is False
@@ -261,7 +261,7 @@ def test_connections_are_reused(fake_http: FakeHTTPServer):
 def test_503_is_retried_then_backend_unavailable(fake_http: FakeHTTPServer):
     fake_http.respond(503, "Service Unavailable")
     with make(fake_http, retries=3) as c:
-        with pytest.raises(BackendUnavailable, match="HTTP 503") as info:
+        with pytest.raises(SourceUnavailable, match="HTTP 503") as info:
             c.instant("up")
     assert len(fake_http.requests) == 4
     assert "gave up after 4 attempts" in str(info.value)
@@ -271,7 +271,7 @@ def test_backoff_grows_exponentially(fake_http: FakeHTTPServer):
     fake_http.respond(503, "down")
     slept: List[float] = []
     with make(fake_http, retries=3, backoff=0.1, sleep=slept.append) as c:
-        with pytest.raises(BackendUnavailable):
+        with pytest.raises(SourceUnavailable):
             c.instant("up")
     assert slept == pytest.approx([0.1, 0.2, 0.4])
 
@@ -287,14 +287,14 @@ def test_500_then_success_is_retried(fake_http: FakeHTTPServer):
 def test_connection_reset_is_backend_unavailable(fake_http: FakeHTTPServer):
     fake_http.respond(200, OK, drop=True)
     with make(fake_http, retries=1) as c:
-        with pytest.raises(BackendUnavailable):
+        with pytest.raises(SourceUnavailable):
             c.instant("up")
     assert len(fake_http.requests) == 2
 
 
 def test_connection_refused(free_port):
     with PromQLClient(f"http://127.0.0.1:{free_port()}", retries=0) as c:
-        with pytest.raises(BackendUnavailable, match="connection refused"):
+        with pytest.raises(SourceUnavailable, match="connection refused"):
             c.instant("up")
 
 
@@ -304,12 +304,12 @@ def test_connection_refused(free_port):
         (400, {"status": "error", "errorType": "bad_data", "error": "parse error"}, BadQuery, "bad_data"),
         (422, {"status": "error", "errorType": "execution", "error": "many-to-many"}, BadQuery, "execution"),
         (503, {"status": "error", "errorType": "timeout", "error": "query timed out"}, QueryTimeout, None),
-        (503, {"status": "error", "errorType": "canceled", "error": "canceled"}, BackendUnavailable, None),
-        (503, {"status": "error", "errorType": "unavailable", "error": "x"}, BackendUnavailable, None),
+        (503, {"status": "error", "errorType": "canceled", "error": "canceled"}, SourceUnavailable, None),
+        (503, {"status": "error", "errorType": "unavailable", "error": "x"}, SourceUnavailable, None),
         (422, {"status": "error", "errorType": "brand_new", "error": "x"}, BadQuery, "brand_new"),
         (404, "404 page not found", BadResponse, None),
         (400, "<html>proxy says no</html>", BadResponse, None),
-        (429, "slow down", BackendUnavailable, None),
+        (429, "slow down", SourceUnavailable, None),
     ],
 )
 def test_api_errors_map_to_source_errors(fake_http, status, body, error, error_type):
@@ -393,7 +393,7 @@ def test_auth_failure(fake_http: FakeHTTPServer, status: int):
         with pytest.raises(AuthenticationFailed, match=f"HTTP {status}") as info:
             c.instant("up")
     assert info.value.kind == "auth"
-    assert not isinstance(info.value, BackendUnavailable)
+    assert not isinstance(info.value, SourceUnavailable)
 
 
 # -- deadline
@@ -408,7 +408,7 @@ def test_deadline_stops_retries():
     with FakeHTTPServer() as fake:
         fake.respond(503, "down")
         with PromQLClient(fake.url, retries=10, backoff=0.2, clock=clock, sleep=sleep) as c:
-            with pytest.raises(BackendUnavailable, match="3 attempts before the deadline"):
+            with pytest.raises(SourceUnavailable, match="3 attempts before the deadline"):
                 c.instant("up", deadline=clock.monotonic() + 1.0)
         # attempts at t = 0, 0.2, 0.6; the next (after 0.8 s more) would pass 1.0
         assert len(fake.requests) == 3

@@ -50,7 +50,11 @@ class PreferencesError(DualTrackError):
 
 
 class SourceError(DualTrackError):
-    """A metric source could not answer. Subclasses tell why."""
+    """A signal source (Prometheus, any PromQL engine) could not answer. Subclasses tell why.
+
+    "Source" here is where the adapter reads signals from; the model servers
+    a router calls are *backends* (``router.backends.BackendError``).
+    """
 
     #: short, bounded label for metrics (``dualtrack_adapter_query_errors_total{type}``)
     kind = "source"
@@ -62,20 +66,24 @@ class NoData(SourceError):
     kind = "no_data"
 
 
-class BackendUnavailable(SourceError):
-    """The backend could not be reached or answered with a server error."""
+class SourceUnavailable(SourceError):
+    """The source could not be reached or answered with a server error."""
 
     kind = "unavailable"
 
 
+#: The old name of :class:`SourceUnavailable`; kept for one release (removed in 0.3).
+BackendUnavailable = SourceUnavailable
+
+
 class QueryTimeout(SourceError):
-    """The backend did not answer within the timeout."""
+    """The source did not answer within the timeout."""
 
     kind = "timeout"
 
 
 class BadQuery(SourceError):
-    """The backend rejected the query (PromQL ``bad_data`` and similar)."""
+    """The source rejected the query (PromQL ``bad_data`` and similar)."""
 
     kind = "bad_query"
 
@@ -85,7 +93,7 @@ class BadQuery(SourceError):
 
 
 class AuthenticationFailed(SourceError):
-    """The backend refused our credentials (HTTP 401/403).
+    """The source refused our credentials (HTTP 401/403).
 
     Not a ``BackendUnavailable``: retrying cannot help and the fix is in the
     configuration (token, password), so it is counted apart.
@@ -95,6 +103,6 @@ class AuthenticationFailed(SourceError):
 
 
 class BadResponse(SourceError):
-    """The backend answered with something that is not a valid API response."""
+    """The source answered with something that is not a valid API response."""
 
     kind = "bad_response"

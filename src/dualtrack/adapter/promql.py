@@ -17,17 +17,18 @@ Thanos, Mimir), behind a path prefix or not::
             ...                                      # no data: not an error here
 
 What can go wrong is told apart, as the adapter handles each differently
-(``dualtrack.errors``): ``BackendUnavailable`` (refused, reset, DNS, 5xx),
+(``dualtrack.errors``): ``SourceUnavailable`` (refused, reset, DNS, 5xx),
 ``QueryTimeout``, ``AuthenticationFailed`` (401/403), ``BadQuery`` (the
 server rejected the PromQL; ``error_type`` says why) and ``BadResponse``
 (not the API: wrong shapes, not JSON, too big, a range vector). An empty
-vector is a valid, empty result. Only ``BackendUnavailable`` and
+vector is a valid, empty result. Only ``SourceUnavailable`` and
 ``QueryTimeout`` are retried, with exponential backoff, and never past the
 caller's ``deadline``.
 
 No message or ``repr`` ever shows credentials: the base URL's userinfo is
 moved into basic auth and stripped, and every message is scrubbed of the
-secrets this client knows.
+secrets this client knows. The bounded answer reader, the header checks and
+the scrubbing are shared with the router's model backend (``dualtrack._http``).
 
 A client is meant to be used from one thread at a time (the adapter loop).
 """
@@ -40,20 +41,29 @@ import json
 import logging
 import math
 import os
-import threading
 import time as _time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, Union
 from urllib.parse import unquote, urlencode, urlunsplit
 
 import requests
-import urllib3
 
+from .. import _validate
+from .._http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    BodyReader,
+    TokenFile,
+    check_header_value,
+    checked_headers,
+    connection_reason,
+    scrub,
+    short,
+)
 from .._urls import split_base_url
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
     AuthenticationFailed,
-    BackendUnavailable,
+    SourceUnavailable,
     BadQuery,
     BadResponse,
     QueryTimeout,
@@ -69,7 +79,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: Above this many bytes of encoded parameters a query goes as a form POST:
 #: proxies and servers cap URL length (often at 4-8 KiB), the API accepts both.
 POST_THRESHOLD = 2000
@@ -77,22 +86,27 @@ POST_THRESHOLD = 2000
 MAX_BACKOFF_S = 5.0
 #: An attempt with less time than this left before the deadline is not worth sending.
 MIN_ATTEMPT_S = 0.01
-#: Secrets shorter than this are not scrubbed from messages (scrubbing "ab"
-#: would mangle every message); messages never include credentials anyway,
-#: the scrub only guards against a server echoing them back.
-_MIN_SCRUB_LEN = 4
-_READ_CHUNK = 64 * 1024
 
 # Prometheus errorType -> our exception. Unknown types fall back on the HTTP status.
 _ERROR_TYPES: Dict[str, type] = {
     "bad_data": BadQuery,
     "execution": BadQuery,
     "timeout": QueryTimeout,
-    "canceled": BackendUnavailable,
-    "internal": BackendUnavailable,
-    "unavailable": BackendUnavailable,
+    "canceled": SourceUnavailable,
+    "internal": SourceUnavailable,
+    "unavailable": SourceUnavailable,
     "not_found": BadResponse,
     "not_acceptable": BadResponse,
+}
+
+
+# How a failed read of an answer (see dualtrack._http.Fail) shows as a SourceError.
+_READ_FAILURES: Dict[str, Type[SourceError]] = {
+    "too_big": BadResponse,
+    "undecodable": BadResponse,
+    "timeout": QueryTimeout,
+    "broken": SourceUnavailable,
+    "cancelled": SourceUnavailable,
 }
 
 
@@ -165,17 +179,12 @@ def escape_label_value(value: str) -> str:
     )
 
 
-def _short(text: str, limit: int = 200) -> str:
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _describe(value: Any) -> str:
     """A bounded description of arbitrary JSON for error messages."""
     if isinstance(value, (dict, list)):
         return f"{type(value).__name__} of {len(value)}"
     try:
-        return _short(repr(value), 60)
+        return short(repr(value), 60)
     except Exception:  # pragma: no cover - repr of JSON values does not fail
         return type(value).__name__
 
@@ -192,58 +201,6 @@ def _format_time(at: Union[float, int, _dt.datetime]) -> str:
     if not math.isfinite(seconds):
         raise ValueError(f"at: expected a finite time, got {seconds!r}")
     return f"{seconds:.3f}"
-
-
-def _check_header_value(name: str, value: str) -> None:
-    # requests rejects CR/LF/NUL with an InvalidHeader error that quotes the
-    # value; a token must never reach that message, so check first.
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: expected a string")
-    if not value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value) or value != value.strip():
-        raise ValueError(f"{name}: empty, or contains whitespace at the ends or control characters")
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"{name}: contains characters an HTTP header cannot carry") from None
-
-
-class _TokenFile:
-    """A bearer token file, re-read when it changes (rotated secrets).
-
-    The file's (mtime, inode, size) is checked on each use: a Kubernetes
-    secret swaps a symlink, which changes the inode even when mtimes tie.
-    If a later read fails or yields garbage, the last good token is kept.
-    """
-
-    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        self.path = os.fspath(path)
-        self._lock = threading.Lock()
-        self._signature: Optional[Tuple[int, int, int]] = None
-        self.token = ""
-        try:
-            self._load()
-        except (OSError, ValueError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise ValueError(f"bearer_token_file {self.path}: {reason}") from None
-
-    def _load(self) -> None:
-        st = os.stat(self.path)
-        with open(self.path, encoding="utf-8") as fh:
-            token = fh.read().strip()
-        _check_header_value("token", token)
-        self.token = token
-        self._signature = (st.st_mtime_ns, st.st_ino, st.st_size)
-
-    def get(self) -> str:
-        with self._lock:
-            try:
-                st = os.stat(self.path)
-                if (st.st_mtime_ns, st.st_ino, st.st_size) != self._signature:
-                    self._load()
-            except (OSError, ValueError, UnicodeDecodeError) as err:
-                log.warning("bearer_token_file %s: cannot re-read (%s); keeping the last good token",
-                            self.path, type(err).__name__)
-            return self.token
 
 
 # --------------------------------------------------------------------------- parsing
@@ -362,7 +319,7 @@ class PromQLClient:
     (file or folder) or ``insecure_skip_verify``.
 
     ``timeout`` bounds each attempt (connect and the whole answer);
-    ``retries`` extra attempts follow a ``BackendUnavailable`` or
+    ``retries`` extra attempts follow a ``SourceUnavailable`` or
     ``QueryTimeout``, ``backoff * 2**n`` seconds apart (at most 5 s).
     ``clock`` (monotonic seconds, as the ``deadline`` argument) and
     ``sleep`` are injectable for tests and the simulator. ``session``: bring
@@ -390,17 +347,13 @@ class PromQLClient:
         self._secrets: List[str] = []
         self._base, url_auth = self._parse_base_url(base_url)
 
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+        self.timeout = _validate.number("timeout", timeout, lower=0, lower_open=True)
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"retries: expected an integer >= 0, got {retries!r}")
-        if not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or not backoff >= 0:
-            raise ValueError(f"backoff: expected seconds >= 0, got {backoff!r}")
+        self.backoff = _validate.number("backoff", backoff, lower=0)
         if not isinstance(max_response_bytes, int) or isinstance(max_response_bytes, bool) or max_response_bytes <= 0:
             raise ValueError(f"max_response_bytes: expected a positive integer, got {max_response_bytes!r}")
-        self.timeout = float(timeout)
         self.retries = retries
-        self.backoff = float(backoff)
         self.max_response_bytes = max_response_bytes
 
         # -- credentials: at most one source, all turned into one header value
@@ -417,14 +370,14 @@ class PromQLClient:
         if len(given) > 1:
             raise ValueError(f"credentials: give only one of {', '.join(given)}")
         self._token: Optional[str] = None
-        self._token_file: Optional[_TokenFile] = None
+        self._token_file: Optional[TokenFile] = None
         self._basic_header: Optional[str] = None
         if bearer_token is not None:
-            _check_header_value("bearer_token", bearer_token)
+            check_header_value("bearer_token", bearer_token)
             self._token = bearer_token
             self._auth_kind = "bearer"
         elif bearer_token_file is not None:
-            self._token_file = _TokenFile(bearer_token_file)
+            self._token_file = TokenFile(bearer_token_file)
             self._auth_kind = "bearer_file"
         elif basic_auth is not None or url_auth is not None:
             user, password = self._check_basic(basic_auth if basic_auth is not None else url_auth)
@@ -439,14 +392,11 @@ class PromQLClient:
 
         # -- extra headers (tenant ids, API keys): values are treated as secrets
         self._headers: Dict[str, str] = {"Accept": "application/json", "User-Agent": "dualtrack-promql"}
-        for name, value in (headers or {}).items():
-            if not isinstance(name, str) or not name or any(ch in name for ch in ":\r\n\0 "):
-                raise ValueError(f"headers: invalid header name {name!r}")
-            _check_header_value(f"headers[{name!r}]", value)
-            if name.lower() == "authorization" and self._auth_kind != "none":
-                raise ValueError("headers: an Authorization header conflicts with the credentials given")
-            self._headers[name] = value
-            self._secrets.append(value)
+        extra = checked_headers(
+            headers, authorization_set_by=None if self._auth_kind == "none" else "the credentials given"
+        )
+        self._headers.update(extra)
+        self._secrets += extra.values()
 
         # -- TLS
         if insecure_skip_verify and ca_bundle is not None:
@@ -474,7 +424,7 @@ class PromQLClient:
         auth: Optional[Tuple[str, str]] = None
         if parts.username is not None or parts.password is not None:
             auth = (unquote(parts.username or ""), unquote(parts.password or ""))
-        host = parts.hostname
+        host = parts.hostname or ""  # never empty: split_base_url requires a host
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"
         netloc = host if port is None else f"{host}:{port}"
@@ -521,7 +471,7 @@ class PromQLClient:
         try:
             return _parse_instant(body)
         except BadResponse as err:
-            raise BadResponse(self._scrub(f"{self._base}: {err} (query: {_short(expr)})")) from err
+            raise BadResponse(self._scrub(f"{self._base}: {err} (query: {short(expr)})")) from err
 
     def is_online(self, timeout: Optional[float] = None) -> bool:
         """True when ``/-/ready`` answers 2xx. Never raises, never retries."""
@@ -558,10 +508,7 @@ class PromQLClient:
             secrets.append(self._token)
         if self._token_file is not None and self._token_file.token:
             secrets.append(self._token_file.token)
-        for secret in sorted(secrets, key=len, reverse=True):
-            if len(secret) >= _MIN_SCRUB_LEN:
-                message = message.replace(secret, "<redacted>")
-        return message
+        return scrub(message, secrets)
 
     def _request_headers(self) -> Dict[str, str]:
         headers = dict(self._headers)
@@ -598,7 +545,7 @@ class PromQLClient:
             made += 1
             try:
                 return self._attempt(path, params, expr, attempt_timeout)
-            except (BackendUnavailable, QueryTimeout) as err:
+            except (SourceUnavailable, QueryTimeout) as err:
                 last = err
             if attempt + 1 >= attempts:
                 break
@@ -610,7 +557,7 @@ class PromQLClient:
 
         if last is None:
             raise QueryTimeout(f"{self._base}: the deadline passed before the query could be sent "
-                               f"(query: {_short(expr)})")
+                               f"(query: {short(expr)})")
         if made == 1:
             raise last
         why = "attempts before the deadline" if made < attempts else "attempts"
@@ -634,18 +581,18 @@ class PromQLClient:
                 stream=True,
             )
         except requests.exceptions.ConnectTimeout as err:
-            raise BackendUnavailable(self._scrub(f"{url}: connect timed out after {attempt_timeout:.2f} s")) from err
+            raise SourceUnavailable(self._scrub(f"{url}: connect timed out after {attempt_timeout:.2f} s")) from err
         except requests.exceptions.Timeout as err:
             raise QueryTimeout(self._scrub(f"{url}: no answer within {attempt_timeout:.2f} s "
-                                           f"(query: {_short(expr)})")) from err
+                                           f"(query: {short(expr)})")) from err
         except requests.exceptions.SSLError as err:
-            raise BackendUnavailable(self._scrub(f"{url}: TLS error (certificate or ca_bundle?)")) from err
+            raise SourceUnavailable(self._scrub(f"{url}: TLS error (certificate or ca_bundle?)")) from err
         except requests.exceptions.ConnectionError as err:
-            raise BackendUnavailable(self._scrub(f"{url}: cannot connect: {_connection_reason(err)}")) from err
+            raise SourceUnavailable(self._scrub(f"{url}: cannot connect: {connection_reason(err)}")) from err
         except requests.exceptions.TooManyRedirects as err:
             raise BadResponse(self._scrub(f"{url}: too many redirects")) from err
         except requests.exceptions.RequestException as err:
-            raise BackendUnavailable(self._scrub(f"{url}: request failed: {type(err).__name__}")) from err
+            raise SourceUnavailable(self._scrub(f"{url}: request failed: {type(err).__name__}")) from err
 
         with resp:
             if resp.status_code in (401, 403):
@@ -656,46 +603,20 @@ class PromQLClient:
         return self._decode(resp.status_code, raw, url, expr)
 
     def _read_body(self, resp: requests.Response, url: str, read_deadline: float, attempt_timeout: float) -> bytes:
-        declared = resp.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
-            raise BadResponse(self._scrub(
-                f"{url}: answer of {int(declared)} bytes is over max_response_bytes={self.max_response_bytes}"
-            ))
-        chunks: List[bytes] = []
-        size = 0
-        try:
-            # requests' timeout bounds each socket read, not the answer: a
-            # server trickling bytes could hold us forever, so the whole
-            # answer also gets a deadline, checked as each piece arrives.
-            for chunk in _body_pieces(resp):
-                size += len(chunk)
-                if size > self.max_response_bytes:
-                    raise BadResponse(self._scrub(
-                        f"{url}: answer over max_response_bytes={self.max_response_bytes}; stopped reading"
-                    ))
-                chunks.append(chunk)
-                if self._clock.monotonic() > read_deadline:
-                    raise QueryTimeout(self._scrub(f"{url}: answer not complete within {attempt_timeout:.2f} s"))
-        except (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError) as err:
-            raise BadResponse(self._scrub(f"{url}: answer could not be decompressed")) from err
-        except urllib3.exceptions.ReadTimeoutError as err:
-            raise QueryTimeout(self._scrub(f"{url}: answer not complete within {attempt_timeout:.2f} s")) from err
-        except requests.exceptions.ConnectionError as err:
-            # iter_content reports a read timeout as a ConnectionError.
-            if "timed out" in str(err).lower():
-                raise QueryTimeout(self._scrub(f"{url}: answer not complete within {attempt_timeout:.2f} s")) from err
-            raise BackendUnavailable(self._scrub(f"{url}: connection broke mid-answer")) from err
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
-            # ChunkedEncodingError, IncompleteRead, resets: broke mid-answer.
-            raise BackendUnavailable(self._scrub(f"{url}: connection broke mid-answer ({type(err).__name__})")) from err
-        return b"".join(chunks)
+        def fail(kind: str, message: str) -> SourceError:
+            return _READ_FAILURES[kind](self._scrub(f"{url}: {message}"))
+
+        reader = BodyReader(resp, fail, limit=self.max_response_bytes, deadline=read_deadline,
+                            budget=attempt_timeout, clock=self._clock.monotonic)
+        reader.check_declared_length()
+        return reader.read()
 
     def _decode(self, status: int, raw: bytes, url: str, expr: str) -> Any:
         try:
             body: Any = json.loads(raw)
         except (ValueError, RecursionError):
             body = None
-            snippet = _short(raw[:300].decode("utf-8", "replace"))
+            snippet = short(raw[:300].decode("utf-8", "replace"))
         else:
             snippet = ""
 
@@ -707,7 +628,7 @@ class PromQLClient:
             return body
         detail = f": {snippet!r}" if snippet else ""
         if status == 429 or status >= 500:
-            raise BackendUnavailable(self._scrub(f"{url}: HTTP {status}{detail}"))
+            raise SourceUnavailable(self._scrub(f"{url}: HTTP {status}{detail}"))
         if status == 404:
             raise BadResponse(self._scrub(f"{url}: HTTP 404: is the base URL (and its path prefix) right?"))
         raise BadResponse(self._scrub(f"{url}: unexpected HTTP {status} without an API error{detail}"))
@@ -716,11 +637,11 @@ class PromQLClient:
         error_type = body.get("errorType")
         error_type = error_type if isinstance(error_type, str) else ""
         error = body.get("error")
-        error = _short(error, 500) if isinstance(error, str) else "(no error message)"
+        error = short(error, 500) if isinstance(error, str) else "(no error message)"
         cls = _ERROR_TYPES.get(error_type)
         if cls is None:
             if status >= 500 or status == 429:
-                cls = BackendUnavailable
+                cls = SourceUnavailable
             elif 400 <= status < 500:
                 cls = BadQuery
             else:
@@ -728,43 +649,8 @@ class PromQLClient:
         shown_type = error_type or "no errorType"
         if cls is BadQuery:
             return BadQuery(
-                self._scrub(f"{url}: query rejected ({shown_type}): {error} (query: {_short(expr)})"),
+                self._scrub(f"{url}: query rejected ({shown_type}): {error} (query: {short(expr)})"),
                 error_type or "bad_data",
             )
-        return cls(self._scrub(f"{url}: HTTP {status}, {shown_type}: {error} (query: {_short(expr)})"))
+        return cls(self._scrub(f"{url}: HTTP {status}, {shown_type}: {error} (query: {short(expr)})"))
 
-
-def _body_pieces(resp: requests.Response) -> Iterator[bytes]:
-    """The decoded body, piece by piece, each piece as soon as it arrives.
-
-    urllib3 2's ``read1`` returns whatever has arrived (so the caller can
-    check its deadline between pieces); ``iter_content`` blocks until a whole
-    chunk is filled. urllib3 returns the connection to the pool once the
-    body has been read to its end (tests/test_promql.py checks the reuse).
-    """
-    raw = resp.raw
-    read1 = getattr(raw, "read1", None)
-    if read1 is None:  # urllib3 1.x
-        yield from resp.iter_content(_READ_CHUNK)
-        return
-    while True:
-        piece = read1(_READ_CHUNK, decode_content=True)
-        if not piece:
-            return
-        yield piece
-
-
-def _connection_reason(err: BaseException) -> str:
-    """A short, secret-free reason for a connection failure."""
-    text = str(err)
-    lowered = text.lower()
-    if "refused" in lowered:
-        return "connection refused"
-    if any(s in lowered for s in ("name or service not known", "nodename nor servname", "name resolution",
-                                  "getaddrinfo failed", "no address associated")):
-        return "DNS lookup failed"
-    if any(s in lowered for s in ("reset", "aborted", "remotedisconnected", "broken pipe")):
-        return "connection reset"
-    if "timed out" in lowered:
-        return "timed out"
-    return type(err).__name__
