@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 from prometheus_client import CollectorRegistry
 
-import dualtrack.preferences as preferences_module
+import dualtrack.preferences.writer as preferences_module
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, PreferencesReader, ResourceMonitor
 from dualtrack.adapter.loop import Adapter, AdapterSettings
 from dualtrack.adapter.prometheus_source import PrometheusSource
@@ -47,7 +47,7 @@ from dualtrack.adapter.promql import PromQLClient
 from dualtrack.adapter.signals import SignalValues
 from dualtrack.bundled import bundled_dir
 from dualtrack.clock import VirtualClock
-from dualtrack.exporter.constraints import MB
+from dualtrack.constraints import MB
 from dualtrack.exporter.exposition import MetricsPortInUse
 from dualtrack.preferences import Preferences, PreferencesReadError, read_preferences, write_preferences
 from fakes.fake_nvml import FakeGpu, FakeNvml
@@ -383,6 +383,9 @@ class _NoDataSource:
     def fetch(self, catalog: Any = None, at: Any = None, deadline: Any = None) -> SignalValues:
         return SignalValues()
 
+    def constraint_states(self, values: SignalValues) -> Dict[str, Any]:
+        return {}
+
 
 @pytest.mark.parametrize("failing, message", [
     pytest.param({"write": errno.ENOSPC}, "No space left on device", id="disk_full_ENOSPC_on_write"),
@@ -410,7 +413,7 @@ def test_output_folder_write_failures(failing, message, tmp_path, monkeypatch, c
 
     fake_os = _FailingOs(failing)
     monkeypatch.setattr(preferences_module, "os", fake_os)
-    with caplog.at_level(logging.ERROR, logger="dualtrack.adapter.loop"):
+    with caplog.at_level(logging.ERROR, logger="dualtrack.adapter"):
         results = [adapter.run_cycle() for _ in range(3)]
     assert [r.result for r in results] == ["error"] * 3 and not any(r.published for r in results)
     assert all(r.error.startswith("publish:") and message in r.error for r in results), results[0].error

@@ -50,7 +50,7 @@ from dualtrack.adapter.strategy import HARD_LIMITS, PREFS, StrategySet, load_str
 from dualtrack.bundled import bundled_dir
 from dualtrack.clock import VirtualClock
 from dualtrack.config import OUTCOMES, PATHS
-from dualtrack.errors import BadQuery, BadResponse, BackendUnavailable, ConfigError, SourceError
+from dualtrack.errors import BadQuery, BadResponse, SourceUnavailable, ConfigError, SourceError
 
 _FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -534,7 +534,7 @@ class ScriptedClient:
         return True
 
 
-ERRORS = st.sampled_from([BadQuery("rejected"), BadResponse("garbage"), BackendUnavailable("down")])
+ERRORS = st.sampled_from([BadQuery("rejected"), BadResponse("garbage"), SourceUnavailable("down")])
 
 
 @fuzz(150)

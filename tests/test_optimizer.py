@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
 from dualtrack.clock import VirtualClock
 from dualtrack.exporter.collector import PerformanceMetrics
-from dualtrack.exporter.constraints import MB
+from dualtrack.constraints import MB
+from dualtrack.optimizer import facade
 from dualtrack.exporter.metrics import LATENCY_BUCKETS
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import MISSING, POWER_TIME_UNLIMITED, FakeProc, FakePsutil, sbattery
@@ -595,7 +596,7 @@ def test_recommendations_never_raise(monkeypatch):
     def boom(*args: Any, **kw: Any) -> None:
         raise RuntimeError("internal")
 
-    monkeypatch.setattr(o, "_build", boom)
+    monkeypatch.setattr(facade, "build_recommendation", boom)
     rec = o.get_optimization_recommendations("q")
     assert RECOMMENDATION_KEYS <= set(rec)
     assert rec["source"] == "defaults" and rec["preferred_path"] in ("local", "api")
@@ -617,7 +618,7 @@ def slow_local_traffic(env: Env, n: int = 10) -> None:
     for i in range(n):
         o.record_request_start(f"l{env.clock.time()}-{i}", "q")
         o.record_request_start(f"a{env.clock.time()}-{i}", "q")
-    ids = list(o._calls)
+    ids = list(o.recorder._calls)
     env.clock.advance(1.0)
     for rid in ids:
         if rid.startswith("a"):
@@ -865,7 +866,7 @@ def test_sweeps_racing_completions_on_many_threads_keep_the_books_exact():
     assert expired >= starts - completions  # every orphan, and any start that outlived the TTL
     assert expired + (completions - without_start) == starts  # each start ended exactly once
     assert o.in_flight_count() == 0 and env.get("dualtrack_requests_in_flight") == 0
-    assert len(o._parents) == 0
+    assert len(o.recorder._parents) == 0
     assert env.total("dualtrack_optimizer_errors_total") == 0
     assert o.collector.total_recorded == completions
 

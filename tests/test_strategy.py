@@ -593,12 +593,14 @@ def test_without_errors_list_the_first_problem_raises(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value,seconds", [
     (30, 30.0), (0, 0.0), (2.5, 2.5), ("30s", 30.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0),
     ("1m30s", 90.0), ("1h2m3s", 3723.0), ("1.5s", 1.5), (" 10s ", 10.0), ("0s", 0.0), ("1s500ms", 1.5),
+    ("1d", 86400.0),  # one duration grammar with PromQL's (vocabulary.parse_duration): days and weeks too
 ])
 def test_parse_duration(value: object, seconds: float) -> None:
     assert parse_duration(value) == pytest.approx(seconds)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", ["", "30", "30 s", "1d", "s", "-5s", "1m 30s", "5 minutes", "1.s", True, None, [1], -1])
+@pytest.mark.parametrize("value", ["", "30", "30 s", "1x", "s", "-5s", "1m 30s", "5 minutes", "1.s", "30s1m", "1m1m",
+                                   True, None, [1], -1])
 def test_parse_duration_rejects(value: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)  # type: ignore[arg-type]

@@ -20,8 +20,8 @@ from .adapter.embedded import AdaptiveOptimizer
 from .config import ModelPrice, OptimizationConfig, OptimizationStrategy, ResourceConstraints
 from .errors import ConfigError, DualTrackError, PreferencesError
 from .exporter.collector import MetricsCollector, PerformanceMetrics
-from .exporter.optimizer import DualTrackOptimizer
-from .exporter.resources import ResourceMonitor
+from .exporter.monitor import ResourceMonitor
+from .optimizer import DualTrackOptimizer
 from .preferences import Preferences, PreferencesReader, PreferencesWriter, Routing
 
 __version__ = "0.1.0"

@@ -1,16 +1,20 @@
 """The embedded adapter: the rule engine inside the router process.
 
 ``EmbeddedSource`` computes every built-in signal from the in-process
-``MetricsCollector`` windows and the ``ResourceMonitor``, with the same
-meaning as its PromQL form (the same window length, ratios of sums,
-cancelled requests excluded where PromQL excludes them). User PromQL-only
-signals have no embedded form and read as no data.
+sliding windows (``MetricsCollector``) and the machine readings
+(``ResourceMonitor``), with the same meaning as its PromQL form (the same
+window length, ratios of sums, cancelled requests excluded where PromQL
+excludes them). User PromQL-only signals have no embedded form and read as
+no data. It reads the windows and the readings through the small Protocols
+below, so the adapter does not depend on the exporter that fills them.
 
-``AdaptiveOptimizer`` (the spec's name) runs the engine on those signals:
-``adapt_strategy()`` is one cycle; ``get_routing_preferences()`` the
-current routing. ``DualTrackOptimizer`` owns one and runs it on a thread
-every ``adaptation_interval_seconds`` (or on demand with ``adapt_now()``;
-the simulator calls it in virtual time).
+``AdaptiveOptimizer`` (the spec's name) runs the one adaptation controller
+(``adapter.controller``) over that source with an in-memory publisher:
+``adapt_strategy()`` is one cycle; ``get_routing_preferences()`` the current
+routing; ``current_preferences()`` the current document (it is a
+``PreferenceSource``). ``DualTrackOptimizer`` owns one and runs it on a
+thread every ``adaptation_interval_seconds`` (or on demand with
+``adapt_now()``; the simulator calls it in virtual time).
 """
 
 from __future__ import annotations
@@ -18,23 +22,51 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
+from .._quantile import quantile
+from ..bundled import bundled_dir
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import OptimizationConfig
-from ..exporter.collector import MetricsCollector, PerformanceMetrics, quantile
-from ..constraints import MB, ConstraintCheck, request_checks, resource_checks
-from ..preferences import ConstraintState, Preferences, Reason, Routing
-from .engine import Decision, RuleEngine
+from ..constraints import MB, ConstraintCheck, MachineState, request_checks, resource_checks
+from ..preferences import ConstraintState, Preferences, Routing
+from .controller import AdaptationController, MemoryPublisher
+from .engine import RuleEngine
 from .signals import Catalog, SignalValues
 from .strategy import StrategySet, load_strategies
 
 log = logging.getLogger(__name__)
 
-_REQUEST_LEVELS: Tuple[Tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
+
+class RequestRecord(Protocol):
+    """One finished request in a window (``exporter.collector.PerformanceMetrics``)."""
+
+    timestamp: float
+    latency_ms: float
+    tokens_processed: int
+    cost_estimate: float
+    quality_score: float
+    outcome: str
+    has_cost: bool
+    has_quality: bool
 
 
-def _request_signals(records: Sequence[PerformanceMetrics], span: float) -> Dict[str, Optional[float]]:
+class RequestWindows(Protocol):
+    """The sliding windows of recent requests (``exporter.collector.MetricsCollector``)."""
+
+    def records(self, path: Optional[str] = None, query_class: Optional[str] = None,
+                since: Optional[float] = None) -> Sequence[RequestRecord]: ...
+
+    def paths_and_classes(self) -> Sequence[Tuple[str, str]]: ...
+
+
+class MachineMonitor(Protocol):
+    """Where machine readings come from (``exporter.monitor.ResourceMonitor``, the simulator's machine)."""
+
+    def snapshot(self) -> Optional[MachineState]: ...
+
+
+def _request_signals(records: Sequence[RequestRecord], span: float) -> Dict[str, Optional[float]]:
     """Every request signal over one window of records (``span`` seconds long)."""
     decided = [r for r in records if r.outcome != "cancelled"]
     latencies = sorted(r.latency_ms / 1000.0 for r in decided)
@@ -64,8 +96,8 @@ class EmbeddedSource:
 
     name = "embedded"
 
-    def __init__(self, config: OptimizationConfig, collector: MetricsCollector,
-                 snapshot: Callable[[], Any], *, in_flight: Callable[[], int] = lambda: 0,
+    def __init__(self, config: OptimizationConfig, collector: RequestWindows,
+                 snapshot: Callable[[], Optional[MachineState]], *, in_flight: Callable[[], int] = lambda: 0,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self.collector = collector
@@ -73,7 +105,7 @@ class EmbeddedSource:
         self._in_flight = in_flight
         self.clock = clock
 
-    def _span(self, window: Sequence[PerformanceMetrics], kept: Sequence[PerformanceMetrics], now: float) -> float:
+    def _span(self, window: Sequence[RequestRecord], kept: Sequence[RequestRecord], now: float) -> float:
         """Seconds the kept records cover: the whole window, unless the bounded
         deque dropped records inside it (then from the oldest record kept)."""
         length = self.config.signal_window_seconds
@@ -81,7 +113,10 @@ class EmbeddedSource:
             return max(now - min(r.timestamp for r in kept), 1e-6)
         return length
 
-    def fetch(self, catalog: Optional[Catalog] = None, at: Optional[float] = None) -> SignalValues:
+    def fetch(self, catalog: Optional[Catalog] = None, at: Optional[float] = None,
+              deadline: Optional[float] = None) -> SignalValues:
+        """Every built-in signal at wall time ``at`` (default: now). Reading the
+        windows takes microseconds: ``deadline`` is accepted and not needed."""
         now = self.clock.time() if at is None else at
         since = now - self.config.signal_window_seconds
         values = SignalValues()
@@ -146,7 +181,13 @@ class EmbeddedSource:
         values = values if values is not None else self.fetch()
         return self.constraint_checks_from(values, self._snapshot(), self._in_flight())
 
-    def constraint_checks_from(self, values: SignalValues, snap: Any, in_flight: int) -> Dict[str, ConstraintCheck]:
+    def constraint_states(self, values: SignalValues) -> Dict[str, ConstraintState]:
+        """The constraints for the preferences document: measured value, limit, violated."""
+        return {name: ConstraintState(c.violated, c.value, c.limit)
+                for name, c in self.constraint_checks(values).items()}
+
+    def constraint_checks_from(self, values: SignalValues, snap: Optional[MachineState],
+                               in_flight: int) -> Dict[str, ConstraintCheck]:
         checks = resource_checks(self.config.constraints, snap)
         checks.update(request_checks(
             self.config.constraints,
@@ -159,25 +200,6 @@ class EmbeddedSource:
         return checks
 
 
-def decision_to_preferences(decision: Decision, *, sequence: int, now: float, validity_seconds: float,
-                            source: str, constraints: Dict[str, ConstraintCheck]) -> Preferences:
-    """The preferences document for a decision (what the adapter publishes)."""
-    return Preferences(
-        sequence=sequence,
-        generated_at=now,
-        valid_until=now + validity_seconds,
-        strategy=decision.strategy,
-        source=source,
-        mode=decision.mode,
-        routing=Routing(**decision.routing),
-        timeouts_seconds=dict(decision.timeouts_seconds),
-        query_classes={qc: Routing(**p) for qc, p in decision.class_overrides().items()},
-        constraints={name: ConstraintState(c.violated, c.value, c.limit) for name, c in constraints.items()},
-        reasons=[Reason(rule=r.rule, message=r.message, query_class=r.query_class,
-                        signals=dict(r.signals), changes=dict(r.changes)) for r in decision.reasons],
-    )
-
-
 class AdaptiveOptimizer:
     """Adapts routing preferences in-process (the embedded adapter).
 
@@ -186,12 +208,10 @@ class AdaptiveOptimizer:
     >>> adaptive.get_routing_preferences()["local_bias"]
     """
 
-    def __init__(self, config: OptimizationConfig, metrics_collector: MetricsCollector,
-                 resource_monitor: Any, *, clock: Clock = SYSTEM_CLOCK,
+    def __init__(self, config: OptimizationConfig, metrics_collector: RequestWindows,
+                 resource_monitor: Optional[MachineMonitor], *, clock: Clock = SYSTEM_CLOCK,
                  strategies: Optional[StrategySet] = None,
                  in_flight: Callable[[], int] = lambda: 0) -> None:
-        from ..bundled import bundled_dir
-
         self.config = config
         self.clock = clock
         self.strategies = strategies or load_strategies(config.rules_path or bundled_dir("rules"))
@@ -201,68 +221,65 @@ class AdaptiveOptimizer:
         base = self.engine.routing
         self.routing_preferences: Dict[str, float] = dict(base)
         self.history: Deque[Dict[str, Any]] = deque(maxlen=config.history_size)
-        self._lock = threading.Lock()
-        self._sequence = 0
         self.cycles = {"ok": 0, "error": 0}
         self.last_error: Optional[str] = None
-        now = clock.time()
-        self.preferences = Preferences.defaults(now=now, validity_seconds=self._validity())
-        self.preferences = Preferences(**{**self.preferences.__dict__, "strategy": self.engine.strategy,
-                                          "source": "embedded", "routing": Routing(**base),
-                                          "mode": self.engine.mode})
+        validity = 3 * config.adaptation_interval_seconds
+        initial = Preferences.defaults(now=clock.time(), validity_seconds=validity)
+        initial = Preferences(**{**initial.__dict__, "strategy": self.engine.strategy, "source": "embedded",
+                                 "routing": Routing(**base), "mode": self.engine.mode})
+        self.publisher = MemoryPublisher(initial)
+        self.controller = AdaptationController(self.engine, self.source, self.publisher, source_name="embedded",
+                                               validity_seconds=validity, clock=clock)
+        self._lock = threading.Lock()  # one cycle (and its notification) at a time
 
-    def _validity(self) -> float:
-        return 3 * self.config.adaptation_interval_seconds
+    @property
+    def preferences(self) -> Preferences:
+        return self.publisher.current
 
     def adapt_strategy(self) -> Dict[str, Any]:
         """Run one cycle; return the adaptation notification.
 
-        On an internal error the current preferences stay (the spec's
-        "maintain current strategy if adaptation fails") and the notification
-        says so.
+        On an error the current preferences stay (the spec's "maintain
+        current strategy if adaptation fails") and the notification says so.
         """
         with self._lock:
-            now = self.clock.time()
-            previous = dict(self.routing_preferences)
-            try:
-                values = self.source.fetch()
-                decision = self.engine.evaluate(values, self.clock.monotonic())
-                checks = self.source.constraint_checks(values)
-                self._sequence += 1
-                prefs = decision_to_preferences(decision, sequence=self._sequence, now=now,
-                                                validity_seconds=self._validity(), source="embedded",
-                                                constraints=checks)
-            except Exception as err:  # one bad cycle never kills adaptation
-                self.cycles["error"] += 1
-                self.last_error = f"{type(err).__name__}: {err}"
-                log.exception("adaptation cycle failed; keeping the current preferences")
-                note = {"timestamp": now, "ok": False, "error": self.last_error,
-                        "strategy": self.engine.strategy, "routing": previous, "changes": {}, "reasons": []}
-                self.history.append(note)
-                return note
-            self.preferences = prefs
-            self.routing_preferences = dict(decision.routing)
-            self.cycles["ok"] += 1
-            changes = {p: round(decision.routing[p] - previous[p], 6) for p in previous
-                       if abs(decision.routing[p] - previous[p]) > 1e-9}
-            note = {
-                "timestamp": now, "ok": True, "sequence": prefs.sequence,
-                "strategy": decision.strategy, "mode": decision.mode,
-                "previous": previous, "routing": dict(decision.routing), "changes": changes,
-                "query_classes": decision.class_overrides(),
-                "timeouts_seconds": dict(decision.timeouts_seconds),
-                "fired": decision.fired,
-                "reasons": [{"rule": r.rule, "message": r.message, "query_class": r.query_class,
-                             "signals": r.signals, "changes": r.changes} for r in decision.reasons],
-            }
+            return self._adapt()
+
+    def _adapt(self) -> Dict[str, Any]:
+        now = self.clock.time()
+        previous = dict(self.routing_preferences)
+        cycle = self.controller.run_cycle()
+        if not cycle.ok or cycle.decision is None or cycle.preferences is None:
+            self.cycles["error"] += 1
+            self.last_error = cycle.error
+            note: Dict[str, Any] = {"timestamp": now, "ok": False, "error": self.last_error,
+                                    "strategy": self.engine.strategy, "routing": previous, "changes": {},
+                                    "reasons": []}
             self.history.append(note)
             return note
+        decision = cycle.decision
+        self.routing_preferences = dict(decision.routing)
+        self.cycles["ok"] += 1
+        changes = {p: round(decision.routing[p] - previous[p], 6) for p in previous
+                   if abs(decision.routing[p] - previous[p]) > 1e-9}
+        note = {
+            "timestamp": now, "ok": True, "sequence": cycle.preferences.sequence,
+            "strategy": decision.strategy, "mode": decision.mode,
+            "previous": previous, "routing": dict(decision.routing), "changes": changes,
+            "query_classes": decision.class_overrides(),
+            "timeouts_seconds": dict(decision.timeouts_seconds),
+            "fired": decision.fired,
+            "reasons": [{"rule": r.rule, "message": r.message, "query_class": r.query_class,
+                         "signals": r.signals, "changes": r.changes} for r in decision.reasons],
+        }
+        self.history.append(note)
+        return note
 
     def get_routing_preferences(self) -> Dict[str, float]:
         return dict(self.routing_preferences)
 
     def current_preferences(self) -> Preferences:
-        return self.preferences
+        return self.publisher.current
 
     def reload(self, strategies: StrategySet) -> None:
         with self._lock:

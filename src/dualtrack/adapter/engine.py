@@ -34,13 +34,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ..config import DEFAULT_QUERY_CLASSES
+from ..vocabulary import DEFAULT_QUERY_CLASSES, PATHS, ROUTING_NAMES, TRACKS
 from .conditions import Context
 from .signals import SignalValues
-from .strategy import PREFS, Action, Rule, Strategy, StrategySet
+from .strategy import Action, Rule, Strategy, StrategySet
 
-TRACKS: Tuple[str, str] = ("local", "api")
-TIMEOUT_PATHS: Tuple[str, ...] = ("local", "api", "parallel")
+PREFS = ROUTING_NAMES
+TIMEOUT_PATHS = PATHS
 
 
 @dataclass

@@ -5,9 +5,11 @@ One cycle (``Adapter.run_cycle``):
 1. reload the rule files if they changed — a bad edit keeps the last good
    rules, sets ``dualtrack_adapter_rules_reload_success`` to 0 and logs
    the error (file:line) once;
-2. fetch every signal from the source within the cycle budget;
-3. evaluate the strategy;
-4. publish the preferences file atomically (or print it with ``dry_run``).
+2. run the adaptation controller (``adapter.controller``, the same cycle the
+   embedded adapter runs): fetch every signal from the source within the
+   cycle budget, evaluate the strategy, publish the preferences file
+   atomically (or print it with ``dry_run``);
+3. export the adapter's own metrics.
 
 When the source is down, slow or refusing credentials the cycle fails: the
 last published preferences stay as they are — not republished, so their
@@ -33,12 +35,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ..clock import SYSTEM_CLOCK, Clock
 from .._validate import label_value
 from ..vocabulary import DEFAULT_QUERY_CLASSES
-from ..errors import ConfigError, PreferencesError, SourceError
-from ..preferences import PreferencesWriter
-from .embedded import decision_to_preferences
+from ..errors import ConfigError
+from ..preferences import Preferences, PreferencesWriter
+from .controller import AdaptationController, Cycle, Publisher, SignalSource, StreamPublisher
 from .engine import RuleEngine
 from .prometheus_source import check_window
-from .signals import SignalValues
 from .strategy import StrategySet, load_strategies, rule_files
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,11 @@ class _RulesWatcher:
 
 
 class Adapter:
-    """The loop. ``source`` is a ``PrometheusSource`` (or anything with ``fetch``)."""
+    """The loop. ``source`` is a ``PrometheusSource`` (any :class:`SignalSource` will do: tests pass a fake)."""
 
-    def __init__(self, settings: AdapterSettings, source: Any, *, registry: Optional[CollectorRegistry] = None,
-                 clock: Clock = SYSTEM_CLOCK, strategies: Optional[StrategySet] = None,
-                 stdout: Optional[TextIO] = None) -> None:
+    def __init__(self, settings: AdapterSettings, source: SignalSource, *,
+                 registry: Optional[CollectorRegistry] = None, clock: Clock = SYSTEM_CLOCK,
+                 strategies: Optional[StrategySet] = None, stdout: Optional[TextIO] = None) -> None:
         self.settings = settings
         self.source = source
         self.clock = clock
@@ -194,8 +195,13 @@ class Adapter:
         self._watcher = _RulesWatcher(list(settings.rules))
         self._reload_error: Optional[str] = None
         self.writer: Optional[PreferencesWriter] = None
-        if not settings.dry_run:
-            self.writer = PreferencesWriter(settings.output, mode=settings.file_mode, clock=clock)
+        publisher: Publisher
+        if settings.dry_run:
+            publisher = StreamPublisher(self.stdout)
+        else:
+            publisher = self.writer = PreferencesWriter(settings.output, mode=settings.file_mode, clock=clock)
+        self.controller = AdaptationController(self.engine, source, publisher, source_name="prometheus",
+                                               validity_seconds=settings.validity, clock=clock)
         self.failures = 0
         self.stop_event = threading.Event()
 
@@ -237,48 +243,25 @@ class Adapter:
     def _cycle(self, start: float) -> CycleResult:
         self.reload_rules_if_changed()
         # Leave a fifth of the interval for evaluating and writing.
-        deadline = start + 0.8 * self.settings.interval_seconds
-        try:
-            values: SignalValues = self.source.fetch(self.strategies.catalog, deadline=deadline)
-        except SourceError as err:
-            log.warning("cannot fetch signals (%s); keeping the last preferences: %s", err.kind, err)
-            return CycleResult("error", 0.0, f"{err.kind}: {err}")
-        for name, problem in values.errors.items():
-            log.warning("signal %s: %s", name, problem)
-        self.metrics.signals.set(len(values))
-        decision = self.engine.evaluate(values, self.clock.monotonic())
-        strategy = self.engine.active_strategy()
-        for rule in strategy.rules:
-            count = len(self.settings.query_classes) if rule.for_each else 1
-            self.metrics.rule_evaluations.labels(strategy.name, rule.name).inc(count)
-        for reason in decision.reasons:
-            self.metrics.rule_fires.labels(reason.strategy, reason.rule).inc()
-        constraints = {}
-        for key, flag in values.series("constraint_violated").items():
-            if key:
-                constraints[dict(key)["constraint"]] = _Check(bool(flag))
-        result = "ok" if len(values) else "no_data"
-        now = self.clock.time()
-        sequence = (self.writer.sequence + 1) if self.writer is not None else 0
-        prefs = decision_to_preferences(decision, sequence=sequence, now=now,
-                                        validity_seconds=self.settings.validity, source="prometheus",
-                                        constraints=constraints)  # type: ignore[arg-type]
-        if self.settings.dry_run:
-            self.stdout.write(prefs.to_json())
-            self.stdout.flush()
-        else:
-            assert self.writer is not None
-            try:
-                prefs = self.writer.publish(prefs)
-            except PreferencesError as err:
-                self.metrics.publish_errors.inc()
-                log.error("cannot publish preferences: %s", err)
-                return CycleResult("error", 0.0, f"publish: {err}", fired=decision.fired)
-        self._export(prefs, decision.mode)
-        return CycleResult(result, 0.0, published=not self.settings.dry_run, sequence=prefs.sequence,
-                           fired=decision.fired)
+        cycle = self.controller.run_cycle(deadline=start + 0.8 * self.settings.interval_seconds)
+        if cycle.values is not None:
+            self.metrics.signals.set(len(cycle.values))
+        if cycle.decision is not None:
+            strategy = self.engine.active_strategy()
+            for rule in strategy.rules:
+                count = len(self.settings.query_classes) if rule.for_each else 1
+                self.metrics.rule_evaluations.labels(strategy.name, rule.name).inc(count)
+            for reason in cycle.decision.reasons:
+                self.metrics.rule_fires.labels(reason.strategy, reason.rule).inc()
+        if cycle.error_kind == "publish":
+            self.metrics.publish_errors.inc()
+        if not cycle.ok or cycle.preferences is None:
+            return CycleResult("error", 0.0, cycle.error, fired=cycle.fired)
+        self._export(cycle.preferences, cycle.decision.mode if cycle.decision else None)
+        return CycleResult(cycle.result, 0.0, published=not self.settings.dry_run,
+                           sequence=cycle.preferences.sequence, fired=cycle.fired)
 
-    def _export(self, prefs: Any, mode: Optional[str]) -> None:
+    def _export(self, prefs: Preferences, mode: Optional[str]) -> None:
         m = self.metrics
         for qc in self.settings.query_classes:
             for pref, value in prefs.routing_for(qc).as_dict().items():
@@ -314,15 +297,6 @@ class Adapter:
                 return 0
 
 
-@dataclass(frozen=True)
-class _Check:
-    """Constraint state as seen through PromQL: only the flag is known."""
-
-    violated: bool
-    value: Optional[float] = None
-    limit: Optional[float] = None
-
-
 def effective_settings_text(settings: AdapterSettings, source_desc: str) -> str:
     data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()}
     data["file_mode"] = oct(settings.file_mode)
@@ -330,4 +304,4 @@ def effective_settings_text(settings: AdapterSettings, source_desc: str) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-__all__ = ["Adapter", "AdapterSettings", "CycleResult"]
+__all__ = ["Adapter", "AdapterSettings", "Cycle", "CycleResult"]

@@ -41,18 +41,19 @@ and ``fetch`` raises (the cycle fails, the last preferences stay).
 
 "No data" is not an error: an empty answer, NaN or ±Inf leave the signal
 without a value. A backend that is down, slow or refusing credentials
-raises (``BackendUnavailable``, ``QueryTimeout``, ``AuthenticationFailed``),
+raises (``SourceUnavailable``, ``QueryTimeout``, ``AuthenticationFailed``),
 and the adapter keeps its last preferences.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import BadQuery, BadResponse, SourceError
+from ..preferences import ConstraintState
+from ..vocabulary import check_promql_duration
 from .aggregates import DIMS, INPUTS, RECORDED_INPUTS, RECORDED_WINDOW, REQUEST_SIGNALS, compute
 from .promql import InstantResult, PromQLClient, escape_label_value
 from .signals import BUILTIN_CATALOG, Catalog, Signal, SignalValues
@@ -65,11 +66,6 @@ _INPUT_PREFIX = "_input_"
 QueryObserver = Callable[[float, Optional[str]], None]  # (seconds, error kind or None)
 
 
-#: A PromQL duration as Prometheus parses it (model.ParseDuration): units in
-#: this order, each at most once, e.g. 2m, 90s, 1h30m.
-_DURATION_RE = re.compile(r"(?=[0-9])([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?")
-
-
 def check_window(window: object) -> str:
     """``window`` if it is a PromQL duration (``2m``, ``90s``, ``1h30m``), else ``ValueError``.
 
@@ -77,9 +73,10 @@ def check_window(window: object) -> str:
     else (a typo, or ``2m]) or vector(1) or rate(x[2m``) must be refused at
     start, not sent to Prometheus every cycle.
     """
-    if not isinstance(window, str) or not _DURATION_RE.fullmatch(window):
-        raise ValueError(f"window: expected a PromQL duration such as 2m, 90s or 1h30m, got {window!r}")
-    return window
+    try:
+        return check_promql_duration(window)
+    except ValueError as err:
+        raise ValueError(f"window: {err}") from None
 
 
 def _branch(signal: Signal, level: Tuple[str, ...], window: str) -> str:
@@ -180,6 +177,12 @@ class PrometheusSource:
             if not signal.builtin:
                 self._fetch_one(values, signal, catalog, at, deadline)
         return values
+
+    def constraint_states(self, values: SignalValues) -> Dict[str, ConstraintState]:
+        """Constraint states as seen through PromQL: the routers' exported
+        ``dualtrack_constraint_violated`` flags, without value or limit."""
+        return {dict(key)["constraint"]: ConstraintState(bool(flag))
+                for key, flag in values.series("constraint_violated").items() if key}
 
     def _fetch_each(self, values: SignalValues, signals: List[Signal], catalog: Catalog,
                     at: Optional[float], deadline: Optional[float]) -> None:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..config import PATHS
+from ..vocabulary import PATHS
 from ..constraints import CONSTRAINTS
 from .conditions import SignalInfo
 

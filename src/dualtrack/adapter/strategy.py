@@ -17,61 +17,26 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-
 from .. import _yaml
 from .._schema import load_validator, schema_error
 from ..errors import ConfigError
+from ..vocabulary import (DEFAULT_ROUTING, DEFAULT_TIMEOUTS_SECONDS, ROUTING_FIELDS, ROUTING_NAMES,
+                          parse_duration)
 from .conditions import Condition, ConditionError, compile_condition
 from .signals import BUILTIN_CATALOG, Catalog, Signal, user_signal
 
-PREFS: Tuple[str, ...] = ("local_bias", "parallel_threshold", "timeout_multiplier", "quality_threshold")
+PREFS: Tuple[str, ...] = ROUTING_NAMES
 
 #: The spec's starting preferences.
-DEFAULT_BASELINE: Dict[str, float] = {
-    "local_bias": 0.5, "parallel_threshold": 0.7, "timeout_multiplier": 1.0, "quality_threshold": 0.8,
-}
+DEFAULT_BASELINE: Dict[str, float] = dict(DEFAULT_ROUTING)
 #: What each preference can ever be; clamps must lie within these.
-HARD_LIMITS: Dict[str, Tuple[float, float]] = {
-    "local_bias": (0.0, 1.0),
-    "parallel_threshold": (0.0, 1.01),  # above 1: never run in parallel
-    "timeout_multiplier": (0.1, 10.0),
-    "quality_threshold": (0.0, 1.0),
-}
-DEFAULT_MAX_STEP: Dict[str, float] = {
-    "local_bias": 0.1, "parallel_threshold": 0.1, "timeout_multiplier": 0.25, "quality_threshold": 0.05,
-}
-DEFAULT_TIMEOUTS: Dict[str, float] = {"local": 30.0, "api": 30.0, "parallel": 30.0}
-
-_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Union[int, float, str]) -> float:
-    """``30`` / ``"30s"`` / ``"1m30s"`` / ``"500ms"`` → seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 30s, got {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"durations cannot be negative, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"expected a duration like 30s, got {value!r}")
-    text = value.strip()
-    pos = 0
-    total = 0.0
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"expected a duration like 500ms, 30s, 2m, 1h or 1m30s, got {value!r}")
-    return total
+HARD_LIMITS: Dict[str, Tuple[float, float]] = {f.name: (f.lower, f.upper) for f in ROUTING_FIELDS.values()}
+DEFAULT_MAX_STEP: Dict[str, float] = {f.name: f.max_step for f in ROUTING_FIELDS.values()}
+DEFAULT_TIMEOUTS: Dict[str, float] = dict(DEFAULT_TIMEOUTS_SECONDS)
 
 
 # ------------------------------------------------------------------ model
@@ -166,7 +131,7 @@ class Strategy:
 
 _VALIDATOR = load_validator("strategy.schema.json")
 STRATEGY_SCHEMA: Dict[str, Any] = _VALIDATOR.schema
-_PREFERENCE_NAMES = "is not a preference (local_bias, parallel_threshold, timeout_multiplier, quality_threshold)"
+_PREFERENCE_NAMES = f"is not a preference ({', '.join(ROUTING_NAMES)})"
 
 
 # ------------------------------------------------------------------ compile

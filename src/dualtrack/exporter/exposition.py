@@ -27,13 +27,20 @@ import errno
 import os
 import ssl
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Protocol
 
-from prometheus_client import CollectorRegistry, make_wsgi_app, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from ..config import OptimizationConfig
 from ..errors import ConfigError
+
+
+class HasRegistry(Protocol):
+    """Anything that records into a registry (``DualTrackOptimizer``)."""
+
+    registry: CollectorRegistry
 
 
 class MetricsPortInUse(ConfigError):
@@ -91,19 +98,17 @@ def serve_metrics(registry: CollectorRegistry, config: OptimizationConfig) -> Me
     return MetricsServer(config.metrics_host, port, tls, server, thread)
 
 
-def wsgi_app(optimizer: Any) -> Callable[..., Iterable[bytes]]:
+def wsgi_app(optimizer: HasRegistry) -> Callable[..., Iterable[bytes]]:
     """A WSGI app serving the optimizer's metrics (mount it at ``/metrics``)."""
     return make_wsgi_app(optimizer.registry)
 
 
-def multiprocess_registry(extra: Optional[Any] = None) -> CollectorRegistry:
+def multiprocess_registry(extra: Optional[HasRegistry] = None) -> CollectorRegistry:
     """A registry that adds up every worker's metrics (``PROMETHEUS_MULTIPROC_DIR``).
 
     ``extra``: an optimizer whose scrape-time collectors (resources,
     constraint limits, preferences) should appear once.
     """
-    from prometheus_client import multiprocess
-
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         raise ConfigError("PROMETHEUS_MULTIPROC_DIR is not set; multiprocess mode needs it in every worker")
     registry = CollectorRegistry()
@@ -114,10 +119,8 @@ def multiprocess_registry(extra: Optional[Any] = None) -> CollectorRegistry:
     return registry
 
 
-def scrape_time_collectors(optimizer: Any) -> Iterable[Collector]:
+def scrape_time_collectors(optimizer: HasRegistry) -> Iterable[Collector]:
     """The optimizer's custom collectors (those not backed by multiprocess files)."""
-    from prometheus_client.metrics import MetricWrapperBase
-
     registry = optimizer.registry
     # prometheus_client keeps the collector -> names map privately; custom
     # collectors are the ones that are not metric wrappers.
