@@ -74,7 +74,7 @@ def _mentions(expr: str, name: str) -> bool:
 
 def test_promtool_check_config_accepts_prometheus_yml_and_its_rule_files():
     result = promtool("check", "config", str(PROMETHEUS_YML), check=True)
-    assert "2 rule files found" in result.stdout
+    assert "3 rule files found" in result.stdout  # local_server_rules.yml: tests/test_local_servers.py
 
 
 def test_prometheus_yml_scrapes_the_router_and_adapter_and_alerts_to_alertmanager():
@@ -83,7 +83,7 @@ def test_prometheus_yml_scrapes_the_router_and_adapter_and_alerts_to_alertmanage
             for c in config["scrape_configs"]}
     assert jobs["dualtrack-router"] == ["router:9464"]
     assert jobs["dualtrack-adapter"] == ["adapter:9465"]
-    assert sorted(config["rule_files"]) == ["alerting_rules.yml", "recording_rules.yml"]
+    assert sorted(config["rule_files"]) == ["alerting_rules.yml", "local_server_rules.yml", "recording_rules.yml"]
     targets = [t for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
     assert targets == ["alertmanager:9093"]
 
