@@ -51,7 +51,8 @@ from .state_gauges import StateGauges
 class MachineMonitor(Protocol):
     """What the facade needs from a resource monitor (``ResourceMonitor``, or the simulator's machine)."""
 
-    running: bool
+    @property
+    def running(self) -> bool: ...
 
     def snapshot(self) -> Optional[MachineUsage]: ...
 

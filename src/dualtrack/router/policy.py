@@ -13,15 +13,23 @@ is what the router does.
 - Otherwise each track keeps at least ``floor`` of the traffic, so a track
   that fell out of favour still produces the metrics that can bring it back.
 - The other track is the fallback, tried once on error or timeout.
+
+How a plan's calls end in an answer is decided here too, by pure functions
+that the live router and the simulator both call (each with its own threads
+or events around them): :func:`fallback_track` (the other track, once),
+:func:`race_winner` (which answer wins a parallel race) and
+:func:`race_failure_outcome` (how a race without an answer ended).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
 
-TRACKS = ("local", "api")
+from ..vocabulary import TRACKS, other_track
+
+_Answer = TypeVar("_Answer")
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,8 @@ class RoutePlan:
     recommendation: Mapping[str, Any]
 
 
-def other(track: str) -> str:
-    return "api" if track == "local" else "local"
+other = other_track
+"""The old name of :func:`dualtrack.vocabulary.other_track`."""
 
 
 class RoutingPolicy:
@@ -74,7 +82,7 @@ class RoutingPolicy:
             fallback = None
         else:
             tracks = (path,)
-            fallback = other(path) if self.fallback else None
+            fallback = other_track(path) if self.fallback else None
         return RoutePlan(
             path=path, tracks=tracks, fallback=fallback,
             timeouts_seconds=rec["timeouts_seconds"],
@@ -82,3 +90,63 @@ class RoutingPolicy:
             preempt=self.enable_preemption,
             query_class=rec["query_class"], complexity=complexity, recommendation=rec,
         )
+
+
+# ------------------------------------------------------------------ how a plan's calls end
+
+
+def fallback_track(plan: RoutePlan, *, fell_back: bool) -> Optional[str]:
+    """The track to try after a single-track call failed (error or timeout), or ``None``: give up.
+
+    The plan's fallback (the other track), tried once: ``fell_back`` says it
+    already was.
+    """
+    if fell_back or plan.fallback not in TRACKS:
+        return None
+    return plan.fallback
+
+
+def acceptable(quality: Optional[float], threshold: float) -> bool:
+    """An answer may preempt a race: its quality is unknown or at least ``threshold``."""
+    return quality is None or quality >= threshold
+
+
+def race_winner(answers: Sequence[_Answer], quality: Callable[[_Answer], Optional[float]], threshold: float, *,
+                preempt: bool, settled: bool) -> Optional[_Answer]:
+    """The answer that wins a parallel race so far, or ``None`` (none yet, or none at all once settled).
+
+    ``answers`` are the successful calls so far, earliest first; ``quality``
+    reads an answer's quality (``None``: unknown). With ``preempt`` the best
+    :func:`acceptable` answer wins as soon as there is one, and the calls
+    still running are cancelled. Once ``settled`` (no call is still running)
+    the best answer wins, acceptable or not. Best: the highest quality,
+    unknown counting as ``threshold``; ties go to the earlier answer.
+    """
+    if preempt:
+        candidates = [a for a in answers if acceptable(quality(a), threshold)]
+        if candidates:
+            return _best(candidates, quality, threshold)
+    if settled and answers:
+        return _best(answers, quality, threshold)
+    return None
+
+
+def _best(answers: Sequence[_Answer], quality: Callable[[_Answer], Optional[float]], threshold: float) -> _Answer:
+    def rank(answer: _Answer) -> float:
+        q = quality(answer)
+        return threshold if q is None else q
+
+    best = answers[0]
+    for answer in answers[1:]:
+        if rank(answer) > rank(best):
+            best = answer
+    return best
+
+
+def race_failure_outcome(failures: Iterable[str]) -> str:
+    """How a race without an answer ended: ``timeout`` when every call timed out, else ``error``."""
+    kinds = list(failures)
+    return "timeout" if kinds and all(kind == "timeout" for kind in kinds) else "error"
+
+
+__all__ = ["RoutePlan", "RoutingPolicy", "acceptable", "fallback_track", "race_failure_outcome", "race_winner"]

@@ -23,6 +23,11 @@ policy the simulator uses, so benchmarks measure this router's behaviour):
   router waits for both and takes the better quality (unknown quality counts
   as exactly the threshold). The ``parallel`` timeout bounds the whole race.
 
+Which track is the fallback, which answer wins a race and how a race
+without an answer ended are :mod:`~dualtrack.router.policy`'s pure
+functions, which the simulator calls too; this module holds the threads,
+deadlines and cancellation around them.
+
 Recording (binding; the simulator records the same way) — every model call
 is recorded once, under its track, so nothing is counted twice:
 
@@ -63,9 +68,10 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
-from ..preferences import DEFAULT_TIMEOUTS_SECONDS, Routing
+from ..preferences import Routing
+from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, other_track
 from .backends import Backend, BackendError, Completion, Prompt
-from .policy import TRACKS, RoutePlan, RoutingPolicy, other
+from .policy import RoutePlan, RoutingPolicy, fallback_track, race_failure_outcome, race_winner
 
 __all__ = ["DualTrackRouter", "RouterResult"]
 
@@ -216,7 +222,7 @@ class DualTrackRouter:
     def _safe_plan(self) -> RoutePlan:
         routing = Routing.DEFAULT
         path = "local" if self.policy.rng.random() < routing.local_bias else "api"
-        return RoutePlan(path=path, tracks=(path,), fallback=other(path),
+        return RoutePlan(path=path, tracks=(path,), fallback=other_track(path),
                          timeouts_seconds=dict(DEFAULT_TIMEOUTS_SECONDS),
                          quality_threshold=routing.quality_threshold, preempt=True, query_class="other",
                          complexity=0.0, recommendation={})
@@ -227,9 +233,10 @@ class DualTrackRouter:
         leg = self._start(rid, track, query, text, context, _timeout(plan, track))
         status = self._await(leg)
         fell_back = False
-        if isinstance(status, BackendError) and plan.fallback in TRACKS:
+        fallback = fallback_track(plan, fell_back=False) if isinstance(status, BackendError) else None
+        if fallback is not None:
             fell_back = True
-            track = plan.fallback
+            track = fallback
             leg = self._start(rid + "/fallback", track, query, text, context, _timeout(plan, track))
             status = self._await(leg)
         latency = time.monotonic() - started
@@ -264,11 +271,9 @@ class DualTrackRouter:
                     answers.append((leg, status))
                 else:
                     errors.append(status)
-            if plan.preempt:
-                acceptable = [a for a in answers if _acceptable(a[1], plan.quality_threshold)]
-                if acceptable:
-                    winner = _best(acceptable, plan.quality_threshold)
-                    break
+            winner = race_winner(answers, _quality, plan.quality_threshold, preempt=plan.preempt, settled=False)
+            if winner is not None:
+                break
             now = time.monotonic()
             for future, leg in list(pending.items()):
                 if now >= min(leg.deadline, race_deadline) + GRACE_SECONDS:
@@ -276,8 +281,8 @@ class DualTrackRouter:
                     errors.append(self._abandon(leg, "timeout"))
         for leg in pending.values():  # the losers of a preempted race
             self._abandon(leg, "cancelled")
-        if winner is None and answers:
-            winner = _best(answers, plan.quality_threshold)
+        if winner is None:  # every call has ended or been given up on
+            winner = race_winner(answers, _quality, plan.quality_threshold, preempt=plan.preempt, settled=True)
 
         latency = time.monotonic() - started
         if winner is not None:
@@ -292,7 +297,7 @@ class DualTrackRouter:
         kinds = {e.kind for e in errors}
         kind = kinds.pop() if len(kinds) == 1 else "error"
         error = errors[-1] if errors else BackendError("no answer", "error")
-        outcome = "timeout" if kind == "timeout" else "error"
+        outcome = race_failure_outcome(e.kind for e in errors)
         self._safe("record_request_completion", self.optimizer.record_request_completion,
                    rid, "parallel", {"outcome": outcome}, False, kind)
         return RouterResult(None, "parallel", None, latency, None, False, rid, plan, error, None)
@@ -422,21 +427,9 @@ def _timeout(plan: RoutePlan, path: str) -> float:
     return DEFAULT_TIMEOUTS_SECONDS[path]
 
 
-def _acceptable(completion: Completion, threshold: float) -> bool:
-    return completion.quality_score is None or completion.quality_score >= threshold
-
-
-def _best(answers: List[Tuple[_Leg, Completion]], threshold: float) -> Tuple[_Leg, Completion]:
-    """The best quality; unknown counts as the threshold; ties go to the first to finish."""
-    def rank(item: Tuple[_Leg, Completion]) -> float:
-        q = item[1].quality_score
-        return threshold if q is None else q
-
-    best = answers[0]
-    for answer in answers[1:]:
-        if rank(answer) > rank(best):
-            best = answer
-    return best
+def _quality(answer: Tuple[_Leg, Completion]) -> Optional[float]:
+    """A race answer's quality; the answers are in the order they finished, so ties go to the first."""
+    return answer[1].quality_score
 
 
 def _name(backend: Any) -> str:

@@ -8,17 +8,26 @@
     for row in result.series:                              # one row per adaptation interval
         print(row["t"], row["split"], row["preferences"]["effective"]["local_bias"])
 
+The modules, bottom up: ``scenario`` (loading and validating scenario
+files), ``models`` and ``machine`` (the simulated world), ``workload`` (the
+queries), ``planners`` and ``oracle`` (the policies under test and the
+upper reference), ``objective`` and ``results`` (what is measured), ``loop``
+(the discrete-event ``Simulation``). ``runner`` is the old import path of
+the last four and only re-exports them.
+
 ``docs/simulation.md`` describes the models, the scenario format and the
-runner; ``dualtrack bench adaptation`` runs the scenario suite.
+event loop; ``dualtrack bench adaptation`` runs the scenario suite.
 """
 
+from .loop import Simulation, run_simulation
 from .machine import SimulatedMachine
 from .models import ApiModelSim, Call, Draws, LocalModelSim
 from .objective import OBJECTIVE, Objective
 from .oracle import OraclePlanner
-from .runner import (ORACLE, STATIC_POLICIES, STRATEGY_PREFIX, Request, Simulation, SimulationResult, Workload,
-                     check_policy, run_simulation, strategy_policy)
+from .planners import ORACLE, STATIC_POLICIES, STRATEGY_PREFIX, check_policy, strategy_policy
+from .results import SimulationResult
 from .scenario import Change, Event, Expectation, Scenario, load_scenario, scenario_names
+from .workload import Request, Workload
 
 __all__ = [
     "ApiModelSim", "Call", "Change", "Draws", "Event", "Expectation", "LocalModelSim", "OBJECTIVE", "ORACLE",

@@ -1,6 +1,6 @@
 """Simulated models: a local model on this machine and a remote API model.
 
-Both are passive: the runner (``runner.py``) submits calls at virtual
+Both are passive: the event loop (``loop.py``) submits calls at virtual
 times and the models say when each call will end and how. Randomness comes
 from per-request draws (:class:`Draws`) made by the workload generator from
 one seeded ``random.Random``, so every policy faces the very same queries,

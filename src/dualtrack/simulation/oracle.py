@@ -17,24 +17,59 @@ Per query of class ``c`` and track ``t`` (``f`` = expected failure chance)::
                      over its limit; a battery that would cross its threshold
                      before the next plug-in; API spend nearing the budget)
     score(t) = value(t) + f * value(other track)     (the router's one fallback)
+
+What it reads is declared by :class:`SimulationState` (the running
+:class:`~dualtrack.simulation.loop.Simulation` is one), so the oracle can be
+tested against any object that holds that state, and does not depend on the
+event loop.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Protocol, Tuple
 
-from ..preferences import DEFAULT_TIMEOUTS_SECONDS
+from ..config import OptimizationConfig
 from ..router.policy import RoutePlan
-from .models import quality_mean
+from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, TRACKS, other_track
+from .models import ApiModelSim, LocalModelSim, quality_mean
 from .objective import OBJECTIVE, Objective
+from .planners import ORACLE, single_track_plan
+from .scenario import Scenario
+from .workload import Request, Workload
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .runner import Request, Simulation
-
-
-#: Window of spend for the cost-per-hour budget check (the runner's and the oracle's).
+#: Window of spend for the cost-per-hour budget check (the event loop's and the oracle's).
 BUDGET_WINDOW_SECONDS = 300.0
+
+
+class SimulationState(Protocol):
+    """The true state of a running simulation: all the oracle reads."""
+
+    @property
+    def scenario(self) -> Scenario: ...
+
+    @property
+    def config(self) -> OptimizationConfig: ...
+
+    @property
+    def params(self) -> Dict[str, Any]:
+        """The current regime's parameters (the scenario's, with the timeline applied so far)."""
+
+    @property
+    def local(self) -> LocalModelSim: ...
+
+    @property
+    def api(self) -> ApiModelSim: ...
+
+    @property
+    def workload(self) -> Workload: ...
+
+    @property
+    def now(self) -> float:
+        """Seconds since the start of the simulation."""
+
+    def spend_rate_per_hour(self) -> float:
+        """API spend over the last :data:`BUDGET_WINDOW_SECONDS`, in dollars per hour."""
 
 
 def _p_within(latency: float, target: float, sigma: float) -> float:
@@ -50,9 +85,9 @@ def _p_within(latency: float, target: float, sigma: float) -> float:
 class OraclePlanner:
     """Picks, per query class and moment, the track with the best expected objective."""
 
-    name = "oracle"
+    name = ORACLE
 
-    def __init__(self, sim: "Simulation", objective: Objective = OBJECTIVE) -> None:
+    def __init__(self, sim: SimulationState, objective: Objective = OBJECTIVE) -> None:
         self.sim = sim
         self.w = objective
         self.target = sim.config.constraints.target_latency_ms / 1000.0
@@ -194,19 +229,21 @@ class OraclePlanner:
 
     def score(self, track: str, query_class: str, estimates: Optional[Dict[str, Dict[str, float]]] = None) -> float:
         """Expected contribution of sending a query of the class to ``track``, its one fallback included."""
-        e = estimates or {t: self.estimate(t, query_class) for t in ("local", "api")}
-        first, other = e[track], e["api" if track == "local" else "local"]
+        e = estimates or {t: self.estimate(t, query_class) for t in TRACKS}
+        first, other = e[track], e[other_track(track)]
         hangs = track == "api" and self.sim.api.p["outage"] == "hang"  # fails only at the timeout
         return self._value(first) + first["fail"] * self._value(other, late=hangs)
 
     def choose(self, query_class: str) -> Tuple[str, Dict[str, float]]:
-        estimates = {t: self.estimate(t, query_class) for t in ("local", "api")}
-        scores = {t: self.score(t, query_class, estimates) for t in ("local", "api")}
+        """The better track for a query of the class now (local on a tie), and both tracks' scores."""
+        estimates = {t: self.estimate(t, query_class) for t in TRACKS}
+        scores = {t: self.score(t, query_class, estimates) for t in TRACKS}
         return ("local" if scores["local"] >= scores["api"] else "api"), scores
 
-    def plan(self, request: "Request") -> RoutePlan:
+    def plan(self, request: Request) -> RoutePlan:
         spec = request.spec
         track, _ = self.choose(spec.query_class)
-        return RoutePlan(path=track, tracks=(track,), fallback="api" if track == "local" else "local",
-                         timeouts_seconds=self.timeouts, quality_threshold=0.0, preempt=False,
-                         query_class=spec.query_class, complexity=spec.complexity, recommendation={})
+        return single_track_plan(track, spec, self.timeouts)
+
+
+__all__ = ["BUDGET_WINDOW_SECONDS", "OraclePlanner", "SimulationState"]

@@ -20,6 +20,11 @@ The timeline changes parameters by dotted path (``set``, ``scale``,
 ``add``); ``docs/simulation.md`` lists every path. ``expect`` on an event
 says which way routing preferences should move after it; the adaptation
 benchmark measures how many adaptation intervals that takes.
+
+The module is long on purpose: it is one concept, the scenario file --
+its defaults, the timeline's settable parameters, the ``Scenario`` model,
+loading and every meaning check with its error message. Splitting it would
+scatter the checks away from the defaults and parameters they guard.
 """
 
 from __future__ import annotations
@@ -32,15 +37,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-
 from .. import _yaml
 from .._schema import load_validator, schema_error
-from ..adapter.strategy import parse_duration
 from ..bundled import bundled_dir
 from ..config import ModelPrice, OptimizationConfig, ResourceConstraints
 from ..errors import ConfigError
+from ..vocabulary import ROUTING_NAMES, TRACKS, parse_duration
 
-PREFERENCE_NAMES: Tuple[str, ...] = ("local_bias", "parallel_threshold", "timeout_multiplier", "quality_threshold")
+PREFERENCE_NAMES: Tuple[str, ...] = ROUTING_NAMES
+"""The old name of :data:`dualtrack.vocabulary.ROUTING_NAMES`."""
 
 # ------------------------------------------------------------------ defaults
 # A mid-size quantised model on a workstation GPU (batched serving, vLLM-like)
@@ -150,7 +155,9 @@ def _throttle(v: Any) -> Optional[str]:
 
 @_kind("count", True)
 def _count(v: Any) -> Optional[str]:
-    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else f"must be an integer of at least 1, got {v!r}"
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+        return None
+    return f"must be an integer of at least 1, got {v!r}"
 
 
 @_kind("limit", True)
@@ -377,9 +384,9 @@ def _boundaries(classes: Tuple[QueryClassSpec, ...]) -> Tuple[int, ...]:
     midpoints of their input medians). The simulator names each query's class
     itself, so these only keep the config valid and plausible."""
     out: List[int] = []
-    for a, b in zip(classes, classes[1:]):
+    for a, b in zip(classes, classes[1:], strict=False):
         out.append(int(math.sqrt(a.tokens_in.median * b.tokens_in.median)))
-    if any(y <= x for x, y in zip(out, out[1:])) or any(x < 1 for x in out):
+    if any(y <= x for x, y in zip(out, out[1:], strict=False)) or any(x < 1 for x in out):
         out = list(range(1, len(classes)))
     return tuple(out)
 
@@ -387,7 +394,6 @@ def _boundaries(classes: Tuple[QueryClassSpec, ...]) -> Tuple[int, ...]:
 # ------------------------------------------------------------------ loading
 
 _VALIDATOR = load_validator("scenario.schema.json")
-_SCHEMA: Dict[str, Any] = _VALIDATOR.schema
 
 
 def scenario_names() -> List[str]:
@@ -449,9 +455,10 @@ def _build(doc: _yaml.LocatedDocument) -> Scenario:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a scenario file must be a mapping (name:, duration:, workload:, ...)")
-    error = schema_error(doc, _VALIDATOR, property_names="is not a parameter path like api.outage or local.quality.long")
-    if error is not None:
-        raise error
+    schema_err = schema_error(doc, _VALIDATOR,
+                              property_names="is not a parameter path like api.outage or local.quality.long")
+    if schema_err is not None:
+        raise schema_err
     c = _Checker(doc)
 
     duration = c.duration(data["duration"], ("duration",), 0.0)
@@ -512,9 +519,8 @@ def _build(doc: _yaml.LocatedDocument) -> Scenario:
         node = params
         for part in path[:-1]:
             node = node[part]
-        where = ("models",) + path
-        node[path[-1]] = c.duration(node[path[-1]], where, 0.0)
-    for track in ("local", "api"):
+        node[path[-1]] = c.duration(node[path[-1]], ("models",) + path, 0.0)
+    for track in TRACKS:
         quality = params[track]["quality"]
         for key in quality:
             if key not in names:
@@ -536,9 +542,10 @@ def _build(doc: _yaml.LocatedDocument) -> Scenario:
     # timeline
     events: List[Event] = []
     state = copy.deepcopy(params)
-    indexed = sorted(enumerate(data.get("timeline") or []), key=lambda ie: c.duration(ie[1]["at"], ("timeline", ie[0], "at"), 0.0))
+    indexed = sorted(enumerate(data.get("timeline") or []),
+                     key=lambda ie: c.duration(ie[1]["at"], ("timeline", ie[0], "at"), 0.0))
     for index, entry in indexed:
-        where = ("timeline", index)
+        where: Tuple[Any, ...] = ("timeline", index)
         at = c.duration(entry["at"], where + ("at",), 0.0)
         if at >= duration:
             raise c.fail(where + ("at",), f"the event at {at:g}s is not before the end of the scenario ({duration:g}s)")
