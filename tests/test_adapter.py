@@ -22,7 +22,7 @@ from dualtrack.adapter.promql import PromQLClient
 from dualtrack.bundled import bundled_dir
 from dualtrack.cli import main
 from dualtrack.preferences import read_preferences
-from support.adapter_process import wait_until
+from support.waiting import wait_until
 from support.live_workload import LiveWorkload
 from support.net import free_port
 from support.prometheus import PrometheusServer

@@ -23,7 +23,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -33,21 +32,13 @@ import yaml
 from dualtrack.bundled import bundled_dir
 from dualtrack.preferences import read_preferences
 from support.net import free_port
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+# The waits read files and scrape the router: no need to poll the system under test faster.
+POLL_S = 0.2
 
 
 def scenario_file(tmp: Path) -> Path:
@@ -92,10 +83,11 @@ def test_slow_local_track_shifts_traffic_and_the_latency_alert_fires(prometheus_
         prom.wait_for_targets_up(2, timeout=60)
 
         # The adapter moves traffic away from the slow local track within a bounded number of cycles.
-        first = wait_until(lambda: prefs.exists() and read_preferences(prefs), 60, "a first published file")
+        first = wait_until(lambda: prefs.exists() and read_preferences(prefs), 60, "a first published file",
+                           poll=POLL_S)
         try:
             shifted = wait_until(lambda: (p := read_preferences(prefs)).routing.local_bias <= 0.25 and p, 30,
-                                 "local_bias to fall to 0.25")
+                                 "local_bias to fall to 0.25", poll=POLL_S)
         except AssertionError as err:
             raise AssertionError(f"{err}; the file says: {prefs.read_text()[:3000]}") from None
         assert shifted.sequence - first.sequence <= 15, (first.sequence, shifted.sequence)
@@ -110,7 +102,7 @@ def test_slow_local_track_shifts_traffic_and_the_latency_alert_fires(prometheus_
                               text)
             source = re.search(r'dualtrack_optimizer_info\{[^}]*source="(\w+)"', text)
             return match and source and source.group(1) == "prometheus" and float(match.group(1)) <= 0.3
-        wait_until(router_local_bias, 15, "the router to follow the published preferences")
+        wait_until(router_local_bias, 15, "the router to follow the published preferences", poll=POLL_S)
 
         # The latency target is missed: its alert fires, thresholds read from the exported limit gauge.
         alert = prom.wait_for_alert("DualtrackLatencyOverTarget", "firing", timeout=30)
@@ -132,7 +124,7 @@ def test_slow_local_track_shifts_traffic_and_the_latency_alert_fires(prometheus_
             code = proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"{name} did not stop on SIGTERM")
+            raise AssertionError(f"{name} did not stop on SIGTERM") from None
         out, err = proc.communicate()
         assert code == 0, f"{name} exited {code}: {err[-2000:]}"
         assert "Traceback" not in err, err[-2000:]

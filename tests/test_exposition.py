@@ -29,7 +29,8 @@ from dualtrack.constraints import MB
 from dualtrack.exporter.exposition import MetricsPortInUse, multiprocess_registry, serve_metrics, wsgi_app
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
-from support.adapter_process import AdapterProcess, wait_until
+from support.adapter_process import AdapterProcess
+from support.waiting import wait_until
 from support.net import free_port
 from support.prometheus import promtool
 

@@ -52,7 +52,8 @@ from dualtrack.exporter.exposition import MetricsPortInUse
 from dualtrack.preferences import Preferences, PreferencesReadError, read_preferences, write_preferences
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery
-from support.adapter_process import EMPTY_VECTOR, AdapterProcess, FakePrometheus, temp_files, wait_until
+from support.adapter_process import EMPTY_VECTOR, AdapterProcess, FakePrometheus, temp_files
+from support.waiting import wait_until
 
 PREFS = "prefs.json"
 GIB = 1 << 30
@@ -577,9 +578,10 @@ def test_rule_file_edited_invalid_while_the_adapter_process_runs(tmp_path, obser
 
     with FakePrometheus() as fake:
         fake.answer(200, EMPTY_VECTOR)
-        # 0.4 s: a reload (six files parsed, validated and compiled, ~45 ms here) comes out of
-        # the cycle's query budget (0.8 x interval); at 50 ms it would leave none.
-        with AdapterProcess(fake.url, out, tmp_path, interval=0.4, validity=300.0, rules=rules,
+        # 1 s: a reload (six files parsed, validated and compiled, ~45 ms here, several times
+        # that on a loaded 2-core machine) comes out of the cycle's query budget (0.8 x
+        # interval); at 0.4 s a busy machine left too little and a cycle failed now and then.
+        with AdapterProcess(fake.url, out, tmp_path, interval=1.0, validity=300.0, rules=rules,
                             strategy="balanced") as adapter:
             wait_until(lambda: sequence_of(out) >= 1, 20, "a first publish")
             assert adapter.sample("dualtrack_adapter_rules_reload_success") == 1

@@ -16,12 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
 from dualtrack.clock import VirtualClock
-from dualtrack.exporter.collector import PerformanceMetrics
 from dualtrack.constraints import MB
-from dualtrack.optimizer import facade
+from dualtrack.exporter.collector import PerformanceMetrics
 from dualtrack.exporter.metrics import LATENCY_BUCKETS
+from dualtrack.optimizer import facade
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import MISSING, POWER_TIME_UNLIMITED, FakeProc, FakePsutil, sbattery
+from support.waiting import wait_until
 
 GIB = 1 << 30
 NAN = float("nan")
@@ -713,14 +714,6 @@ def dualtrack_threads() -> list:
     return [t for t in threading.enumerate() if t.name.startswith("dualtrack-")]
 
 
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.01)
-
-
 def test_start_and_stop_are_idempotent_and_threads_are_gone_after_stop():
     before = set(dualtrack_threads())
     env = Env(monitor=True, metrics_port=0, adaptation_interval_seconds=30.0, monitor_interval_seconds=10.0)
@@ -729,7 +722,7 @@ def test_start_and_stop_are_idempotent_and_threads_are_gone_after_stop():
     o.start()
     started = set(dualtrack_threads()) - before
     assert sorted(t.name for t in started) == ["dualtrack-adapter", "dualtrack-resource-monitor"]
-    wait_until(lambda: env.monitor.snapshot() is not None)
+    wait_until(lambda: env.monitor.snapshot() is not None, 5, "a first resource snapshot")
     assert o.get_optimization_status()["health"]["resource_monitor"] == "running"
     url = o._server.url
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -753,7 +746,7 @@ def test_the_adaptation_thread_runs_cycles():
     env = Env(adaptation_interval_seconds=0.05)
     env.optimizer.start()
     try:
-        wait_until(lambda: env.optimizer.adaptive.cycles["ok"] >= 2)
+        wait_until(lambda: env.optimizer.adaptive.cycles["ok"] >= 2, 5, "two adaptation cycles")
     finally:
         env.optimizer.stop()
     assert env.get("dualtrack_adaptation_cycles_total", result="ok") >= 2

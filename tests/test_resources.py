@@ -8,7 +8,7 @@ import resource
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import psutil
 import pytest
@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dualtrack.clock import VirtualClock
 from dualtrack.config import OptimizationConfig, ResourceConstraints
-from dualtrack.exporter import resources as resources_module
 from dualtrack.constraints import MB
+from dualtrack.exporter import resources as resources_module
 from dualtrack.exporter.resources import (
     NVML_RETRY_INITIAL_SECONDS,
     BatteryReading,
@@ -36,6 +36,7 @@ from fakes.fake_psutil import (
     shwtemp,
 )
 from support.prometheus import promtool
+from support.waiting import wait_until
 
 GIB = 1 << 30
 OWN = os.getpid()
@@ -80,14 +81,6 @@ def two_gpus() -> FakeNvml:
         FakeGpu("NVIDIA L4", utilization_percent=5, memory_used=1 * GIB, memory_total=24 * GIB,
                 temperature=45, power_mw=30_000, failing={"temperature"}),
     ])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.005)
 
 
 def nvml_works_here() -> bool:
@@ -496,7 +489,7 @@ def test_start_and_stop_are_idempotent_and_the_thread_exits():
     monitor.start_monitoring()
     monitor.start_monitoring()
     assert len(monitor_threads()) == before + 1 and monitor.running
-    wait_until(lambda: monitor.snapshot() is not None)
+    wait_until(lambda: monitor.snapshot() is not None, 3, "a first snapshot")
     assert len(monitor.snapshot().gpus) == 2
 
     started = time.monotonic()
@@ -507,7 +500,7 @@ def test_start_and_stop_are_idempotent_and_the_thread_exits():
     assert nvml.shutdown_calls == 1 and not nvml.initialized
 
     monitor.start_monitoring()  # restartable; NVML comes back
-    wait_until(lambda: nvml.init_calls == 2)
+    wait_until(lambda: nvml.init_calls == 2, 3, "NVML initialised again")
     monitor.stop_monitoring()
     assert nvml.shutdown_calls == 2 and not monitor.running
 
@@ -528,7 +521,7 @@ def test_thread_samples_repeatedly():
 
     monitor.start_monitoring()
     try:
-        wait_until(readings)
+        wait_until(readings, 3, "three readings")
     finally:
         monitor.stop_monitoring()
 

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import weakref
 from pathlib import Path
@@ -31,26 +30,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from .fakehttp import FakeHTTPServer, Response
 from .net import LOOPBACK, free_port
 from .processes import stop
+from .waiting import wait_until
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: A successful, empty instant-query answer: the adapter publishes "no data" preferences.
 EMPTY_VECTOR: Dict[str, Any] = {"status": "success", "data": {"resultType": "vector", "result": []}}
 
-POLL_S = 0.01
 START_TIMEOUT_S = 30.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, poll: float = POLL_S) -> Any:
-    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 class FakePrometheus(FakeHTTPServer):

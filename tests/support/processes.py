@@ -1,23 +1,11 @@
-"""Stopping the child processes tests start (Prometheus, Alertmanager, the adapter)."""
+"""Stopping the child processes tests start (Prometheus, Alertmanager, the adapter).
+
+``stop(proc, timeout)``: SIGTERM, wait up to ``timeout`` s, then SIGKILL; the
+exit status. The same function the Prometheus launcher stops its process with.
+"""
 
 from __future__ import annotations
 
-import subprocess
-from typing import Optional
+from dualtrack.local_prometheus import stop_process as stop
 
-
-def stop(proc: Optional[subprocess.Popen], timeout: float = 10.0) -> Optional[int]:
-    """SIGTERM and wait up to ``timeout`` s; SIGKILL if it does not exit. Idempotent.
-
-    Returns the exit status (negative: killed by that signal), ``None`` without a process.
-    """
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+__all__ = ["stop"]

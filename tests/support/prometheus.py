@@ -1,5 +1,11 @@
 """A real Prometheus server for tests, started on a random loopback port.
 
+``PrometheusServer`` is the project's one launcher
+(``dualtrack.local_prometheus.LocalPrometheus``: configuration, port, start,
+reload, restart, stop) plus what only tests need: a missing binary fails the
+test, the PromQL API with deadline-bound waits, backfills with promtool, and
+OpenMetrics text for them.
+
 Project rule: tests about Prometheus talk to a real Prometheus that the test
 starts itself (temporary data folder, stopped afterwards). A missing
 ``prometheus`` or ``promtool`` binary is a test *failure*, never a skip: a
@@ -29,30 +35,21 @@ Waiting is on conditions with deadlines (``wait_for``), never fixed sleeps.
 
 from __future__ import annotations
 
-import atexit
-import copy
 import math
-import os
 import shutil
 import subprocess
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pytest
 import requests
-import yaml
 
-from .net import LOOPBACK, free_port
-from .processes import stop
+from dualtrack.local_prometheus import LocalPrometheus, PathLike, PrometheusError
 
 Labels = Dict[str, str]
 Samples = List[Tuple[Labels, float]]
-PathLike = Union[str, "os.PathLike[str]"]
 
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
 # The poll period of every wait: short enough that tests don't idle, long
 # enough not to hammer the server. It is a polling period, not a guess at how
 # long something takes: every wait ends on its condition or its deadline.
@@ -109,8 +106,12 @@ def promtool(
 # --------------------------------------------------------------------------- errors
 
 
-class PrometheusHarnessError(RuntimeError):
-    """The test Prometheus did not start, reload or answer as the harness expected."""
+class PrometheusHarnessError(PrometheusError):
+    """The test Prometheus did not answer as the harness expected.
+
+    Start, reload and "no port yet" failures come from the launcher as its
+    ``PrometheusError`` (the base class).
+    """
 
 
 class PromQLError(PrometheusHarnessError):
@@ -172,36 +173,15 @@ def openmetrics_text(
 # --------------------------------------------------------------------------- server
 
 
-_RUNNING: "weakref.WeakSet[PrometheusServer]" = weakref.WeakSet()
+class PrometheusServer(LocalPrometheus):
+    """``LocalPrometheus`` for tests: folder ``tmp_dir``, a missing binary fails the test, plus queries and waits.
 
-
-@atexit.register
-def _kill_leftovers() -> None:
-    # Belt and braces: a test run that dies before fixture teardown must not
-    # leave Prometheus processes behind.
-    for server in list(_RUNNING):
-        server.kill()
-
-
-def _deep_merge(base: Dict[str, Any], extra: Mapping[str, Any]) -> Dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(dict(out[key]), value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-class PrometheusServer:
-    """One Prometheus process with its config and data under ``tmp_dir``.
-
-    ``scrape_configs`` is a list of Prometheus scrape-config dicts; the
-    ``targets=[(job, "host:port"), ...]`` shortcut builds static ones (targets
-    of the same job are grouped). ``rule_files`` are copied into
-    ``tmp_dir/rules`` at every config write, so a test may edit the original
-    and call ``reload()``. ``extra_config`` is deep-merged into the generated
-    YAML. ``alertmanager`` is ``"host:port"`` (or a list of them).
+    The launcher (``dualtrack.local_prometheus``) writes the configuration,
+    picks the port, starts, reloads, restarts, stops and kills; this class
+    adds what only tests need: the PromQL API (``query``, ``wait_for*``),
+    backfilling with promtool, and the admin and lifecycle APIs switched on.
+    ``targets`` are ``[(job, "host:port"), ...]`` (targets of the same job are
+    grouped); the other settings are the launcher's.
 
     Settings are plain attributes; change them and call ``reload()`` (running)
     or ``start()``/``restart()``.
@@ -224,106 +204,39 @@ class PrometheusServer:
         promtool_binary: str = "promtool",
         port: Optional[int] = None,
     ) -> None:
-        self.tmp_dir = Path(tmp_dir)
-        self.scrape_configs: List[Dict[str, Any]] = [dict(c) for c in (scrape_configs or ())]
-        self.targets: List[Tuple[str, str]] = list(targets or ())
-        self.rule_files: List[Path] = [Path(p) for p in rule_files]
-        self.scrape_interval = scrape_interval
-        self.evaluation_interval = evaluation_interval
-        self.extra_config: Dict[str, Any] = dict(extra_config or {})
-        self.alertmanager = alertmanager
-        # Backfilled blocks older than the retention are deleted at start-up;
-        # the default 15d would eat test data placed at fixed old timestamps.
-        self.retention = retention
-        self.extra_args = list(extra_args)
-        self.binary = binary
+        super().__init__(
+            data_dir=tmp_dir,
+            targets=list(targets or ()),
+            scrape_configs=scrape_configs or (),
+            rule_files=rule_files,
+            scrape_interval=scrape_interval,
+            evaluation_interval=evaluation_interval,
+            extra_config=extra_config,
+            alertmanager=alertmanager,
+            retention=retention,
+            extra_args=extra_args,
+            binary=binary,
+            port=port,
+            lifecycle_api=True,
+            admin_api=True,
+        )
         self.promtool_binary = promtool_binary
-        self.port: Optional[int] = port
-        self._fixed_port = port is not None
-        self._proc: Optional[subprocess.Popen] = None
-        self._log_handle: Optional[Any] = None
         self._http = requests.Session()
         self._backfills = 0
 
-    # -- paths -------------------------------------------------------------
+    def _locate_binary(self, name: str) -> str:
+        return find_binary(name)
 
     @property
-    def config_path(self) -> Path:
-        return self.tmp_dir / "prometheus.yml"
+    def tmp_dir(self) -> Path:
+        return self.dir
 
     @property
     def data_dir(self) -> Path:
-        return self.tmp_dir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        return self.tmp_dir / "prometheus.log"
-
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            raise PrometheusHarnessError("the server has not been started yet: no port")
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        """``host:port`` as a scrape target (Prometheus scraping itself)."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self._proc.pid if self._proc is not None else None
+        return self.data_path
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    # -- config ------------------------------------------------------------
-
-    def config(self) -> Dict[str, Any]:
-        """The configuration dict that ``write_config()`` writes."""
-        scrape: List[Dict[str, Any]] = [copy.deepcopy(c) for c in self.scrape_configs]
-        jobs: Dict[str, List[str]] = {}
-        for job, target in self.targets:
-            jobs.setdefault(job, []).append(target)
-        for job, addrs in jobs.items():
-            scrape.append({"job_name": job, "static_configs": [{"targets": addrs}]})
-        cfg: Dict[str, Any] = {
-            "global": {
-                "scrape_interval": self.scrape_interval,
-                "evaluation_interval": self.evaluation_interval,
-                # A scrape must finish within its interval; with 1 s intervals
-                # the default 10 s timeout would be rejected by Prometheus.
-                "scrape_timeout": self.scrape_interval,
-            },
-            "scrape_configs": scrape,
-        }
-        if self.rule_files:
-            cfg["rule_files"] = [str(self.tmp_dir / "rules" / f"{i:02d}-{p.name}") for i, p in enumerate(self.rule_files)]
-        if self.alertmanager:
-            ams = [self.alertmanager] if isinstance(self.alertmanager, str) else list(self.alertmanager)
-            cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": ams}]}]}
-        return _deep_merge(cfg, self.extra_config)
-
-    def write_config(self) -> Path:
-        """Copy the rule files and write prometheus.yml; returns its path."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        rules_dir = self.tmp_dir / "rules"
-        if self.rule_files:
-            rules_dir.mkdir(exist_ok=True)
-            for old in rules_dir.iterdir():
-                old.unlink()
-            for i, src in enumerate(self.rule_files):
-                shutil.copyfile(src, rules_dir / f"{i:02d}-{src.name}")
-        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        return self.config_path
+        return super().log_tail(lines)
 
     # -- backfill ----------------------------------------------------------
 
@@ -341,8 +254,7 @@ class PrometheusServer:
             raise PrometheusHarnessError("backfill_openmetrics() needs a stopped server: call it before start()")
         if not text.rstrip().endswith("# EOF"):
             text = text.rstrip("\n") + "\n# EOF\n"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._backfills += 1
         src = self.tmp_dir / f"backfill-{self._backfills}.om"
         src.write_text(text)
@@ -353,129 +265,12 @@ class PrometheusServer:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> "PrometheusServer":
-        """Start Prometheus and wait (deadline 30 s) until ``/-/ready`` says so."""
-        if self.running:
-            raise PrometheusHarnessError(f"already running on {self.url}")
-        exe = find_binary(self.binary)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.write_config()
-        # free_port() can race with another process; retry on a new port.
-        attempts = 1 if self._fixed_port else 3
-        for attempt in range(attempts):
-            if self.port is None or (attempt > 0 and not self._fixed_port):
-                self.port = free_port()
-            self._spawn(exe)
-            try:
-                self._wait_ready(READY_TIMEOUT_S)
-                return self
-            except PrometheusHarnessError:
-                in_use = "address already in use" in self.log_tail(5).lower()
-                self.kill()
-                if not (in_use and attempt + 1 < attempts):
-                    raise
-        raise AssertionError("unreachable")
-
-    def _spawn(self, exe: str) -> None:
-        args = [
-            exe,
-            f"--config.file={self.config_path}",
-            f"--storage.tsdb.path={self.data_dir}",
-            f"--storage.tsdb.retention.time={self.retention}",
-            f"--web.listen-address={LOOPBACK}:{self.port}",
-            "--web.enable-lifecycle",
-            "--web.enable-admin-api",
-            "--log.level=warn",
-            *self.extra_args,
-        ]
-        self._log_handle = open(self.log_path, "ab")
-        self._log_handle.write(f"\n=== {' '.join(args)}\n".encode())
-        self._log_handle.flush()
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-            cwd=self.tmp_dir,
-        )
-        _RUNNING.add(self)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while True:
-            if self._proc is None or self._proc.poll() is not None:
-                code = self._proc.returncode if self._proc is not None else None
-                raise PrometheusHarnessError(
-                    f"prometheus exited with code {code} before it was ready\n--- log tail\n{self.log_tail()}"
-                )
-            try:
-                resp = self._http.get(f"{self.url}/-/ready", timeout=1.0)
-                if resp.status_code == 200:
-                    return
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-            except requests.RequestException as err:
-                last = f"{type(err).__name__}"
-            if time.monotonic() >= deadline:
-                raise PrometheusHarnessError(
-                    f"prometheus on {self.url} not ready after {timeout:.0f} s (last: {last})\n"
-                    f"--- log tail\n{self.log_tail()}"
-                )
-            time.sleep(POLL_S)
-
-    def _reap(self) -> None:
-        _RUNNING.discard(self)
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-
-    def stop(self) -> None:
-        """SIGTERM and wait; SIGKILL if it does not exit in time. Idempotent."""
-        stop(self._proc, STOP_TIMEOUT_S)
-        self._reap()
-
-    def kill(self) -> None:
-        """SIGKILL (a crash, for fault tests): no shutdown, no WAL close."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        self._reap()
-
-    def restart(self) -> "PrometheusServer":
-        """Stop (if running) and start again on the same port and data folder."""
-        self.stop()
-        fixed = self._fixed_port
-        self._fixed_port = self.port is not None  # same port, no re-pick
-        try:
-            return self.start()
-        finally:
-            self._fixed_port = fixed
-
-    def reload(self) -> None:
-        """Rewrite prometheus.yml from the current settings and POST ``/-/reload``."""
-        self.write_config()
-        resp = self._http.post(f"{self.url}/-/reload", timeout=10.0)
-        if resp.status_code != 200:
-            raise PrometheusHarnessError(
-                f"reload failed: HTTP {resp.status_code}: {resp.text.strip()}\n--- log tail\n{self.log_tail()}"
-            )
-
     def close(self) -> None:
         self.stop()
         self._http.close()
 
-    def __enter__(self) -> "PrometheusServer":
-        if not self.running:
-            self.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"PrometheusServer({self.tmp_dir}, port={self.port}, {state})"
 
     # -- API ---------------------------------------------------------------
 
@@ -534,7 +329,7 @@ class PrometheusServer:
                 last = samples
             except PromQLError:
                 raise
-            except (requests.RequestException, PrometheusHarnessError) as err:
+            except (requests.RequestException, PrometheusError) as err:
                 last = f"{type(err).__name__}: {err}"
             if time.monotonic() >= deadline:
                 raise WaitTimeout(

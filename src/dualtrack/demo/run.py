@@ -29,6 +29,7 @@ from ..clock import VirtualClock
 from ..config import OptimizationConfig
 from ..errors import ConfigError
 from ..exporter.exposition import MetricsServer, serve_metrics
+from ..local_prometheus import LocalPrometheus
 from ..simulation.runner import Simulation
 from ..simulation.scenario import Scenario, load_scenario
 
@@ -82,14 +83,15 @@ class _AdapterThread:
     def __init__(self, prometheus_url: str, output: str, strategy: str, interval: float, window: str,
                  classes: Any, notes: List[str]) -> None:
         from ..adapter.loop import Adapter, AdapterSettings
-        from ..adapter.prometheus_source import PrometheusSource
+        from ..adapter.prometheus_source import PrometheusSource, interval_duration
         from ..adapter.promql import PromQLClient
         from ..bundled import bundled_dir
 
         settings = AdapterSettings(rules=(str(bundled_dir("rules")),), strategy=strategy, output=output,
                                    interval_seconds=interval, window=window, query_classes=tuple(classes))
         self.client = PromQLClient(prometheus_url, timeout=max(1.0, interval / 2), retries=0)
-        self.adapter = Adapter(settings, PrometheusSource(self.client, window=window))
+        self.adapter = Adapter(settings, PrometheusSource(self.client, window=window,
+                                                          interval=interval_duration(interval)))
         self.notes = notes
         self._thread = threading.Thread(target=self._run, name="demo-adapter", daemon=True)
 
@@ -146,8 +148,6 @@ def run_demo(options: DemoOptions, *, on_update: Optional[Callable[[DemoState], 
             server = serve_metrics(registry, OptimizationConfig(metrics_host=options.metrics_host,
                                                                 metrics_port=port))
         if prometheus_mode:
-            from ..local_prometheus import LocalPrometheus
-
             assert server is not None
             if preferences_file is None:
                 tmp = tempfile.mkdtemp(prefix="dualtrack-demo-")
