@@ -1,4 +1,6 @@
-"""The composite objective: one number to rank routing policies by.
+"""The composite objective: one number to rank routing policies by, and what
+the objective-driven strategies maximize (their ``objective:`` weights name
+these terms).
 
     J = 0.35 * U + 0.25 * W + 0.15 * Q + 0.10 * S + 0.15 * A        (0..1, higher is better)
 
@@ -28,7 +30,10 @@ comparable across scenarios of different lengths and rates.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
+
+#: The objective's terms, in the order they are written.
+TERMS: Tuple[str, ...] = ("useful", "within_target", "quality", "savings", "compliance")
 
 
 @dataclass(frozen=True)
@@ -68,4 +73,4 @@ class Objective:
 #: The objective the adaptation benchmark ranks policies by.
 OBJECTIVE = Objective()
 
-__all__ = ["OBJECTIVE", "Objective"]
+__all__ = ["OBJECTIVE", "TERMS", "Objective"]

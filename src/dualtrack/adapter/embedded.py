@@ -143,6 +143,7 @@ class EmbeddedSource:
             for name, value in _request_signals(kept, self._span(window, kept, now)).items():
                 values.set(name, labels, value)
 
+        self._interval_counts(values, now)
         c = self.config.constraints
         snap = self._snapshot()
         in_flight = self._in_flight()
@@ -175,6 +176,48 @@ class EmbeddedSource:
                 if snap.battery.power_plugged is not None:
                     values.set("battery_discharging", {}, 0.0 if snap.battery.power_plugged else 1.0)
         return values
+
+    def _interval_counts(self, values: SignalValues, now: float) -> None:
+        """The ``interval_*`` signals: the last adaptation interval's counts per path and class."""
+        interval = self.config.adaptation_interval_seconds
+        since = now - interval
+        target = self.config.constraints.target_latency_ms
+        floor = self.config.constraints.min_quality_score
+        for path, qc in self.collector.paths_and_classes():
+            window = self.collector.records(path, qc)
+            kept = [r for r in window if since < r.timestamp <= now]
+            if not kept:
+                continue
+            # A full deque may have dropped part of the interval: scale to the whole of it.
+            scale = 1.0
+            if len(window) >= self.config.metrics_window_size and len(kept) == len(window):
+                covered = now - min(r.timestamp for r in kept)
+                scale = interval / covered if covered > 0 else 1.0
+            calls = successes = timeouts = within = useful = q_sum = q_count = cost = latency = 0.0
+            for r in kept:
+                cost += r.cost_estimate
+                if r.outcome == "cancelled":
+                    continue
+                calls += 1
+                latency += r.latency_ms / 1000.0
+                if r.outcome == "timeout":
+                    timeouts += 1
+                elif r.outcome == "success":
+                    successes += 1
+                    if r.latency_ms <= target:
+                        within += 1
+                    if r.has_quality:
+                        q_sum += r.quality_score
+                        q_count += 1
+                        if r.quality_score >= floor:
+                            useful += 1
+            labels = {"path": path, "query_class": qc}
+            for name, count in (("interval_calls", calls), ("interval_successes", successes),
+                                ("interval_timeouts", timeouts), ("interval_within_target", within),
+                                ("interval_useful", useful), ("interval_quality_sum", q_sum),
+                                ("interval_quality_count", q_count), ("interval_cost_dollars", cost),
+                                ("interval_latency_sum", latency), ("interval_latency_count", calls)):
+                values.set(name, labels, count * scale)
 
     def constraint_checks(self, values: Optional[SignalValues] = None) -> Dict[str, ConstraintCheck]:
         """Every constraint, from the machine and from the request windows."""
@@ -215,7 +258,8 @@ class AdaptiveOptimizer:
         self.config = config
         self.clock = clock
         self.strategies = strategies or load_strategies(config.rules_path or bundled_dir("rules"))
-        self.engine = RuleEngine(self.strategies, config.strategy.value, query_classes=config.query_classes)
+        self.engine = RuleEngine(self.strategies, config.strategy.value, query_classes=config.query_classes,
+                                 interval_seconds=config.adaptation_interval_seconds)
         snapshot = resource_monitor.snapshot if resource_monitor is not None else (lambda: None)
         self.source = EmbeddedSource(config, metrics_collector, snapshot, in_flight=in_flight, clock=clock)
         base = self.engine.routing

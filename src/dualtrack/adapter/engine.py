@@ -36,6 +36,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..vocabulary import DEFAULT_QUERY_CLASSES, PATHS, ROUTING_NAMES, TRACKS
 from .conditions import Context
+from .estimator import Estimator, EstimatorSettings
+from .objective import ObjectiveSpec, Split, choose_split
 from .signals import SignalValues
 from .strategy import Action, Rule, Strategy, StrategySet
 
@@ -107,10 +109,14 @@ class RuleEngine:
     """
 
     def __init__(self, strategies: StrategySet, strategy: str, *,
-                 query_classes: Sequence[str] = DEFAULT_QUERY_CLASSES) -> None:
+                 query_classes: Sequence[str] = DEFAULT_QUERY_CLASSES, interval_seconds: float = 30.0) -> None:
         self.strategies = strategies
         self.top = strategies[strategy]
         self.query_classes = tuple(query_classes)
+        #: The adaptation interval: the window of the ``interval_*`` counts the objective reads.
+        self.interval_seconds = interval_seconds
+        self.estimator: Optional[Estimator] = None
+        self.last_split: Optional[Split] = None
         self.mode: Optional[str] = None
         self._mode_since = -math.inf
         self._hold: Dict[Tuple[str, ...], float] = {}
@@ -169,6 +175,7 @@ class RuleEngine:
         learner = self.top if self.top.modes is not None else strat
         self._learn(learner, values, reasons)
         class_targets: Dict[str, Dict[str, float]] = {}
+        class_touched: Set[str] = set()
         for qc in self.query_classes:
             prev = prev_classes.get(qc, prev_global)
             offset = {p: prev[p] - prev_global[p] for p in PREFS}
@@ -190,6 +197,23 @@ class RuleEngine:
                 else:
                     offset[pref] += strat.relax * (goal - offset[pref])
             class_targets[qc] = {p: target[p] + offset[p] for p in PREFS}
+            if "local_bias" in touched_c:
+                class_touched.add(qc)
+
+        # 3b. the objective: each class's local share, unless a rule set it this cycle.
+        objective = strat.objective or self.top.objective
+        if objective is not None:
+            split = self._optimize(objective, values, reasons)
+            if "local_bias" not in touched:
+                for qc in self.query_classes:
+                    if qc not in class_touched:
+                        class_targets[qc]["local_bias"] = split.shares.get(qc, class_targets[qc]["local_bias"])
+                weights = {qc: self.estimator.arrivals.get(qc, 0.0) for qc in self.query_classes} \
+                    if self.estimator is not None else {}
+                total = sum(weights.values())
+                if total > 0:
+                    target["local_bias"] = sum(weights[qc] * class_targets[qc]["local_bias"]
+                                               for qc in self.query_classes) / total
 
         # 4. health; 5. clamps, health gates and step limits
         self._update_health(strat, values, now, reasons)
@@ -264,6 +288,27 @@ class RuleEngine:
             reasons.append(FiredRule("mode_switch", self.top.name,
                                      f"mode {self.mode} -> {desired}", None, dict(ctx.used)))
             self.mode, self._mode_since = desired, now
+
+    def _optimize(self, objective: ObjectiveSpec, values: SignalValues, reasons: List[FiredRule]) -> Split:
+        """Update the estimates from the last interval and choose each class's local share."""
+        if self.estimator is None or self.estimator.settings.decay != objective.decay:
+            self.estimator = Estimator(self.query_classes, EstimatorSettings(decay=objective.decay))
+        est = self.estimator
+        for where, what in est.update(values, self.interval_seconds).items():
+            reasons.append(FiredRule("change_detected", self.top.name,
+                                     f"{where}: {what} changed; estimates restart from the last interval",
+                                     where.partition(":")[2] or None))
+        current = {qc: p["local_bias"] for qc, p in self.class_prefs.items()}
+        split = choose_split(est, objective, budget_per_hour=values.get("cost_budget_dollars_per_hour", {}),
+                             current=current, interval_seconds=self.interval_seconds)
+        est.wanted_load = split.wanted_load
+        self.last_split = split
+        for line in split.reasons:
+            qc, sep, _ = line.partition(": ")
+            reasons.append(FiredRule("objective", self.top.name, line,
+                                     qc if sep and qc in self.query_classes else None,
+                                     {"local_share": split.shares.get(qc)} if qc in split.shares else {}))
+        return split
 
     def _learn(self, strat: Strategy, values: SignalValues, reasons: List[FiredRule]) -> None:
         learning = strat.learning

@@ -189,7 +189,8 @@ class Adapter:
         self.metrics = AdapterMetrics(self.registry)
         self.stdout = stdout or sys.stdout
         self.strategies = strategies or load_strategies(list(settings.rules))
-        self.engine = RuleEngine(self.strategies, settings.strategy, query_classes=settings.query_classes)
+        self.engine = RuleEngine(self.strategies, settings.strategy, query_classes=settings.query_classes,
+                                 interval_seconds=settings.interval_seconds)
         self.metrics.reload_success.set(1)
         self.metrics.last_reload.set(clock.time())
         self._watcher = _RulesWatcher(list(settings.rules))

@@ -79,11 +79,18 @@ def check_window(window: object) -> str:
         raise ValueError(f"window: {err}") from None
 
 
-def _branch(signal: Signal, level: Tuple[str, ...], window: str) -> str:
+def interval_duration(seconds: float) -> str:
+    """The adaptation interval as a PromQL range (``30s``; ``500ms`` below a second)."""
+    if seconds >= 1 and float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _branch(signal: Signal, level: Tuple[str, ...], window: str, interval: str = "30s") -> str:
     # The name is validated ([a-zA-Z_][a-zA-Z0-9_]*) but escaped all the same:
     # nothing from configuration reaches PromQL as a raw string literal.
     name = escape_label_value(signal.name)
-    return f'label_replace({signal.query(level, window)}, "{SIGNAL_LABEL}", "{name}", "", "")'
+    return f'label_replace({signal.query(level, window, interval)}, "{SIGNAL_LABEL}", "{name}", "", "")'
 
 
 class PrometheusSource:
@@ -97,10 +104,14 @@ class PrometheusSource:
 
     name = "prometheus"
 
-    def __init__(self, client: PromQLClient, *, window: str = "2m", batch: bool = True,
+    def __init__(self, client: PromQLClient, *, window: str = "2m", interval: str = "30s", batch: bool = True,
                  aggregates: bool = True, recorded: bool = False,
                  on_query: Optional[QueryObserver] = None) -> None:
         check_window(window)
+        try:
+            check_promql_duration(interval)
+        except ValueError as err:
+            raise ValueError(f"interval: {err}") from None
         if recorded and window != RECORDED_WINDOW:
             raise ValueError(f"recorded=True reads the recording rules' series, which are rates over "
                              f"{RECORDED_WINDOW}; got window={window!r} (use window={RECORDED_WINDOW!r}, "
@@ -109,6 +120,7 @@ class PrometheusSource:
             raise ValueError("recorded=True reads the eight aggregated inputs; it needs aggregates=True")
         self.client = client
         self.window = window
+        self.interval = interval  # the range of the interval_* counts: the adaptation interval
         self.batch = batch
         self.aggregates = aggregates
         self.recorded = recorded
@@ -134,7 +146,7 @@ class PrometheusSource:
                 branches.append(f'label_replace({promql}, "{SIGNAL_LABEL}", "{_INPUT_PREFIX}{name}", "", "")')
         for s in catalog:
             if s.builtin and not (self.aggregates and s.name in REQUEST_SIGNALS):
-                branches.extend(_branch(s, level, self.window) for level in s.levels())
+                branches.extend(_branch(s, level, self.window, self.interval) for level in s.levels())
         return "\nor ".join(branches)
 
     def is_online(self) -> bool:
@@ -206,7 +218,7 @@ class PrometheusSource:
                    at: Optional[float], deadline: Optional[float]) -> Optional[SourceError]:
         """Query one signal into ``values``; a bad query or answer is recorded
         in ``values.errors`` and returned (``None`` when answered)."""
-        expr = " or ".join(_branch(signal, level, self.window) for level in signal.levels())
+        expr = " or ".join(_branch(signal, level, self.window, self.interval) for level in signal.levels())
         try:
             result = self._query(expr, at, deadline)
         except (BadQuery, BadResponse) as err:

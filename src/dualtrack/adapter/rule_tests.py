@@ -132,7 +132,7 @@ def run_strategy_tests(strategies: StrategySet, strategy: Strategy) -> TestRepor
         name = test["name"]
         interval = parse_duration(test.get("interval", "30s"))
         classes = test.get("query_classes") or ["short", "medium", "long"]
-        engine = RuleEngine(strategies, strategy.name, query_classes=classes)
+        engine = RuleEngine(strategies, strategy.name, query_classes=classes, interval_seconds=interval)
         expectations: Dict[int, List[Tuple[int, Mapping[str, Any]]]] = {}
         for e_index, e in enumerate(test["expect"]):
             expectations.setdefault(e["cycle"], []).append((e_index, e))

@@ -79,7 +79,9 @@ class Signal:
     ``promql`` is a template: ``{by}`` becomes the grouping labels of the
     level being queried (``path, query_class`` / ``path`` / empty),
     ``{by_le}`` the same plus ``le`` (for histograms), ``{window}`` the
-    rate window. A user signal's ``promql`` is used as is (no levels).
+    rate window, ``{interval}`` the adaptation interval (the ``interval_*``
+    counts). A user signal's ``promql`` is used as is (no levels).
+    ``every_level`` False: only the level with all the signal's labels.
     """
 
     name: str
@@ -89,17 +91,18 @@ class Signal:
     promql: Optional[str] = None
     builtin: bool = True
     allowed: Mapping[str, Optional[Sequence[str]]] = field(default_factory=dict)
+    every_level: bool = True
 
     def levels(self) -> List[Tuple[str, ...]]:
         """Every subset of the signal's labels (``()`` first)."""
-        if not self.builtin:
+        if not self.builtin or not self.every_level:
             return [self.dims]
         out: List[Tuple[str, ...]] = []
         for n in range(len(self.dims) + 1):
             out.extend(itertools.combinations(self.dims, n))
         return out
 
-    def query(self, level: Tuple[str, ...], window: str) -> str:
+    def query(self, level: Tuple[str, ...], window: str, interval: str = "30s") -> str:
         """The PromQL for one level of aggregation."""
         assert self.promql is not None
         if not self.builtin:
@@ -107,7 +110,8 @@ class Signal:
         by = ", ".join(level)
         by_le = ", ".join(level + ("le",))
         # Plain replacement, not str.format: PromQL selectors are full of braces.
-        return self.promql.replace("{by_le}", by_le).replace("{by}", by).replace("{window}", window)
+        return (self.promql.replace("{by_le}", by_le).replace("{by}", by).replace("{window}", window)
+                .replace("{interval}", interval))
 
     def info(self) -> SignalInfo:
         return SignalInfo(self.dims, self.allowed)
@@ -131,6 +135,11 @@ def _quantile(q: float) -> str:
 
 def _request_signal(name: str, help: str, unit: str, promql: str) -> Signal:
     return Signal(name, help, unit, _PATH_CLASS, promql, allowed=_PATHS_ALLOWED)
+
+
+def _interval_signal(name: str, help: str, series: str) -> Signal:
+    return Signal(name, help, "count", _PATH_CLASS, f"sum by ({{by}}) (increase({series}[{{interval}}]))",
+                  allowed=_PATHS_ALLOWED, every_level=False)
 
 
 def _machine_signal(name: str, help: str, unit: str, promql: str) -> Signal:
@@ -161,6 +170,27 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                     _ratio("dualtrack_response_quality_ratio_sum", "dualtrack_response_quality_ratio_count")),
     _request_signal("tokens_per_second", "Tokens processed per second (input and output).", "1/s",
                     "sum by ({by}) (rate(dualtrack_tokens_total[{window}]))"),
+    # The last adaptation interval's counts, per path and query class: the
+    # evidence the objective-driven strategies estimate from (adapter.estimator).
+    _interval_signal("interval_calls", "Calls decided in the last interval (cancelled excluded).", _DECIDED),
+    _interval_signal("interval_successes", "Successful calls in the last interval.",
+                     f'{_REQUESTS}{{outcome="success"}}'),
+    _interval_signal("interval_timeouts", "Timed-out calls in the last interval.",
+                     f'{_REQUESTS}{{outcome="timeout"}}'),
+    _interval_signal("interval_within_target", "Successful calls within the latency target in the last interval.",
+                     "dualtrack_requests_within_target_total"),
+    _interval_signal("interval_useful", "Answers at or above the quality floor in the last interval.",
+                     "dualtrack_responses_useful_total"),
+    _interval_signal("interval_quality_sum", "Sum of the quality scores of the last interval's answers.",
+                     "dualtrack_response_quality_ratio_sum"),
+    _interval_signal("interval_quality_count", "Scored answers in the last interval.",
+                     "dualtrack_response_quality_ratio_count"),
+    _interval_signal("interval_cost_dollars", "Cost of the last interval's calls, in dollars.",
+                     "dualtrack_cost_dollars_total"),
+    _interval_signal("interval_latency_sum", "Sum of the latencies of the last interval's decided calls, seconds.",
+                     "dualtrack_request_duration_seconds_sum"),
+    _interval_signal("interval_latency_count", "Decided calls with a latency in the last interval.",
+                     "dualtrack_request_duration_seconds_count"),
     _machine_signal("in_flight_requests", "Requests in flight.", "requests",
                     "sum(dualtrack_requests_in_flight)"),
     _machine_signal("cpu_usage_ratio", "System CPU utilisation (0..1).", "ratio",

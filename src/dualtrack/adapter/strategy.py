@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..vocabulary import (DEFAULT_ROUTING, DEFAULT_TIMEOUTS_SECONDS, ROUTING_FIELDS, ROUTING_NAMES,
                           parse_duration)
 from .conditions import Condition, ConditionError, compile_condition
+from .objective import TERMS, ObjectiveSpec
 from .signals import BUILTIN_CATALOG, Catalog, Signal, user_signal
 
 PREFS: Tuple[str, ...] = ROUTING_NAMES
@@ -117,6 +118,7 @@ class Strategy:
     learning: Learning
     rules: Tuple[Rule, ...]
     modes: Optional[Modes] = None
+    objective: Optional[ObjectiveSpec] = None
     signals: Tuple[Signal, ...] = ()
     document: Optional[_yaml.LocatedDocument] = None  # kept for `rules test` line numbers
 
@@ -233,6 +235,20 @@ class _Compiler:
         learning = Learning(bool(ld.get("enabled", bool(ld))), float(ld.get("rate", 0.2)),
                             float(ld.get("gain", 1.0)), float(ld.get("max_offset", 0.3)), weights)
 
+        objective = None
+        od = data.get("objective")
+        if od is not None:
+            given = {k: float(v) for k, v in (od.get("weights") or {}).items()}
+            weights = dict(ObjectiveSpec().weights) if not given else {t: given.get(t, 0.0) for t in TERMS}
+            total = sum(weights.values())
+            if total <= 0:
+                raise self.fail(("objective", "weights"), "at least one weight must be greater than 0")
+            objective = ObjectiveSpec(weights={t: w / total for t, w in weights.items()},
+                                      probe=float(od.get("probe", 0.03)),
+                                      utilization=float(od.get("utilization", 0.9)),
+                                      budget_margin=float(od.get("budget_margin", 0.9)),
+                                      decay=float(od.get("decay", 0.7)))
+
         rules: List[Rule] = []
         seen: Dict[str, int] = {}
         for index, entry in enumerate(data.get("rules") or []):
@@ -280,7 +296,7 @@ class _Compiler:
             name=name, description=data.get("description", ""), source=self.doc.source,
             baseline=baseline, clamps=clamps, max_step=max_step,
             relax=float(data.get("relax", 0.1)), exploration_floor=floor, health=health,
-            timeouts=timeouts, learning=learning, rules=tuple(rules), modes=modes,
+            timeouts=timeouts, learning=learning, rules=tuple(rules), modes=modes, objective=objective,
             document=self.doc,
         )
 

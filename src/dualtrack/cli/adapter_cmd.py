@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from ..adapter.loop import Adapter, effective_settings_text
-    from ..adapter.prometheus_source import PrometheusSource
+    from ..adapter.prometheus_source import PrometheusSource, interval_duration
     from ..config import OptimizationConfig
     from ..exporter.exposition import serve_metrics
 
@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         registry = CollectorRegistry()
         adapter_holder: List[Any] = []
         source = PrometheusSource(client, window=settings.window, recorded=bool(values["recording_rules"]),
+                                  interval=interval_duration(settings.interval_seconds),
                                   on_query=lambda s, e: adapter_holder[0].metrics.observe_query(s, e)
                                   if adapter_holder else None)
         if args.print_queries:

@@ -15,6 +15,7 @@ for models), so recording a request costs a few dict lookups and the
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -91,8 +92,11 @@ class RequestMetrics:
 
     def __init__(self, registry: CollectorRegistry, query_classes: Iterable[str],
                  known_models: Iterable[str] = (), max_model_labels: int = 16,
-                 enable_exemplars: bool = True) -> None:
+                 enable_exemplars: bool = True, latency_target_seconds: float = math.inf,
+                 quality_floor: float = 0.0) -> None:
         self.exemplars = enable_exemplars
+        self.latency_target_seconds = latency_target_seconds
+        self.quality_floor = quality_floor
         classes = tuple(query_classes)
         self.requests = Counter(
             "dualtrack_requests", "Requests completed, by path, query class and outcome.",
@@ -110,6 +114,15 @@ class RequestMetrics:
         self.quality = Histogram(
             "dualtrack_response_quality_ratio", "Quality score (0..1) of successful responses.",
             ["path", "query_class"], buckets=QUALITY_BUCKETS, registry=registry)
+        # What the objective counts (docs/benchmarks.md): answers within the
+        # latency target, and answers at or above the quality floor. Counted
+        # here because a histogram bucket rarely sits exactly on the target.
+        self.within_target = Counter(
+            "dualtrack_requests_within_target", "Successful requests answered within the latency target.",
+            ["path", "query_class"], registry=registry)
+        self.useful = Counter(
+            "dualtrack_responses_useful", "Successful responses scored at or above the quality floor.",
+            ["path", "query_class"], registry=registry)
         self.in_flight = Gauge(
             "dualtrack_requests_in_flight", "Requests started and not yet completed.",
             registry=registry, multiprocess_mode="livesum")
@@ -140,7 +153,7 @@ class RequestMetrics:
         # Bind label children once, not per request. Request counters are
         # created up front for every real path, class and outcome (so rate()
         # sees the first increment); histograms appear with their first use.
-        self._bound: Dict[Tuple[str, str], Tuple[object, object, Dict[str, object]]] = {}
+        self._bound: Dict[Tuple[str, str], Tuple[object, object, Dict[str, object], object, object]] = {}
         self._bind_lock = threading.Lock()
         for path in PATHS:
             for qc in classes:
@@ -151,12 +164,13 @@ class RequestMetrics:
     def _count_fold(self, label: str) -> None:
         self.labels_folded.labels(label).inc()
 
-    def _bind(self, path: str, qc: str) -> Tuple[object, object, Dict[str, object]]:
+    def _bind(self, path: str, qc: str) -> Tuple[object, object, Dict[str, object], object, object]:
         with self._bind_lock:
             bound = self._bound.get((path, qc))
             if bound is None:
                 outcomes = _LazyChildren(self.requests, (path, qc))
-                bound = (self.duration.labels(path, qc), self.quality.labels(path, qc), outcomes)
+                bound = (self.duration.labels(path, qc), self.quality.labels(path, qc), outcomes,
+                         self.within_target.labels(path, qc), self.useful.labels(path, qc))
                 self._bound[(path, qc)] = bound
             return bound
 
@@ -184,8 +198,13 @@ class RequestMetrics:
         bound = self._bound.get((path, query_class))
         if bound is None:
             bound = self._bind(path, query_class)
-        duration_child, quality_child, outcomes = bound
+        duration_child, quality_child, outcomes, within_child, useful_child = bound
         outcomes[outcome].inc()  # type: ignore[attr-defined]
+        if outcome == "success":
+            if duration_seconds is not None and duration_seconds <= self.latency_target_seconds:
+                within_child.inc()  # type: ignore[attr-defined]
+            if quality is not None and quality >= self.quality_floor:
+                useful_child.inc()  # type: ignore[attr-defined]
         if outcome != "cancelled" and duration_seconds is not None:
             if self.exemplars and request_id:
                 duration_child.observe(duration_seconds, {"request_id": request_id[:64]})  # type: ignore[attr-defined]

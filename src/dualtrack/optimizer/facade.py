@@ -82,7 +82,9 @@ class DualTrackOptimizer:
         self.clock = clock or SYSTEM_CLOCK
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RequestMetrics(self.registry, config.query_classes, known_models=config.prices,
-                                      max_model_labels=config.max_model_labels)
+                                      max_model_labels=config.max_model_labels,
+                                      latency_target_seconds=config.constraints.target_latency_ms / 1000.0,
+                                      quality_floor=config.constraints.min_quality_score)
         self._overrides_total = Counter(
             "dualtrack_recommendation_overrides", "Recommendations changed by an immediate constraint override.",
             ["override"], registry=self.registry)

@@ -1,0 +1,370 @@
+"""What each track is worth for each query class, estimated from recent evidence.
+
+Every adaptation cycle the estimator reads the last interval's counts per
+track and query class (the ``interval_*`` signals: calls, successes,
+timeouts, answers within the latency target, useful answers, quality, cost,
+latency) and folds them into decayed tallies: last interval's evidence weighs
+1, the one before ``decay``, the one before ``decay**2``... so the estimates
+follow the recent past and forget the old.
+
+Decay alone would take several intervals to believe a change, so changes are
+*detected*: when an interval's pooled success rate, within-target rate,
+latency or price of a track departs from its estimate by more than chance
+allows (``change_z`` standard errors), the track's tallies restart from that
+interval. An outage or a recovery is then believed within one interval.
+Quality is checked the same way per track and class.
+
+The local track's latency also grows with its own load. The estimator keeps
+each class's base service time on local (its latency while the track is not
+congested) and a capacity budget in *Erlangs* (busy slots): cut to what was
+offered when latency shows queueing, raised while the track keeps up and the
+traffic would use more. A slower model (thermal throttling) shows as a longer
+base service time at low load, not as less capacity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Dict, Iterable, Mapping, Optional, Tuple
+
+from ..vocabulary import TRACKS
+from .signals import SignalValues
+
+#: The per-interval counts the estimator reads, per ``path`` and ``query_class``.
+INTERVAL_SIGNALS: Tuple[str, ...] = (
+    "interval_calls", "interval_successes", "interval_timeouts", "interval_within_target", "interval_useful",
+    "interval_quality_sum", "interval_quality_count", "interval_cost_dollars", "interval_latency_sum",
+    "interval_latency_count",
+)
+
+
+@dataclass
+class Tally:
+    """Counts for one track and class: one interval's, or decayed sums of many."""
+
+    calls: float = 0.0  # decided calls (cancelled excluded)
+    successes: float = 0.0
+    timeouts: float = 0.0
+    within: float = 0.0  # successes within the latency target
+    useful: float = 0.0  # successes at or above the quality floor
+    quality_sum: float = 0.0
+    quality_count: float = 0.0
+    cost: float = 0.0  # dollars, every call
+    latency_sum: float = 0.0
+    latency_count: float = 0.0
+
+    @classmethod
+    def from_signals(cls, values: SignalValues, track: str, query_class: str) -> "Tally":
+        labels = {"path": track, "query_class": query_class}
+        got = [values.get(name, labels) for name in INTERVAL_SIGNALS]
+        return cls(*(max(0.0, v) if v is not None else 0.0 for v in got))
+
+    def scaled(self, factor: float) -> "Tally":
+        return Tally(*(getattr(self, f.name) * factor for f in fields(self)))
+
+    def plus(self, other: "Tally") -> "Tally":
+        return Tally(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    # -- ratios (None: no evidence)
+
+    @property
+    def success_rate(self) -> Optional[float]:
+        return self.successes / self.calls if self.calls > 0 else None
+
+    @property
+    def within_rate(self) -> Optional[float]:
+        """Share of successful answers given within the latency target."""
+        return self.within / self.successes if self.successes > 0 else None
+
+    @property
+    def useful_rate(self) -> Optional[float]:
+        """Share of scored answers at or above the quality floor."""
+        return min(1.0, self.useful / self.quality_count) if self.quality_count > 0 else None
+
+    @property
+    def quality(self) -> Optional[float]:
+        return self.quality_sum / self.quality_count if self.quality_count > 0 else None
+
+    @property
+    def cost_per_call(self) -> Optional[float]:
+        return self.cost / self.calls if self.calls > 0 else None
+
+    @property
+    def mean_latency(self) -> Optional[float]:
+        return self.latency_sum / self.latency_count if self.latency_count > 0 else None
+
+
+def _pool(tallies: Iterable[Tally]) -> Tally:
+    out = Tally()
+    for t in tallies:
+        out = out.plus(t)
+    return out
+
+
+def _llr(successes: float, n: float, p0: float, p1: float) -> float:
+    """Log-likelihood ratio of ``successes`` in ``n`` trials under p1 against p0."""
+    return successes * math.log(p1 / p0) + (n - successes) * math.log((1.0 - p1) / (1.0 - p0))
+
+
+def _departs(observed: float, n: float, expected: float, z: float, slack: float) -> bool:
+    """Is a rate of ``observed`` over ``n`` trials more than chance away from ``expected``?"""
+    p = min(max(expected, 0.02), 0.98)
+    return abs(observed - expected) > z * math.sqrt(p * (1.0 - p) / n) + slack
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    decay: float = 0.7  # weight of the previous tallies at each cycle
+    change_z: float = 3.0  # standard errors for a change
+    change_slack: float = 0.05  # and at least this much (rates)
+    min_calls: float = 4.0  # an interval needs this many calls to signal a change
+    latency_change: float = 1.5  # a pooled latency ratio beyond x1.5 (or /1.5) is a change
+    cost_change: float = 1.25  # a pooled price ratio beyond x1.25 (or /1.25) is a change
+    congested_inflation: float = 1.4  # local latency over base x this, at load: queueing
+    uncongested_inflation: float = 1.15  # below this: keeping up
+    capacity_cut: float = 0.85  # on queueing: capacity = this x what was offered
+    capacity_growth: float = 1.25  # while keeping up and wanted: capacity x this per cycle
+    base_learning_rate: float = 0.3  # how fast base service times follow uncongested latency
+    memory_decay: float = 0.97  # memory per busy slot is a slow property of the model: long memory
+    memory_peaks: float = 3.0  # keep mean local load + this many standard deviations under the memory limit
+    quality_shift: float = 0.25  # the useful-rate shift the quality CUSUM looks for
+    quality_alarm: float = 2.5  # its alarm threshold (log-likelihood ratio)
+
+
+@dataclass
+class TrackState:
+    tallies: Dict[str, Tally] = field(default_factory=dict)
+    changes: int = 0  # changes detected (for the reasons)
+    # Per class: CUSUM statistics (up, down) of the useful rate. A drift of a
+    # class's quality shows on a few answers per interval (a probed track), so
+    # the evidence is accumulated across intervals until it is conclusive.
+    quality_cusum: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+
+
+class Estimator:
+    """Decayed per-track, per-class evidence with change detection, and the local capacity.
+
+    >>> est = Estimator(("short", "long"))
+    >>> events = est.update(values, interval_seconds=30)
+    >>> est.tally("local", "short").success_rate
+    """
+
+    def __init__(self, query_classes: Iterable[str], settings: EstimatorSettings = EstimatorSettings()) -> None:
+        self.classes = tuple(query_classes)
+        self.settings = settings
+        self.tracks: Dict[str, TrackState] = {t: TrackState() for t in TRACKS}
+        self.arrivals: Dict[str, float] = {}  # requests per second per class (decayed)
+        self.base_service: Dict[str, float] = {}  # local base service time per class, seconds
+        self.capacity: Optional[float] = None  # local capacity budget, Erlangs
+        self.local_load: Optional[float] = None  # last interval's offered local load, Erlangs
+        self.local_inflation: Optional[float] = None  # last interval's local latency over base
+        self.wanted_load: Optional[float] = None  # set by the optimizer: local load it would use uncapped
+        # Memory (the larger of memory and GPU memory, as a share of its limit) against
+        # local load: a line fitted over the intervals, decayed sums of (w, x, y, xx, xy).
+        self._memory_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self.memory_capacity: Optional[float] = None  # local load (Erlangs) the memory limit allows
+
+    def tally(self, track: str, query_class: str) -> Tally:
+        return self.tracks[track].tallies.get(query_class, Tally())
+
+    def pooled(self, track: str) -> Tally:
+        return _pool(self.tracks[track].tallies.values())
+
+    # ------------------------------------------------------------ update
+
+    def update(self, values: SignalValues, interval_seconds: float) -> Dict[str, str]:
+        """Fold one interval's counts in; return the changes detected (track or track:class -> what)."""
+        s = self.settings
+        events: Dict[str, str] = {}
+        fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
+        for c in self.classes:
+            rate = sum(fresh[t][c].calls for t in TRACKS) / interval_seconds
+            old = self.arrivals.get(c)
+            self.arrivals[c] = rate if old is None else s.decay * old + (1 - s.decay) * rate
+        for track in TRACKS:
+            state = self.tracks[track]
+            what = self._detect_track_change(track, fresh[track])
+            if what:
+                events[track] = what
+                state.changes += 1
+                self._restart_track(track, fresh[track], what)
+            for c in self.classes:
+                new = fresh[track][c]
+                old = state.tallies.get(c)
+                if old is not None and self._quality_changed(state, c, old, new):
+                    events[f"{track}:{c}"] = "quality"
+                    old = Tally(old.calls, old.successes, old.timeouts, old.within, cost=old.cost,
+                                latency_sum=old.latency_sum, latency_count=old.latency_count)
+                state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)
+        memory = max((v for v in (values.get("memory_used_ratio", {}), values.get("gpu_memory_used_ratio", {}))
+                      if v is not None), default=None)
+        self._update_local_capacity(fresh["local"], interval_seconds, memory)
+        return events
+
+    def _detect_track_change(self, track: str, fresh: Mapping[str, Tally]) -> Optional[str]:
+        s = self.settings
+        interval = _pool(fresh.values())
+        if interval.calls < s.min_calls:
+            return None
+        est = self.pooled(track)
+        if est.calls <= 0:
+            return None
+        rate, observed = est.success_rate, interval.success_rate
+        if rate is not None and observed is not None and _departs(observed, interval.calls, rate, s.change_z,
+                                                                    s.change_slack):
+            return "success"
+        # Latency: the interval's calls against what each class's estimate predicts.
+        expected = 0.0
+        for c, t in fresh.items():
+            mean = self.tally(track, c).mean_latency
+            if mean is not None:
+                expected += t.latency_count * mean
+        if expected > 0 and interval.latency_sum > 0:
+            ratio = interval.latency_sum / expected
+            if ratio > s.latency_change or ratio < 1.0 / s.latency_change:
+                return "latency"
+        within, observed_within = est.within_rate, interval.within_rate
+        if (within is not None and observed_within is not None and interval.successes >= s.min_calls
+                and _departs(observed_within, interval.successes, within, s.change_z, s.change_slack)):
+            return "latency"
+        # Price: cost per call against each class's estimate.
+        expected_cost = sum(t.calls * (self.tally(track, c).cost_per_call or 0.0) for c, t in fresh.items())
+        if expected_cost > 0 and interval.cost > 0:
+            ratio = interval.cost / expected_cost
+            if ratio > s.cost_change or ratio < 1.0 / s.cost_change:
+                return "cost"
+        return None
+
+    def _restart_track(self, track: str, fresh: Mapping[str, Tally], what: str) -> None:
+        """Restart a track's tallies from this interval. Classes without calls in it keep
+        their shape, rescaled by the pooled change and shrunk to little weight."""
+        state = self.tracks[track]
+        interval = _pool(fresh.values())
+        est = self.pooled(track)
+        for c in self.classes:
+            old = state.tallies.get(c)
+            new = fresh[c]
+            if old is None:
+                continue
+            if new.calls >= 1:
+                # Quality is not what changed: keep its evidence.
+                state.tallies[c] = Tally(quality_sum=old.quality_sum, quality_count=old.quality_count,
+                                         useful=old.useful)
+                continue
+            weight = 2.0 / old.calls if old.calls > 2.0 else 1.0
+            shrunk = old.scaled(weight)
+            if what == "success" and interval.success_rate is not None and est.success_rate:
+                factor = interval.success_rate / est.success_rate
+                shrunk.successes = min(shrunk.calls, shrunk.successes * factor)
+                shrunk.within = min(shrunk.successes, shrunk.within * factor)
+            elif what == "latency" and interval.within_rate is not None and est.within_rate:
+                factor = interval.within_rate / est.within_rate
+                shrunk.within = min(shrunk.successes, shrunk.within * factor)
+                if interval.mean_latency and est.mean_latency:
+                    shrunk.latency_sum *= interval.mean_latency / est.mean_latency
+            elif what == "cost" and interval.cost_per_call and est.cost_per_call:
+                shrunk.cost *= interval.cost_per_call / est.cost_per_call
+            state.tallies[c] = Tally(shrunk.calls, shrunk.successes, shrunk.timeouts, shrunk.within,
+                                     old.useful, old.quality_sum, old.quality_count, shrunk.cost,
+                                     shrunk.latency_sum, shrunk.latency_count)
+
+    def _quality_changed(self, state: TrackState, query_class: str, old: Tally, new: Tally) -> bool:
+        """A CUSUM on the useful rate of one track and class: a change once the
+        evidence since it started departing is conclusive, however few answers per interval."""
+        s = self.settings
+        expected = old.useful_rate
+        if expected is None or new.quality_count <= 0:
+            return False
+        p0 = min(max(expected, 0.01), 0.99)
+        up, down = state.quality_cusum.get(query_class, (0.0, 0.0))
+        # A shift past the ends of 0..1 is no alternative: that side is not tested.
+        p_up, p_down = min(0.99, p0 + s.quality_shift), max(0.01, p0 - s.quality_shift)
+        up = max(0.0, up + _llr(new.useful, new.quality_count, p0, p_up)) if p_up - p0 >= 0.02 else 0.0
+        down = max(0.0, down + _llr(new.useful, new.quality_count, p0, p_down)) if p0 - p_down >= 0.02 else 0.0
+        if up > s.quality_alarm or down > s.quality_alarm:
+            state.quality_cusum[query_class] = (0.0, 0.0)
+            return True
+        state.quality_cusum[query_class] = (up, down)
+        return False
+
+    def _fit_memory(self, load: float, memory: float) -> None:
+        d = self.settings.memory_decay
+        f = self._memory_fit
+        for i, v in enumerate((1.0, load, memory, load * load, load * memory)):
+            f[i] = d * f[i] + v
+        self.memory_capacity = _memory_limited_load(_fit_line(f), self.settings.memory_peaks)
+
+    def local_capacity(self) -> Optional[float]:
+        """The local load (Erlangs) the split may plan for: queueing and memory bounds, whichever is lower."""
+        bounds = [b for b in (self.capacity, self.memory_capacity) if b is not None]
+        return min(bounds) if bounds else None
+
+    def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
+                               memory: Optional[float]) -> None:
+        s = self.settings
+        base = self.base_service
+        offered = 0.0  # Erlangs at base service times
+        in_system = 0.0  # Erlangs actually observed (Little's law: latency x calls / interval)
+        for c, t in fresh.items():
+            mean = t.mean_latency
+            if mean is None:
+                continue
+            if c not in base:
+                base[c] = mean
+            offered += t.latency_count * base[c] / interval_seconds
+            in_system += t.latency_sum / interval_seconds
+        if offered <= 0:
+            self.local_load, self.local_inflation = 0.0, None
+            return
+        inflation = in_system / offered
+        self.local_load, self.local_inflation = offered, inflation
+        if self.capacity is None:
+            self.capacity = offered / s.capacity_cut if inflation < s.congested_inflation else offered
+        if memory is not None:
+            self._fit_memory(offered, memory)
+        if inflation >= s.congested_inflation:
+            if offered < 0.5 * self.capacity:
+                # Slow at low load: the model got slower (throttling), not full.
+                for c, t in fresh.items():
+                    if t.mean_latency is not None:
+                        base[c] = t.mean_latency
+            else:
+                self.capacity = max(0.5, min(self.capacity, s.capacity_cut * offered))
+        else:
+            rate = 1.0 if inflation < 1.0 / s.congested_inflation else s.base_learning_rate
+            if inflation < s.uncongested_inflation or rate == 1.0:
+                for c, t in fresh.items():
+                    if t.mean_latency is not None and t.latency_count >= 1:
+                        base[c] += rate * (t.mean_latency - base[c])
+            wanted = self.wanted_load
+            if inflation < s.uncongested_inflation and wanted is not None and wanted > self.capacity \
+                    and offered >= 0.8 * self.capacity:
+                self.capacity *= s.capacity_growth
+
+
+def _fit_line(sums: Iterable[float]) -> Optional[Tuple[float, float]]:
+    w, x, y, xx, xy = sums
+    det = w * xx - x * x
+    if w <= 0 or det <= 1e-9 * max(1.0, w * xx):
+        return None
+    slope = (w * xy - x * y) / det
+    return (y - slope * x) / w, slope
+
+
+def _memory_limited_load(fit: Optional[Tuple[float, float]], peaks: float) -> Optional[float]:
+    """The mean local load whose peaks (mean + ``peaks`` x sqrt(mean) busy slots, Poisson)
+    stay under the memory limit, from the fitted line memory = a + b x load."""
+    if fit is None:
+        return None
+    a, b = fit
+    if b <= 1e-6:
+        return None  # local load does not move memory
+    slots = (1.0 - a) / b
+    if slots <= 0:
+        return 0.0
+    root = (-peaks + math.sqrt(peaks * peaks + 4.0 * slots)) / 2.0
+    return root * root
+
+
+__all__ = ["EstimatorSettings", "Estimator", "INTERVAL_SIGNALS", "Tally"]

@@ -1,0 +1,292 @@
+"""The objective-driven adaptation: estimates on known inputs, the split on hand-computed cases.
+
+adapter.estimator turns each interval's counts into decayed estimates with
+change detection; adapter.objective values a query of each class on each
+track and picks the split. These tests feed both exact numbers and check the
+arithmetic, not benchmark figures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Tuple
+
+import pytest
+
+from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally, _memory_limited_load
+from dualtrack.adapter.objective import ObjectiveSpec, choose_split, probe_shares, value_queries
+from dualtrack.adapter.signals import SignalValues
+from dualtrack.objective import OBJECTIVE
+
+INTERVAL = 30.0
+
+
+def interval(counts: Mapping[Tuple[str, str], Tally], **machine: float) -> SignalValues:
+    """SignalValues holding one interval's counts per (track, class), and machine signals."""
+    values = SignalValues()
+    for (track, qc), t in counts.items():
+        labels = {"path": track, "query_class": qc}
+        for name, value in (("interval_calls", t.calls), ("interval_successes", t.successes),
+                            ("interval_timeouts", t.timeouts), ("interval_within_target", t.within),
+                            ("interval_useful", t.useful), ("interval_quality_sum", t.quality_sum),
+                            ("interval_quality_count", t.quality_count), ("interval_cost_dollars", t.cost),
+                            ("interval_latency_sum", t.latency_sum), ("interval_latency_count", t.latency_count)):
+            values.set(name, labels, value)
+    for name, value in machine.items():
+        values.set(name, {}, value)
+    return values
+
+
+def calls(n: float, *, success: float = 1.0, within: float = 1.0, useful: float = 1.0, quality: float = 0.9,
+          cost: float = 0.0, latency: float = 1.0, timeouts: float = 0.0) -> Tally:
+    """n calls with the given rates (of calls, of successes, of scored answers), mean cost and latency."""
+    ok = n * success
+    return Tally(calls=n, successes=ok, timeouts=timeouts, within=ok * within, useful=ok * useful,
+                 quality_sum=ok * quality, quality_count=ok, cost=n * cost, latency_sum=n * latency,
+                 latency_count=n)
+
+
+def steady(local: Tally, api: Tally, qc: str = "short") -> Dict[Tuple[str, str], Tally]:
+    return {("local", qc): local, ("api", qc): api}
+
+
+# --------------------------------------------------------------------------- Tally
+
+
+def test_tally_ratios_are_none_without_evidence() -> None:
+    t = Tally()
+    assert (t.success_rate, t.within_rate, t.useful_rate, t.quality, t.cost_per_call, t.mean_latency) == (None,) * 6
+    t = calls(10, success=0.8, within=0.5, useful=0.75, quality=0.7, cost=0.002, latency=3.0)
+    assert t.success_rate == pytest.approx(0.8)
+    assert t.within_rate == pytest.approx(0.5)  # of successes
+    assert t.useful_rate == pytest.approx(0.75)  # of scored answers
+    assert t.quality == pytest.approx(0.7)
+    assert t.cost_per_call == pytest.approx(0.002)
+    assert t.mean_latency == pytest.approx(3.0)
+
+
+def test_tally_reads_negative_or_missing_counts_as_zero() -> None:
+    values = SignalValues()
+    values.set("interval_calls", {"path": "api", "query_class": "short"}, -3.0)  # a counter reset, extrapolated
+    t = Tally.from_signals(values, "api", "short")
+    assert t.calls == 0.0 and t.successes == 0.0
+
+
+# --------------------------------------------------------------------------- estimates and changes
+
+
+def test_estimates_decay_older_intervals() -> None:
+    est = Estimator(("short",), EstimatorSettings(decay=0.5))
+    est.update(interval(steady(calls(10, quality=0.8), calls(10, quality=0.8))), INTERVAL)
+    est.update(interval(steady(calls(10, quality=0.9), calls(10, quality=0.8))), INTERVAL)
+    # 0.5 * 10 answers at 0.8 + 10 at 0.9 -> (4 + 9) / 15
+    assert est.tally("local", "short").quality == pytest.approx(13 / 15)
+    assert est.arrivals["short"] == pytest.approx(0.5 * 20 / INTERVAL + 0.5 * 20 / INTERVAL)
+
+
+def test_an_outage_is_believed_within_one_interval() -> None:
+    est = Estimator(("short", "long"))
+    for _ in range(5):
+        est.update(interval({**steady(calls(20), calls(20)), **steady(calls(5), calls(5), "long")}), INTERVAL)
+    events = est.update(interval({**steady(calls(20), calls(20, success=0.0)),
+                                  **steady(calls(5), calls(5, success=0.0), "long")}), INTERVAL)
+    assert events == {"api": "success"}
+    # The estimates restart from the failing interval: no memory of the good past.
+    assert est.tally("api", "short").success_rate == pytest.approx(0.0)
+    assert est.tally("local", "short").success_rate == pytest.approx(1.0)
+
+
+def test_a_class_without_calls_in_the_changed_interval_follows_the_pooled_change() -> None:
+    est = Estimator(("short", "long"))
+    for _ in range(5):
+        est.update(interval({**steady(calls(20), calls(20)), **steady(calls(5), calls(5), "long")}), INTERVAL)
+    est.update(interval(steady(calls(20), calls(20, success=0.0))), INTERVAL)  # no long calls at all
+    long_api = est.tally("api", "long")
+    assert long_api.success_rate == pytest.approx(0.0)
+    assert long_api.calls <= 2.0 + 1e-9  # shrunk to little weight: fresh evidence takes over quickly
+
+
+def test_chance_variation_is_not_a_change() -> None:
+    est = Estimator(("short",))
+    for i in range(40):
+        ok = 0.95 if i % 2 else 1.0  # 19/20 and 20/20 alternate
+        assert est.update(interval(steady(calls(20, success=ok), calls(20))), INTERVAL) == {}
+
+
+def test_a_slower_track_is_a_latency_change() -> None:
+    est = Estimator(("short",))
+    for _ in range(4):
+        est.update(interval(steady(calls(20, latency=1.0), calls(20, latency=2.0))), INTERVAL)
+    assert est.update(interval(steady(calls(20, latency=1.0), calls(20, latency=4.0))), INTERVAL) == {"api": "latency"}
+    assert est.tally("api", "short").mean_latency == pytest.approx(4.0)
+
+
+def test_a_price_change_is_a_cost_change() -> None:
+    est = Estimator(("short",))
+    for _ in range(4):
+        est.update(interval(steady(calls(20), calls(20, cost=0.001))), INTERVAL)
+    assert est.update(interval(steady(calls(20), calls(20, cost=0.004))), INTERVAL) == {"api": "cost"}
+    assert est.tally("api", "short").cost_per_call == pytest.approx(0.004)
+
+
+def test_a_quality_drift_shows_on_a_few_probes_per_interval() -> None:
+    """A starved track sees two answers per interval; the CUSUM adds them up."""
+    est = Estimator(("medium",))
+    for _ in range(6):
+        est.update(interval(steady(calls(2, useful=0.0, quality=0.55), calls(40), "medium")), INTERVAL)
+    detected_after: Optional[int] = None
+    for k in range(1, 5):
+        events = est.update(interval(steady(calls(2, useful=1.0, quality=0.8), calls(40), "medium")), INTERVAL)
+        if events.get("local:medium") == "quality":
+            detected_after = k
+            break
+    assert detected_after is not None and detected_after <= 2
+    assert est.tally("local", "medium").useful_rate == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- the local capacity
+
+
+def test_queueing_at_load_cuts_the_local_capacity_to_what_was_offered() -> None:
+    s = EstimatorSettings()
+    est = Estimator(("short",), s)
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # 2 Erlangs, no queueing
+    assert est.base_service["short"] == pytest.approx(1.0)
+    est.capacity = 3.0
+    est.update(interval(steady(calls(75, latency=2.0), calls(10))), INTERVAL)  # 2.5 Erlangs offered, x2 latency
+    assert est.capacity == pytest.approx(s.capacity_cut * 75 * 1.0 / INTERVAL)
+
+
+def test_slow_at_low_load_is_a_slower_model_not_less_capacity() -> None:
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    est.capacity = 10.0
+    est.update(interval(steady(calls(30, latency=2.5), calls(10))), INTERVAL)  # 1 Erlang offered, x2.5
+    assert est.capacity == 10.0
+    assert est.base_service["short"] == pytest.approx(2.5)
+
+
+def test_the_capacity_grows_while_local_keeps_up_and_the_split_wants_more() -> None:
+    s = EstimatorSettings()
+    est = Estimator(("short",), s)
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    est.capacity = 2.0
+    est.wanted_load = 5.0
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # at capacity, keeping up
+    assert est.capacity == pytest.approx(2.0 * s.capacity_growth)
+    est.wanted_load = 1.0  # not wanted: no growth
+    before = est.capacity
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    assert est.capacity == before
+
+
+def test_memory_bounds_local_load_with_room_for_peaks() -> None:
+    # memory = 0.7 + 0.02 x load: the limit (1.0) is at 15 busy slots;
+    # mean + 3 sqrt(mean) <= 15 -> sqrt(mean) = (-3 + sqrt(9 + 60)) / 2
+    expected = ((-3 + math.sqrt(69)) / 2) ** 2
+    assert _memory_limited_load((0.7, 0.02), 3.0) == pytest.approx(expected)
+    assert _memory_limited_load((0.7, 0.0), 3.0) is None  # local load does not move memory
+    est = Estimator(("short",))
+    for load in (2.0, 4.0, 6.0, 8.0):
+        n = load * INTERVAL
+        est.update(interval(steady(calls(n, latency=1.0), calls(10)), memory_used_ratio=0.7 + 0.02 * load), INTERVAL)
+    assert est.memory_capacity == pytest.approx(expected, rel=1e-6)
+    assert est.local_capacity() == pytest.approx(min(est.capacity or math.inf, expected))
+
+
+# --------------------------------------------------------------------------- valuing a query
+
+
+def test_value_of_a_query_matches_the_formula() -> None:
+    spec = ObjectiveSpec(weights=OBJECTIVE.as_dict())
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(20, success=0.5, within=1.0, useful=1.0, quality=0.8),
+                               calls(20, within=0.5, useful=1.0, quality=0.9, cost=0.002))), INTERVAL)
+    [v], cost_norm = value_queries(est, spec)
+    w = spec.weights
+    assert cost_norm == pytest.approx(0.002)  # every class's API cost per query
+    api_first = 1.0 * (w["useful"] * 1.0 + w["within_target"] * 0.5 + w["quality"] * 0.9) - w["savings"] * 1.0
+    local_first = 0.5 * (w["useful"] + w["within_target"] + w["quality"] * 0.8)
+    # Local's failures are fast errors: the fallback to the API can still be in time.
+    assert v.value["local"] == pytest.approx(local_first + 0.5 * api_first)
+    assert v.value["api"] == pytest.approx(api_first)  # the API never fails here
+
+
+def test_a_timed_out_first_try_leaves_no_chance_to_be_in_time() -> None:
+    spec = ObjectiveSpec(weights={"useful": 0.0, "within_target": 1.0, "quality": 0.0, "savings": 0.0,
+                                  "compliance": 0.0})
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(20), calls(20, success=0.0, timeouts=20))), INTERVAL)
+    [v], _ = value_queries(est, spec)
+    assert v.value["api"] == pytest.approx(0.0)  # fails at the timeout, then local is too late
+    assert v.value["local"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- the split
+
+
+def two_classes(**local: float) -> Estimator:
+    """short: local as good as the API and free; long: local useless."""
+    est = Estimator(("short", "long"))
+    est.update(interval({**steady(calls(60, latency=1.0), calls(60, cost=0.001), "short"),
+                         **steady(calls(30, useful=0.0, quality=0.5, latency=4.0), calls(30, cost=0.004), "long")},
+                        **local), INTERVAL)
+    return est
+
+
+def test_each_class_goes_where_it_is_worth_more_and_keeps_a_probe() -> None:
+    spec = ObjectiveSpec()
+    est = two_classes()
+    est.capacity = None  # unbounded
+    split = choose_split(est, spec)
+    probes = probe_shares(est.arrivals, spec, INTERVAL)
+    assert split.shares["short"] == pytest.approx(1.0 - probes["short"])
+    assert split.shares["long"] == pytest.approx(probes["long"])
+    assert any(r.startswith("short: local") for r in split.reasons)
+
+
+def test_the_capacity_goes_to_the_classes_that_gain_most_per_busy_slot() -> None:
+    spec = ObjectiveSpec(utilization=1.0, probe=0.0, probe_calls=0.0)
+    est = Estimator(("a", "b"))
+    # Both classes gain on local; a gains 0.1 per query at 1 s, b 0.15 per query at 3 s.
+    est.update(interval({**steady(calls(30, latency=1.0), calls(30, cost=0.001, quality=0.9), "a"),
+                         **steady(calls(30, latency=3.0), calls(30, cost=0.0015, quality=0.9), "b")}), INTERVAL)
+    est.capacity = 4.0  # Erlangs: 2 queries/s each; a alone needs 2, b alone 6
+    split = choose_split(est, spec)
+    assert split.capacity_bound
+    assert split.shares["a"] == pytest.approx(1.0)  # a first (more gain per slot), then b with what is left
+    assert split.shares["b"] == pytest.approx(1.0 / 3.0)
+
+
+def test_the_budget_moves_the_cheapest_loss_per_dollar_to_local() -> None:
+    spec = ObjectiveSpec(probe=0.0, probe_calls=0.0, budget_margin=1.0)
+    est = two_classes()
+    est.capacity = None
+    free = choose_split(est, spec)
+    assert free.shares["long"] == pytest.approx(0.0)
+    # long on the API: 2 queries/s x $0.004 x 3600 = $28.8/h; a $14.4/h budget keeps half of it.
+    split = choose_split(est, spec, budget_per_hour=14.4)
+    assert split.budget_bound
+    assert split.shares["long"] == pytest.approx(0.5)
+
+
+def test_probes_respect_the_per_class_and_overall_budgets() -> None:
+    spec = ObjectiveSpec(probe=0.02, probe_calls=2.0, probe_max=0.1, probe_budget=0.05)
+    # 2 calls of 300 per interval: 0.67%, raised to the 2% floor; 2 of 6: capped at 10%.
+    shares = probe_shares({"busy": 10.0, "rare": 0.2}, spec, INTERVAL)
+    assert shares["busy"] == pytest.approx(0.02)
+    assert shares["rare"] == pytest.approx(0.1)
+    total = 10.0 * shares["busy"] + 0.2 * shares["rare"]
+    assert total <= 0.05 * 10.2 + 1e-12
+    # When the classes' wishes exceed the overall budget, they are scaled down to it (not below the floor).
+    tight = ObjectiveSpec(probe=0.0, probe_calls=2.0, probe_max=0.5, probe_budget=0.05)
+    shares = probe_shares({"a": 0.1, "b": 0.1}, tight, INTERVAL)
+    assert sum(0.1 * v for v in shares.values()) == pytest.approx(0.05 * 0.2)
+
+
+def test_a_class_with_evidence_on_one_track_only_keeps_its_split() -> None:
+    est = Estimator(("short",))
+    est.update(interval({("api", "short"): calls(20)}), INTERVAL)
+    split = choose_split(est, ObjectiveSpec(), current={"short": 0.4})
+    assert split.shares["short"] == 0.4
+    assert any("not enough evidence" in r for r in split.reasons)
