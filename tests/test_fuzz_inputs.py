@@ -44,7 +44,7 @@ from dualtrack.adapter.conditions import (
 )
 from dualtrack.adapter.engine import RuleEngine
 from dualtrack.adapter.prometheus_source import SIGNAL_LABEL, PrometheusSource
-from dualtrack.adapter.promql import InstantResult, _parse_instant
+from dualtrack.adapter.promql_answer import InstantResult, _parse_instant
 from dualtrack.adapter.signals import BUILTIN_CATALOG, SignalValues
 from dualtrack.adapter.strategy import HARD_LIMITS, PREFS, StrategySet, load_strategies
 from dualtrack.bundled import bundled_dir
