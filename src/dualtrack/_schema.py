@@ -39,8 +39,8 @@ def _comparable(path: Any) -> Any:
 
 def _relevance(error: jsonschema.ValidationError) -> Any:
     """jsonschema's relevance key, with every error path in it made comparable."""
-    return tuple(_comparable(part) if isinstance(part, deque) else part
-                 for part in jsonschema.exceptions.relevance(error))
+    key: Any = jsonschema.exceptions.relevance(error)  # a tuple; typed as a comparable
+    return tuple(_comparable(part) if isinstance(part, deque) else part for part in key)
 
 
 def schema_error(doc: LocatedDocument, validator: jsonschema.Draft202012Validator, *,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .signals import SignalValues
 
@@ -140,9 +140,9 @@ def compute(inputs: Mapping[str, Mapping[Key, float]], values: SignalValues) -> 
     """
     levels = [lv for n in range(len(DIMS) + 1) for lv in combinations(DIMS, n)]
     for level in levels:
-        groups: Dict[Key, Dict[str, object]] = {}
+        groups: Dict[Key, Dict[str, Any]] = {}
 
-        def group(labels: Key) -> Dict[str, object]:
+        def group(labels: Key) -> Dict[str, Any]:
             picked = tuple((k, v) for k, v in labels if k in level)
             return groups.setdefault(picked, {})
 
@@ -151,15 +151,15 @@ def compute(inputs: Mapping[str, Mapping[Key, float]], values: SignalValues) -> 
             for labels, rate in series.items():
                 g = group(labels)
                 if extra is None:
-                    g[name] = g.get(name, 0.0) + rate  # type: ignore[operator]
+                    g[name] = g.get(name, 0.0) + rate
                 else:
                     by = g.setdefault(name, {})
-                    key = dict(labels).get(extra, "")
-                    by[key] = by.get(key, 0.0) + rate  # type: ignore[union-attr]
+                    value_of_extra = dict(labels).get(extra, "")
+                    by[value_of_extra] = by.get(value_of_extra, 0.0) + rate
 
-        for key, g in groups.items():
-            labels = dict(key)
-            requests: Dict[str, float] = g.get("requests", {})  # type: ignore[assignment]
+        for picked, g in groups.items():
+            level_labels = dict(picked)
+            requests: Dict[str, float] = g.get("requests", {})
             total = sum(requests.values()) if requests else None
             decided = (sum(v for o, v in requests.items() if o != "cancelled") if requests else None)
             out: Dict[str, Optional[float]] = {
@@ -167,17 +167,17 @@ def compute(inputs: Mapping[str, Mapping[Key, float]], values: SignalValues) -> 
                 "success_ratio": _ratio(requests.get("success"), decided) if "success" in requests else None,
                 "error_ratio": _ratio(requests.get("error"), decided) if "error" in requests else None,
                 "timeout_ratio": _ratio(requests.get("timeout"), decided) if "timeout" in requests else None,
-                "latency_mean_seconds": _ratio(g.get("duration_sum"), g.get("duration_count")),  # type: ignore[arg-type]
-                "cost_per_request_dollars": _ratio(g.get("cost"), total),  # type: ignore[arg-type]
-                "cost_burn_dollars_per_hour": (g["cost"] * 3600.0 if "cost" in g else None),  # type: ignore[operator]
-                "quality_mean": _ratio(g.get("quality_sum"), g.get("quality_count")),  # type: ignore[arg-type]
-                "tokens_per_second": g.get("tokens"),  # type: ignore[dict-item]
+                "latency_mean_seconds": _ratio(g.get("duration_sum"), g.get("duration_count")),
+                "cost_per_request_dollars": _ratio(g.get("cost"), total),
+                "cost_burn_dollars_per_hour": (g["cost"] * 3600.0 if "cost" in g else None),
+                "quality_mean": _ratio(g.get("quality_sum"), g.get("quality_count")),
+                "tokens_per_second": g.get("tokens"),
             }
-            buckets: Dict[str, float] = g.get("buckets", {})  # type: ignore[assignment]
+            buckets: Dict[str, float] = g.get("buckets", {})
             pairs = [(bound, rate) for le, rate in buckets.items() if (bound := _bucket_bound(le)) is not None]
             if pairs:
                 for q, name in ((0.5, "latency_p50_seconds"), (0.95, "latency_p95_seconds"),
                                 (0.99, "latency_p99_seconds")):
                     out[name] = histogram_quantile(q, pairs)
             for name, value in out.items():
-                values.set(name, labels, value)  # NaN and ±Inf are dropped: no data
+                values.set(name, level_labels, value)  # NaN and ±Inf are dropped: no data

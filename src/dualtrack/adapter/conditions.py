@@ -470,7 +470,9 @@ def parse_expression(text: str) -> Node:
             raise err.orig_exc from None
         raise ConditionError(f"cannot parse: {err.orig_exc}") from err
     except UnexpectedCharacters as err:
-        raise ConditionError(f"unexpected character {text[err.pos_in_stream]!r}", err.column) from err
+        where = err.pos_in_stream
+        found = repr(text[where]) if where is not None and 0 <= where < len(text) else "input"
+        raise ConditionError(f"unexpected character {found}", err.column) from err
     except UnexpectedEOF as err:
         raise ConditionError("the condition ends too early") from err
     except UnexpectedToken as err:

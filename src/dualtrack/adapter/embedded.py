@@ -60,10 +60,17 @@ class RequestWindows(Protocol):
     def paths_and_classes(self) -> Sequence[Tuple[str, str]]: ...
 
 
+class MachineReading(MachineState, Protocol):
+    """A machine reading as the signals read it (``exporter.readings.ResourceSnapshot``)."""
+
+    @property
+    def gpu_utilization_ratio(self) -> Optional[float]: ...
+
+
 class MachineMonitor(Protocol):
     """Where machine readings come from (``exporter.monitor.ResourceMonitor``, the simulator's machine)."""
 
-    def snapshot(self) -> Optional[MachineState]: ...
+    def snapshot(self) -> Optional[MachineReading]: ...
 
 
 def _request_signals(records: Sequence[RequestRecord], span: float) -> Dict[str, Optional[float]]:
@@ -97,7 +104,7 @@ class EmbeddedSource:
     name = "embedded"
 
     def __init__(self, config: OptimizationConfig, collector: RequestWindows,
-                 snapshot: Callable[[], Optional[MachineState]], *, in_flight: Callable[[], int] = lambda: 0,
+                 snapshot: Callable[[], Optional[MachineReading]], *, in_flight: Callable[[], int] = lambda: 0,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self.collector = collector

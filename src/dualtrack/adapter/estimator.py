@@ -180,8 +180,8 @@ class Estimator:
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
         for c in self.classes:
             rate = sum(fresh[t][c].calls for t in TRACKS) / interval_seconds
-            old = self.arrivals.get(c)
-            self.arrivals[c] = rate if old is None else s.decay * old + (1 - s.decay) * rate
+            previous = self.arrivals.get(c)
+            self.arrivals[c] = rate if previous is None else s.decay * previous + (1 - s.decay) * rate
         for track in TRACKS:
             state = self.tracks[track]
             what = self._detect_track_change(track, fresh[track])

@@ -104,9 +104,9 @@ def value_queries(estimator: Estimator, spec: ObjectiveSpec) -> Tuple[List[Valua
     # What a query costs on the API, per class: per successful call (failures are not billed).
     api_cost: Dict[str, float] = {}
     for c in estimator.classes:
-        t = estimator.tally("api", c)
-        if t.successes > 0:
-            api_cost[c] = t.cost / t.successes
+        api = estimator.tally("api", c)
+        if api.successes > 0:
+            api_cost[c] = api.cost / api.successes
     cost_norm = 0.0
     if total > 0 and api_cost:
         known = {c: api_cost[c] for c in api_cost}

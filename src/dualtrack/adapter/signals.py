@@ -23,7 +23,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..vocabulary import PATHS
 from ..constraints import CONSTRAINTS
@@ -247,7 +247,7 @@ class Catalog:
     def __getitem__(self, name: str) -> Signal:
         return self._signals[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Signal]:
         return iter(self._signals.values())
 
     def names(self) -> List[str]:

@@ -132,7 +132,7 @@ class Strategy:
 
 
 _VALIDATOR = load_validator("strategy.schema.json")
-STRATEGY_SCHEMA: Dict[str, Any] = _VALIDATOR.schema
+STRATEGY_SCHEMA: Dict[str, Any] = dict(_VALIDATOR.schema)  # type: ignore[arg-type]  # a dict: load_validator's
 _PREFERENCE_NAMES = f"is not a preference ({', '.join(ROUTING_NAMES)})"
 
 
@@ -252,7 +252,7 @@ class _Compiler:
         rules: List[Rule] = []
         seen: Dict[str, int] = {}
         for index, entry in enumerate(data.get("rules") or []):
-            path = ("rules", index)
+            path: Tuple[Any, ...] = ("rules", index)
             rule_name = entry["name"]
             if rule_name in seen:
                 raise self.fail(path + ("name",), f"rule name {rule_name!r} is already used by rules[{seen[rule_name]}]")
@@ -284,7 +284,7 @@ class _Compiler:
             md = data["modes"]
             choices = []
             for index, entry in enumerate(md["select"]):
-                path = ("modes", "select", index)
+                path = ("modes", "select", index)  # same type as a rule's path
                 hold = self.duration(entry.get("for"), path + ("for",))
                 choices.append(ModeChoice(
                     entry["use"], self.condition(entry["when"], path + ("when",)),

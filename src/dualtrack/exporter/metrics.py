@@ -73,7 +73,7 @@ class LabelFolder:
         return OTHER
 
 
-class _LazyChildren(dict):  # type: ignore[type-arg]
+class _LazyChildren(Dict[str, object]):
     """outcome -> bound counter child, created on first use."""
 
     def __init__(self, counter: Counter, labels: Tuple[str, str]) -> None:

@@ -45,7 +45,7 @@ class QueryClassifier:
         self._known = frozenset(self.classes)
         self._bounds: Sequence[int] = config.query_class_boundaries_tokens
         self._custom = config.query_classifier
-        self._fold = fold or (lambda v: v if v in self._known else "other")  # type: ignore[operator]
+        self._fold = fold or (lambda v: v if v in self._known else "other")
         self._long = self._bounds[-1] if self._bounds else 2048
 
     def classify(self, query: str, context: Optional[Mapping[str, Any]] = None) -> str:
