@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
 import pytest
 
-from support.fakehttp import FakeHTTPServer
-from support.net import free_port as _free_port
-from support.prometheus import PrometheusServer
+# No test reaches anything but loopback: litellm would fetch its price map from
+# GitHub at import unless told to use the copy it ships.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from support.fakehttp import FakeHTTPServer  # noqa: E402
+from support.net import free_port as _free_port  # noqa: E402
+from support.prometheus import PrometheusServer  # noqa: E402
 
 # --------------------------------------------------------------------------- net
 

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
 from dualtrack.adapter.loop import AdapterMetrics
+from dualtrack.integrations.litellm import LiteLLMMetrics
 from dualtrack.preferences import PreferencesReader, Preferences, write_preferences
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
@@ -39,6 +40,7 @@ def test_every_exported_metric_is_documented(tmp_path):
     file = tmp_path / "p.json"
     write_preferences(file, Preferences.defaults())
     PreferencesReader(file, registry=registry).current()
+    LiteLLMMetrics.for_registry(registry)  # the LiteLLM integration's own series
 
     names = _names(registry)
     assert len(names) > 60

@@ -1,0 +1,473 @@
+"""dualtrack.integrations.litellm against a real litellm.Router whose deployments answer with
+``mock_response``: no network (every socket is held to loopback), LiteLLM's bundled price map."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+# Before litellm is imported: otherwise it fetches its price map from GitHub.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# `make test` installs the litellm extra: a missing litellm is a failure here, not a skip.
+import litellm  # noqa: E402
+
+from litellm import Router  # noqa: E402
+from litellm.router import Deployment, LiteLLM_Params  # noqa: E402
+from litellm.router_api import ChangeSet  # noqa: E402
+
+from dualtrack import (  # noqa: E402
+    DualTrackOptimizer,
+    OptimizationConfig,
+    Preferences,
+    ResourceConstraints,
+    Routing,
+)
+from dualtrack.integrations.litellm import (  # noqa: E402
+    DualTrackLiteLLM,
+    deployment_track,
+    infer_track,
+    instrument,
+    is_loopback,
+    outcome_of,
+)
+from dualtrack.preferences import write_preferences  # noqa: E402
+from dualtrack.router.policy import RoutingPolicy  # noqa: E402
+from dualtrack.vocabulary import PARALLEL_NEVER  # noqa: E402
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+OPENAI_ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "finish_reason": "stop",
+                              "message": {"role": "assistant", "content": "served here"}}],
+                 "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+# --------------------------------------------------------------------------- no network
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection or name lookup beyond this machine fails the test that makes it."""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not ipaddress.ip_address(address[0]).is_loopback:
+            raise AssertionError(f"a test tried to reach {address!r}")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in (None, "localhost") and not is_loopback(f"//{host}"):
+            raise AssertionError(f"a test tried to resolve {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_prefs(path: Path, *, local_bias: float, parallel_threshold: float = PARALLEL_NEVER,
+                timeouts: Optional[Dict[str, float]] = None) -> None:
+    now = time.time()
+    prefs = Preferences(generated_at=now, valid_until=now + 3600, strategy="test", source="static",
+                        routing=Routing(local_bias=local_bias, parallel_threshold=parallel_threshold),
+                        timeouts_seconds=dict(timeouts or {"local": 20.0, "api": 20.0, "parallel": 20.0}))
+    write_preferences(path, prefs)
+
+
+def force(optimizer: DualTrackOptimizer, path: Path, **prefs: Any) -> None:
+    """Write preferences and make the optimizer read them now."""
+    write_prefs(path, **prefs)
+    optimizer.adapt_now()
+
+
+Record = Tuple[str, str, Dict[str, Any], bool, Optional[str]]
+
+
+class Setup:
+    def __init__(self, tmp_path: Path) -> None:
+        self.prefs = tmp_path / "preferences.json"
+        write_prefs(self.prefs, local_bias=1.0)
+        # A sync call's completion is recorded on LiteLLM's logging threads a little after the call
+        # returns; a slow first call can leave a few counted in flight, and the default concurrency
+        # limit (4) would then steer calls away from local. These tests are about the preferences.
+        self.optimizer = DualTrackOptimizer(OptimizationConfig(
+            preferences_file=str(self.prefs), enable_resource_monitoring=False,
+            constraints=ResourceConstraints(max_concurrent_requests=1000)))
+        self.records: List[Record] = []
+        real = self.optimizer.record_request_completion
+
+        def record(rid: str, path: str, result: Dict[str, Any], success: bool = True,
+                   error_type: Optional[str] = None) -> None:
+            self.records.append((rid, path, dict(result), success, error_type))
+            real(rid, path, result, success, error_type)
+
+        self.optimizer.record_request_completion = record  # type: ignore[method-assign]
+        self.handles: List[DualTrackLiteLLM] = []
+
+    def instrument(self, router: Any, **options: Any) -> DualTrackLiteLLM:
+        options.setdefault("policy", RoutingPolicy(self.optimizer, floor=0.0))
+        handle = instrument(router, self.optimizer, **options)
+        self.handles.append(handle)
+        return handle
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.optimizer.registry.get_sample_value(name, labels) or 0.0
+
+    def calls(self, path: str, outcome: str = "success") -> float:
+        return self.value("dualtrack_requests_total", path=path, query_class="short", outcome=outcome)
+
+    def drain(self) -> None:
+        for handle in self.handles:
+            assert handle.drain(10), "a LiteLLM call was never recorded"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(tmp_path)
+    yield s
+    for handle in s.handles:
+        handle.close()
+
+
+def chat_group(local: Any = "local answer", api: Any = "api answer", **local_params: Any) -> List[Dict[str, Any]]:
+    """A model group ``chat`` with one local (inferred from ollama/) and one API deployment."""
+    return [
+        {"model_name": "chat", "litellm_params": {"model": "ollama/llama3.1:8b", "mock_response": local,
+                                                  **local_params}},
+        {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                  "mock_response": api}},
+    ]
+
+
+def answer(response: Any) -> str:
+    return response.choices[0].message.content
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_forced_preferences_route_every_sync_and_async_call(setup: Setup) -> None:
+    router = Router(model_list=chat_group())
+    setup.instrument(router)
+
+    async def async_calls(n: int) -> List[str]:
+        answers = [answer(await router.acompletion(model="chat", messages=MESSAGES)) for _ in range(n)]
+        await setup.handles[0].adrain(5)
+        return answers
+
+    assert {answer(router.completion(model="chat", messages=MESSAGES)) for _ in range(6)} == {"local answer"}
+    assert set(asyncio.run(async_calls(6))) == {"local answer"}
+    setup.drain()
+    assert (setup.calls("local"), setup.calls("api")) == (12, 0)
+
+    force(setup.optimizer, setup.prefs, local_bias=0.0)
+    assert {answer(router.completion(model="chat", messages=MESSAGES)) for _ in range(6)} == {"api answer"}
+    assert set(asyncio.run(async_calls(6))) == {"api answer"}
+    setup.drain()
+    assert (setup.calls("local"), setup.calls("api")) == (12, 12)
+    assert setup.value("dualtrack_requests_in_flight") == 0
+    # tokens from usage, cost from LiteLLM's response_cost (gpt-4o-mini is in its bundled price map)
+    assert setup.value("dualtrack_tokens_total", path="api", query_class="short", model="openai/gpt-4o-mini",
+                       direction="output") > 0
+    assert setup.value("dualtrack_cost_dollars_total", path="api", query_class="short",
+                       model="openai/gpt-4o-mini") > 0
+
+
+def test_filter_mode_steers_async_calls_and_records_sync_ones(setup: Setup) -> None:
+    router = Router(model_list=chat_group())
+    handle = setup.instrument(router, routing="filter")
+    force(setup.optimizer, setup.prefs, local_bias=0.0)
+
+    async def calls() -> List[str]:
+        answers = [answer(await router.acompletion(model="chat", messages=MESSAGES)) for _ in range(6)]
+        await handle.adrain(5)
+        return answers
+
+    assert set(asyncio.run(calls())) == {"api answer"}
+    for _ in range(4):  # LiteLLM runs deployment filters on async calls only: recorded, not steered
+        router.completion(model="chat", messages=MESSAGES)
+    setup.drain()
+    assert setup.calls("api") + setup.calls("local") == 10
+    assert setup.calls("api") >= 6
+
+
+def test_a_deployment_added_at_run_time_is_routed_and_recorded(setup: Setup) -> None:
+    router = Router(model_list=chat_group()[:1])  # local only: not steered
+    setup.instrument(router)
+    force(setup.optimizer, setup.prefs, local_bias=0.0)
+    assert answer(router.completion(model="chat", messages=MESSAGES)) == "local answer"
+    router.apply(ChangeSet(upsert=[Deployment(model_name="chat", litellm_params=LiteLLM_Params(
+        model="openai/gpt-4o-mini", api_key="sk-test", mock_response="api answer"))]))
+    assert answer(router.completion(model="chat", messages=MESSAGES)) == "api answer"  # now dual-track
+    setup.drain()
+    assert (setup.calls("local"), setup.calls("api")) == (1, 1)
+
+
+def test_parallel_in_the_routing_hook_takes_one_track_and_is_counted(setup: Setup) -> None:
+    router = Router(model_list=chat_group())
+    setup.instrument(router)
+    force(setup.optimizer, setup.prefs, local_bias=1.0, parallel_threshold=0.0)
+    for _ in range(3):
+        assert answer(router.completion(model="chat", messages=MESSAGES)) == "local answer"
+    setup.drain()
+    assert setup.value("dualtrack_litellm_parallel_single_track_total") == 3
+    assert setup.calls("local") == 3
+
+
+def test_parallel_races_both_tracks_and_cancels_the_loser(setup: Setup, fake_http: Any) -> None:
+    # The local deployment is a slow OpenAI-compatible server on loopback (inferred local);
+    # the API deployment answers after 0.3 s. The race returns the API answer and cancels the local call.
+    fake_http.respond(200, OPENAI_ANSWER, delay=5)
+    router = Router(model_list=[
+        {"model_name": "chat", "litellm_params": {"model": "openai/local-model", "api_key": "none",
+                                                  "api_base": fake_http.url + "/v1"}},
+        {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                  "mock_response": "api answer", "mock_delay": 0.3},
+         "model_info": {"dualtrack_track": "api"}},
+    ])
+    handle = setup.instrument(router)
+    force(setup.optimizer, setup.prefs, local_bias=1.0, parallel_threshold=0.0)
+
+    async def race() -> str:
+        started = time.monotonic()
+        text = answer(await handle.acompletion(model="chat", messages=MESSAGES))
+        assert time.monotonic() - started < 3, "the race waited for the slow track"
+        assert await handle.adrain(5)
+        return text
+
+    assert asyncio.run(race()) == "api answer"
+    outcomes = {(path, result["outcome"]) for _, path, result, _, _ in setup.records}
+    assert outcomes == {("api", "success"), ("local", "cancelled"), ("parallel", "success")}
+    assert len(setup.records) == 3
+    assert setup.calls("parallel") == 1
+    assert len(fake_http.requests) == 1  # the local leg was really sent before it was cancelled
+
+
+def test_a_retry_goes_to_the_other_track_and_is_counted(setup: Setup) -> None:
+    router = Router(model_list=chat_group(local="litellm.InternalServerError"), num_retries=1, retry_after=0)
+    setup.instrument(router)
+    assert answer(router.completion(model="chat", messages=MESSAGES)) == "api answer"
+    setup.drain()
+    assert [(r[1], r[2]["outcome"], r[4]) for r in setup.records] == [("local", "error", "unavailable"),
+                                                                     ("api", "success", None)]
+    assert setup.value("dualtrack_litellm_retries_total", path="api") == 1
+
+
+def test_fallbacks_are_counted(setup: Setup) -> None:
+    router = Router(model_list=[
+        {"model_name": "chat", "litellm_params": {"model": "ollama/llama3.1:8b",
+                                                  "mock_response": "litellm.InternalServerError"}},
+        {"model_name": "backup", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                    "mock_response": "backup answer"}},
+    ], num_retries=0, fallbacks=[{"chat": ["backup"]}])
+    setup.instrument(router)
+    assert answer(router.completion(model="chat", messages=MESSAGES)) == "backup answer"
+    setup.drain()
+    assert (setup.calls("local", "error"), setup.calls("api")) == (1, 1)
+    assert setup.value("dualtrack_litellm_fallbacks_total", path="api") == 1
+    assert setup.value("dualtrack_litellm_retries_total", path="api") == 0
+
+
+def test_failures_and_rate_limits_are_recorded_with_their_outcome(setup: Setup) -> None:
+    router = Router(model_list=[
+        {"model_name": "limited", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                     "mock_response": "litellm.RateLimitError"}},
+        {"model_name": "down", "litellm_params": {"model": "ollama/llama3.1:8b",
+                                                  "mock_response": "litellm.InternalServerError"}},
+        {"model_name": "refused", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                     "mock_response": "Exception: content_filter_policy"}},
+    ], num_retries=0)
+    setup.instrument(router)
+    expected = {"limited": litellm.RateLimitError, "down": litellm.InternalServerError,
+                "refused": litellm.BadRequestError}
+    for group, error in expected.items():
+        with pytest.raises(error):
+            router.completion(model=group, messages=MESSAGES)
+    setup.drain()
+    assert sorted((r[1], r[2]["outcome"], r[3], r[4]) for r in setup.records) == [
+        ("api", "error", False, "error"), ("api", "error", False, "rate_limited"),
+        ("local", "error", False, "unavailable")]
+    assert (setup.calls("api", "error"), setup.calls("local", "error")) == (2, 1)
+    errors = setup.optimizer.get_optimization_status()["metrics"]["by_path"]["api"]["error_types"]
+    assert errors == {"rate_limited": 1, "error": 1}
+
+
+def test_timeouts_come_from_the_recommendation(setup: Setup) -> None:
+    # mock_timeout sleeps for the call's timeout, then raises LiteLLM's Timeout.
+    router = Router(model_list=chat_group(mock_timeout=True), num_retries=0, timeout=5)
+    setup.instrument(router, policy=RoutingPolicy(setup.optimizer, floor=0.0, fallback=False))
+    force(setup.optimizer, setup.prefs, local_bias=1.0, timeouts={"local": 0.3, "api": 20.0, "parallel": 20.0})
+    for call in (lambda: router.completion(model="chat", messages=MESSAGES),
+                 lambda: asyncio.run(router.acompletion(model="chat", messages=MESSAGES))):
+        started = time.monotonic()
+        with pytest.raises(litellm.Timeout):
+            call()
+        assert 0.25 <= time.monotonic() - started < 3
+    started = time.monotonic()
+    with pytest.raises(litellm.Timeout):  # the caller's own timeout wins
+        router.completion(model="chat", messages=MESSAGES, timeout=0.05)
+    assert time.monotonic() - started < 0.25
+    # the deployment filter sets it in LiteLLM's pre-call deployment hook
+    filtered = Router(model_list=chat_group(mock_timeout=True), num_retries=0, timeout=5)
+    setup.instrument(filtered, routing="filter", policy=RoutingPolicy(setup.optimizer, floor=0.0, fallback=False))
+    started = time.monotonic()
+    with pytest.raises(litellm.Timeout):
+        asyncio.run(filtered.acompletion(model="chat", messages=MESSAGES))
+    assert 0.25 <= time.monotonic() - started < 3
+    setup.drain()
+    assert [(r[1], r[2]["outcome"]) for r in setup.records] == [("local", "timeout")] * 4
+
+
+def test_a_stream_records_its_time_to_first_token(setup: Setup) -> None:
+    router = Router(model_list=chat_group())
+    handle = setup.instrument(router)
+    chunks = list(router.completion(model="chat", messages=MESSAGES, stream=True))
+    assert chunks
+
+    async def stream() -> None:
+        response = await router.acompletion(model="chat", messages=MESSAGES, stream=True)
+        async for _ in response:
+            pass
+        await handle.adrain(5)
+
+    asyncio.run(stream())
+    setup.drain()
+    assert setup.calls("local") == 2
+    assert setup.value("dualtrack_litellm_time_to_first_token_seconds_count", path="local",
+                       query_class="short") == 2
+
+
+def test_litellm_completion_without_a_router_is_recorded(setup: Setup, fake_http: Any) -> None:
+    setup.instrument(None)
+    litellm.completion(model="ollama/llama3.1:8b", messages=MESSAGES, mock_response="a")
+    litellm.completion(model="openai/gpt-4o-mini", api_key="sk-test", messages=MESSAGES, mock_response="b")
+    # an OpenAI-compatible server on loopback is local (a mock would not carry its api_base)
+    fake_http.respond(200, OPENAI_ANSWER)
+    litellm.completion(model="openai/served-here", api_key="none", api_base=fake_http.url + "/v1",
+                       messages=MESSAGES)
+    setup.drain()
+    assert (setup.calls("local"), setup.calls("api")) == (2, 1)
+
+
+def test_an_unknown_model_fails_as_it_does_without_dualtrack(setup: Setup) -> None:
+    router = Router(model_list=chat_group(), num_retries=0)
+    setup.instrument(router)
+    with pytest.raises(litellm.BadRequestError):
+        router.completion(model="no-such-group", messages=MESSAGES)
+
+
+def test_one_recorder_per_optimizer_and_close_stops_recording(setup: Setup) -> None:
+    first, second = Router(model_list=chat_group()), Router(model_list=chat_group())
+    one, two = setup.instrument(first), setup.instrument(second)
+    assert one.recorder is two.recorder
+    first.completion(model="chat", messages=MESSAGES)
+    second.completion(model="chat", messages=MESSAGES)
+    setup.drain()
+    assert setup.calls("local") == 2  # each call once, not once per handle
+    one.close()
+    two.close()
+    assert one.recorder not in litellm.callbacks
+    first.completion(model="chat", messages=MESSAGES)
+    time.sleep(0.2)
+    assert setup.calls("local") == 2
+
+
+# --------------------------------------------------------------------------- tracks and outcomes
+
+
+def test_track_inference() -> None:
+    assert infer_track("ollama/llama3") == "local"
+    assert infer_track("ollama_chat/llama3") == "local"
+    assert infer_track("hosted_vllm/qwen") == "local"
+    assert infer_track("llamafile/x") == "local"
+    assert infer_track("lm_studio/x") == "local"
+    assert infer_track("openai/gpt-4o-mini") == "api"
+    assert infer_track("openai/x", api_base="http://127.0.0.1:8080/v1") == "local"
+    assert infer_track("openai/x", api_base="http://localhost:8080") == "local"
+    assert infer_track("openai/x", api_base="http://[::1]:8080") == "local"
+    assert infer_track("openai/x", api_base="http://10.0.0.7:8000") == "api"
+    assert infer_track("gpt-4o-mini", provider="ollama") == "local"
+    assert deployment_track({"litellm_params": {"model": "ollama/x"}, "model_info": {"dualtrack_track": "api"}}) \
+        == "api"
+    with pytest.raises(ValueError, match="dualtrack_track must be 'local' or 'api'"):
+        deployment_track({"model_name": "chat", "litellm_params": {"model": "x"},
+                          "model_info": {"dualtrack_track": "remote"}})
+
+
+def test_a_bad_tag_is_refused_at_instrument(setup: Setup) -> None:
+    router = Router(model_list=[{"model_name": "chat", "litellm_params": {"model": "openai/x", "api_key": "k"},
+                                 "model_info": {"dualtrack_track": "cloud"}}])
+    with pytest.raises(ValueError, match="'chat'"):
+        instrument(router, setup.optimizer)
+    assert not any(type(cb).__name__ == "DualTrackRecorder" for cb in litellm.callbacks)
+
+
+def test_outcome_mapping() -> None:
+    timeout = litellm.Timeout(message="t", model="m", llm_provider="openai")
+    limited = litellm.RateLimitError(message="r", model="m", llm_provider="openai")
+    assert outcome_of(timeout) == ("timeout", "timeout")
+    assert outcome_of(limited) == ("error", "rate_limited")
+    assert outcome_of(ValueError("x")) == ("error", "error")
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_the_overhead_benchmark_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "litellm_overhead.py"), "--quick", "--mode",
+                           "sync", "--rounds", "2", "--batch", "5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "of LiteLLM's routing overhead" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert figures["machine"]["litellm"] == version("litellm")
+    sync = figures["timing"]["sync"]
+    assert set(sync["wall"]["median_us"]) == {"bare", "router", "noop_logger", "dualtrack", "dualtrack_record_only"}
+    assert sync["dualtrack_recorded_calls"] > 0 and sync["hook_cpu_us"]["dualtrack"] > 0
+
+
+# --------------------------------------------------------------------------- without the extra
+
+
+def test_import_without_litellm_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m.startswith("dualtrack.integrations.litellm")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "litellm", None)  # what an uninstalled package looks like to import
+    with pytest.raises(ImportError) as info:
+        importlib.import_module("dualtrack.integrations.litellm")
+    message = str(info.value)
+    assert message == "dualtrack.integrations.litellm needs litellm: pip install 'dualtrack[litellm]'"
+    assert "\n" not in message
+
+
+def test_dualtrack_works_without_the_extras() -> None:
+    code = ("import sys; sys.modules['litellm'] = None; sys.modules['langgraph'] = None\n"
+            "import dualtrack, dualtrack.integrations, dualtrack.router.router\n"
+            "from dualtrack import DualTrackOptimizer\n"
+            "DualTrackOptimizer().get_optimization_recommendations('hi')\n"
+            "for extra in ('litellm', 'langgraph'):\n"
+            "    try:\n"
+            "        __import__('dualtrack.integrations.' + extra)\n"
+            "    except ImportError as err:\n"
+            "        print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.splitlines() == ["dualtrack.integrations.litellm needs litellm: pip install 'dualtrack[litellm]'",
+                                       "dualtrack.integrations.langgraph needs langgraph: "
+                                       "pip install 'dualtrack[langgraph]'"]
