@@ -1,7 +1,8 @@
-"""Tests for dualtrack.simulation.oracle on its own: its estimates and its choice, on hand-made states.
+"""Tests for the oracle: the greedy planner on hand-made states, the hindsight search, and the
+reported reference's soundness on a sample of random scenarios.
 
-The oracle reads a running simulation only through ``SimulationState``; here
-that state is a small object built from a scenario, so each test sets the
+The greedy planner reads a running simulation only through ``SimulationState``;
+here that state is a small object built from a scenario, so each test sets the
 situation (an outage, a weak local model, the spend rate) directly.
 """
 
@@ -14,7 +15,20 @@ from typing import Any, Dict
 import pytest
 
 from dualtrack.config import OptimizationConfig
-from dualtrack.simulation import OBJECTIVE, OraclePlanner, Scenario
+from dualtrack.simulation import (
+    GRID_LEVELS,
+    OBJECTIVE,
+    OraclePlanner,
+    Scenario,
+    Simulation,
+    SplitEvaluator,
+    choose_oracle,
+    compute_reference,
+    generate_scenario,
+    perclass_policy,
+    search_split,
+)
+from dualtrack.simulation.hindsight import choose_method
 from dualtrack.simulation.models import ApiModelSim, Call, Draws, LocalModelSim
 from dualtrack.simulation.oracle import BUDGET_WINDOW_SECONDS, SimulationState
 from dualtrack.simulation.workload import QuerySpec, Request, Workload
@@ -173,46 +187,128 @@ def test_a_local_model_below_the_quality_floor_for_a_class_sends_that_class_to_t
 # ------------------------------------------------------------------ the budget
 
 
-def budget_state(budget: float, spend: float, **changes: Any) -> State:
+def budget_state(budget: float, spend: float = 0.0, **changes: Any) -> State:
     s = state(build(constraints={**CONSTRAINTS, "max_cost_per_hour": budget}, **changes))
     s.spend_per_hour = spend
     return s
 
 
-def test_the_budget_penalty_grows_as_spend_nears_the_budget() -> None:
-    budget = 10.0
-    penalties = [oracle(budget_state(budget, spend)).estimate("api", "long")["penalty"]
-                 for spend in (0.0, 5.0, 8.0, 9.5, budget)]
-    assert penalties[0] > 0.0
-    assert all(a < b for a, b in zip(penalties, penalties[1:], strict=False)), penalties
+# the local model answers long queries below the quality floor: the API is worth paying for them
+WEAK_LONG = {"local": {"quality": {"short": 0.88, "long": 0.5}}}
 
-    # By hand: one query raises the burn rate by cost/window for a window's time;
-    # it is charged the violation time that bump may cause, at most a whole window.
-    s = budget_state(budget, 8.0)
+
+def api_spend_per_hour(o: OraclePlanner, s: State, query_class: str) -> float:
+    """What sending every query of the class to the API costs per hour, by the oracle's estimates."""
+    shares = s.params["workload"]["share"]
+    api = o.estimate("api", query_class)
+    return (s.params["workload"]["rate"] * shares[query_class] / sum(shares.values())
+            * api["cost"] * (1.0 - api["fail"]) * 3600.0)
+
+
+def test_the_budget_is_no_per_query_penalty() -> None:
+    # Whether one query tips spend over the budget depends on all the others: it is planned, not charged.
+    for spend in (0.0, 9.5, 10.0, 100.0):
+        assert oracle(budget_state(10.0, spend)).estimate("api", "long")["penalty"] == 0.0
+    assert oracle(state(build())).budget_plan() == {"short": 1.0, "long": 1.0}
+    assert oracle(budget_state(1000.0, models=WEAK_LONG)).budget_plan() == {"short": 1.0, "long": 1.0}
+
+
+def test_a_tight_budget_funds_the_class_that_gains_most_per_dollar() -> None:
+    s = budget_state(10.0, models=WEAK_LONG)
     o = oracle(s)
-    cost = o.estimate("api", "long")["cost"]
-    bump = cost / BUDGET_WINDOW_SECONDS * 3600.0
-    assert bump < budget - 8.0
-    rate = s.workload.state["workload"]["rate"]
-    assert o.estimate("api", "long")["penalty"] == pytest.approx(
-        OBJECTIVE.compliance * BUDGET_WINDOW_SECONDS * bump / (budget - 8.0) * rate)
-    # at the budget, a whole window of violation
-    assert penalties[-1] == pytest.approx(OBJECTIVE.compliance * BUDGET_WINDOW_SECONDS * rate)
-    # far above the budget one more query changes little
-    assert oracle(budget_state(budget, 100.0)).estimate("api", "long")["penalty"] < penalties[-1] / 10
+    assert o.choose("long")[0] == "api" and o.choose("short")[0] == "local"  # without a budget
+    spend_long = api_spend_per_hour(o, s, "long")
+    assert spend_long > 10.0  # all long queries on the API would break the budget
+    plan = o.budget_plan()
+    assert plan["short"] == 1.0  # goes local anyway: nothing to fund
+    assert plan["long"] == pytest.approx(0.95 * 10.0 / spend_long)  # what 95% of the budget pays for
+
+    # the plan spreads the funded share evenly over the long queries the API would serve
+    spec = QuerySpec(60.0, "long", 3000, 300, 0.5, None)  # type: ignore[arg-type]
+    tracks = [o.plan(Request(f"r{i}", spec, 60.0)).path for i in range(40)]
+    assert tracks.count("api") == int(40 * plan["long"])
+    assert "api api" not in " ".join(tracks)  # never two in a row at a share below one half
 
 
-def test_no_budget_no_penalty_and_local_never_pays_it() -> None:
-    assert oracle(state(build())).estimate("api", "long")["penalty"] == 0.0
-    assert oracle(budget_state(10.0, 10.0)).estimate("local", "long")["penalty"] == 0.0
+def test_measured_spend_over_the_budget_makes_the_plan_aim_lower() -> None:
+    s = budget_state(10.0, spend=0.0, models=WEAK_LONG)
+    s.now = 2 * BUDGET_WINDOW_SECONDS  # a full window of spend measured
+    calm = oracle(s).budget_plan()["long"]
+    s.spend_per_hour = 20.0  # the estimates ran over: spend is twice the budget
+    assert oracle(s).budget_plan()["long"] == pytest.approx(calm * 0.5)
 
 
-def test_spend_at_the_budget_tips_a_class_from_the_api_to_local() -> None:
-    # Only long queries, on a slow local model that is good enough but seldom
-    # within the target: the API is worth its price until spend reaches the budget.
-    long_only = {"classes": {"short": {**BASE["workload"]["classes"]["short"], "share": 0.0},
-                             "long": BASE["workload"]["classes"]["long"]}}
-    slow = {"local": {"quality": {"short": 0.85, "long": 0.72}, "decode_tokens_per_second": 40}}
-    assert oracle(state(build(workload=long_only, models=slow))).choose("long")[0] == "api"
-    assert oracle(budget_state(1000.0, 0.0, workload=long_only, models=slow)).choose("long")[0] == "api"
-    assert oracle(budget_state(1000.0, 1000.0, workload=long_only, models=slow)).choose("long")[0] == "local"
+def test_breaking_the_budget_when_the_api_is_worth_more_than_compliance() -> None:
+    # Mostly long queries and a budget that pays for a sliver of them: keeping it would lose more
+    # useful answers than the whole compliance term is worth, so the oracle spends.
+    mostly_long = {"classes": {"short": {**BASE["workload"]["classes"]["short"], "share": 0.1},
+                               "long": {**BASE["workload"]["classes"]["long"], "share": 0.9}}}
+    s = budget_state(0.5, workload=mostly_long, models=WEAK_LONG)
+    o = oracle(s)
+    e = {t: o.estimate(t, "long") for t in ("local", "api")}
+    gap = o.score("api", "long", e) - o.score("local", "long", e)
+    funded = 0.95 * 0.5 / api_spend_per_hour(o, s, "long")
+    assert 0.9 * gap * (1.0 - funded) > OBJECTIVE.compliance
+    assert o.budget_plan() == {"short": 1.0, "long": 1.0}
+
+
+# ------------------------------------------------------------------ the reported oracle: sound by construction
+
+
+@pytest.mark.parametrize("seed, index", [(7, 0), (7, 1), (8, 2)])
+def test_the_reference_is_at_least_every_static_on_random_scenarios(seed: int, index: int) -> None:
+    # short versions of generated scenarios (6-9 minutes), the coarse grid searched in full
+    scenario = generate_scenario(seed, index).time_scaled(0.2)
+    ref = compute_reference(scenario, levels=(0.0, 0.5, 1.0), method="grid")
+    candidates = ref.candidates()
+    assert ref.objective == max(v for v in candidates.values() if v is not None)
+    assert ref.result.summary["objective"] == ref.objective
+    assert ref.source == choose_oracle(candidates)
+    statics = {name: r.summary["objective"] for name, r in ref.statics.items()}
+    assert set(statics) == {"all_local", "all_api", "fixed_50_50"}
+    assert all(ref.objective >= v for v in statics.values()), (ref.source, candidates, statics)
+    # the hindsight split is the best of the whole grid, the statics' uniform splits among them
+    assert ref.hindsight.method == "grid" and len(ref.hindsight.scores) == 27
+    assert ref.hindsight.objective == max(ref.hindsight.scores.values()) >= max(statics.values())
+    assert ref.hindsight_result.summary["objective"] == ref.hindsight.objective
+    if scenario.timeline:
+        assert ref.schedule is not None and len(ref.schedule.segments) == len({e.at for e in scenario.timeline}) + 1
+    else:
+        assert ref.schedule is None
+
+
+def test_a_tie_between_candidates_goes_to_the_greedy_planner_then_the_schedule() -> None:
+    assert choose_oracle({"greedy": 0.8, "split_schedule": 0.8, "perclass_hindsight": 0.8}) == "greedy"
+    assert choose_oracle({"greedy": 0.7, "split_schedule": 0.8, "perclass_hindsight": 0.8}) == "split_schedule"
+    assert choose_oracle({"greedy": 0.7, "split_schedule": None, "perclass_hindsight": 0.8}) == "perclass_hindsight"
+    with pytest.raises(ValueError):
+        choose_oracle({})
+
+
+def known_best() -> Scenario:
+    """Two classes with an obvious best split: ``short`` local (free, fast, as good), ``long`` on the API
+    (local answers it far below the quality floor). Light load: the local model never queues."""
+    return build(duration="3m", workload={"rate": 1.0}, models={
+        "local": {"quality": {"short": 0.9, "long": 0.3}},
+        "api": {"quality": {"short": 0.9, "long": 0.9}}})
+
+
+@pytest.mark.parametrize("method", ["grid", "descent"])
+def test_the_hindsight_search_finds_the_known_best_split(method: str) -> None:
+    evaluator = SplitEvaluator(known_best())
+    found = search_split(evaluator, (0.0, 0.25, 0.5, 0.75, 1.0), method=method)
+    assert found.split == {"short": 1.0, "long": 0.0}
+    assert found.method == method
+    assert found.objective == max(evaluator.scores.values())
+    if method == "descent":
+        assert found.evaluated < found.grid_size
+    # the search is over the same runs a user gets
+    direct = Simulation(known_best(), perclass_policy(found.split)).run().summary["objective"]
+    assert direct == found.objective
+
+
+def test_auto_searches_the_full_grid_when_it_is_small() -> None:
+    evaluator = SplitEvaluator(known_best())
+    assert choose_method(evaluator, GRID_LEVELS) == "grid"  # 25 splits x a few hundred queries
+    with pytest.raises(ValueError, match="method"):
+        choose_method(evaluator, GRID_LEVELS, "random")

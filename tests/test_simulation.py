@@ -16,8 +16,22 @@ from prometheus_client import CollectorRegistry
 from dualtrack.bundled import bundled_dir
 from dualtrack.clock import VirtualClock
 from dualtrack.errors import ConfigError
-from dualtrack.simulation import (OBJECTIVE, ApiModelSim, Call, Draws, LocalModelSim, Scenario, SimulatedMachine,
-                                  Simulation, load_scenario, scenario_names)
+from dualtrack.simulation import (
+    OBJECTIVE,
+    ApiModelSim,
+    Call,
+    Draws,
+    LocalModelSim,
+    QueryTape,
+    Scenario,
+    SimulatedMachine,
+    Simulation,
+    check_policy,
+    load_scenario,
+    parse_perclass,
+    perclass_policy,
+    scenario_names,
+)
 from dualtrack.simulation.scenario import LOCAL_DEFAULTS
 
 REQUIRED = {"steady", "local_thermal_throttle", "api_outage", "api_price_spike", "battery_drain", "burst_load",
@@ -428,3 +442,93 @@ def test_the_objective_is_a_weighted_sum_of_shares() -> None:
     parts: List[float] = list(OBJECTIVE.components(result.summary).values())
     assert all(0.0 <= p <= 1.0 for p in parts)
     assert result.summary["objective"] == pytest.approx(OBJECTIVE.score(result.summary), abs=1e-6)
+
+
+# ------------------------------------------------------------------ per-class splits, fast runs, forks, expect kinds
+
+
+def test_a_per_class_split_routes_each_class_with_its_share() -> None:
+    s = scenario(workload={"rate": 3})
+    sim = Simulation(s, perclass_policy({"short": 1.0, "medium": 0.0, "long": 0.5}), seed=1, keep_requests=True)
+    sim.run()
+    first = {qc: [r.calls[0].track for r in sim.requests if r.spec.query_class == qc] for qc in s.class_names}
+    assert set(first["short"]) == {"local"} and set(first["medium"]) == {"api"}
+    share = first["long"].count("local") / len(first["long"])
+    assert len(first["long"]) > 50 and 0.35 < share < 0.65
+    for req in sim.requests:  # like the statics: the router's default timeouts, one fallback, never parallel
+        assert req.plan is not None and req.plan.path in ("local", "api") and not req.plan.preempt
+        assert req.plan.fallback == ("api" if req.plan.path == "local" else "local")
+        assert req.plan.timeouts_seconds == {"local": 30.0, "api": 30.0, "parallel": 30.0}
+
+
+def test_a_uniform_split_is_the_fixed_split_to_the_last_digit() -> None:
+    s = scenario()
+    for fixed, share in (("fixed_50_50", 0.5), ("all_local", 1.0), ("all_api", 0.0)):
+        split = run(s, perclass_policy({c: share for c in s.class_names}), seed=2)
+        assert split.summary == run(s, fixed, seed=2).summary, fixed
+
+
+def test_per_class_policy_names_are_checked() -> None:
+    assert parse_perclass(perclass_policy({"short": 1, "long": 0.25})) == {"short": 1.0, "long": 0.25}
+    assert check_policy("perclass:short=1,medium=0,long=0.5") == "perclass:short=1,medium=0,long=0.5"
+    for bad in ("perclass:short=2", "perclass:short", "perclass:", "perclass:a=1,a=0"):
+        with pytest.raises(ValueError, match="per-class split"):
+            check_policy(bad)
+    with pytest.raises(ValueError, match="each query class"):
+        Simulation(scenario(), "perclass:short=1,medium=0")
+
+
+def test_runs_without_metrics_and_from_a_tape_give_the_same_figures() -> None:
+    s = outage("hang")
+    tape = QueryTape(s, 3)
+    for policy in ("fixed_50_50", "all_local", "oracle", perclass_policy({"short": 1, "medium": 0.5, "long": 0})):
+        slow = run(s, policy, seed=3).to_dict()
+        fast = run(s, policy, seed=3, record_metrics=False, tape=tape).to_dict()
+        slow.pop("wall_seconds"), fast.pop("wall_seconds")
+        assert fast == slow, policy
+    with pytest.raises(ValueError, match="record_metrics"):
+        Simulation(s, "strategy:adaptive", record_metrics=False)
+    with pytest.raises(ValueError, match="tape"):
+        Simulation(s, "all_api", seed=4, tape=tape)
+
+
+def test_a_fork_runs_on_without_touching_the_original() -> None:
+    s = outage("error")
+    policy = perclass_policy({"short": 1, "medium": 0.5, "long": 0})
+    whole = run(s, policy, seed=1, record_metrics=False)
+    sim = Simulation(s, policy, seed=1, record_metrics=False)
+    sim.run_until(90.0)
+    other = sim.fork()
+    other.planner.shares = {"short": 0.0, "medium": 0.0, "long": 0.0}  # type: ignore[attr-defined]
+    other.run_until(float("inf"))
+    assert sim.now == 90.0 and other.result().summary != whole.summary
+    sim.run_until(float("inf"))
+    assert sim.result().summary == whole.summary and sim.result().series == whole.series
+    with pytest.raises(ValueError, match="fork"):
+        Simulation(s, "all_api").fork()
+
+
+def test_expectations_are_onsets_or_recoveries() -> None:
+    recoveries = {(name, e.label) for name in scenario_names() for e in load_scenario(name).timeline
+                  if e.expect is not None and e.expect.kind == "recovery"}
+    assert ("api_outage", "API recovered") in recoveries and ("battery_drain", "plugged in") in recoveries
+    assert ("quality_drift", "the better local model is back") in recoveries
+    assert ("burst_load", "burst over") in recoveries and ("local_thermal_throttle", "cooling restored") in recoveries
+    onsets = [e for name in scenario_names() for e in load_scenario(name).timeline
+              if e.expect is not None and e.expect.kind == "onset"]
+    assert onsets and not any(e.label in ("API recovered", "plugged in", "burst over") for e in onsets)
+    result = run(outage("error"), "strategy:adaptive", seed=1, measure_reactions=True)
+    assert result.events[0]["expect"]["kind"] == "onset" and result.reactions[0]["kind"] == "onset"
+
+
+def test_a_bad_expectation_kind_names_file_line_and_field(tmp_path: Path) -> None:
+    data = base_data(timeline=[{"at": "1m", "set": {"api.outage": "error"},
+                                "expect": {"local_bias": "up", "kind": "relapse"}}])
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+    assert info.value.field == "timeline[0].expect.kind" and info.value.line is not None
+    data["timeline"][0]["expect"]["kind"] = "recovery"
+    (event,) = Scenario.from_dict(data).timeline
+    assert event.expect is not None and event.expect.kind == "recovery"

@@ -1,284 +1,381 @@
 """The adaptation benchmark: does adapting help, and how fast does it react?
 
-    results = run_suite(["api_outage"], seed=1, quick=True)
-    results["scenarios"]["api_outage"]["ranking"]     # policies, best first
+    results = run_suite(["api_outage"], quick=True)
+    results["scenarios"]["api_outage"]["ranking"]       # policies, best first
+    results = run_suite(random=40, seeds=[1], jobs=2)   # 40 scenarios drawn for seed 1
     print(format_report(results))
 
-Each scenario of the suite runs in virtual time once per policy: the
-adaptive strategy, each fixed strategy (``strategy:<name>``), the static
-policies (``all_local``, ``all_api``, ``fixed_50_50``) and the oracle. Every
-run of a scenario sees the same queries and the same random draws (the
-workload is a function of the scenario and the seed), so differences are the
-policies'. Policies are ranked by one composite objective
+Each scenario runs in virtual time once per policy: the adaptive strategy
+(and, with ``all_strategies``, each fixed strategy), the static policies
+(``all_local``, ``all_api``, ``fixed_50_50``), two per-class static splits
+-- ``perclass_steady`` (the best split on the shipped ``steady`` scenario,
+applied unchanged everywhere) and ``perclass_hindsight`` (the best split for
+this very scenario, found by running the candidates) -- and the ``oracle``
+(the best of three upper references, :mod:`dualtrack.simulation.reference`).
+Every run of a scenario sees the same queries and random draws, so the
+differences are the policies'. Policies are ranked by one objective
 (:mod:`dualtrack.simulation.objective`); reaction time is the number of
-adaptation intervals after each regime change until the preferences move in
-the direction the scenario file expects.
+adaptation intervals after each regime change until the preferences move
+the way the scenario file expects. The targets and how each figure is
+computed: :mod:`.verdicts`; the text report: :mod:`.report`; the jobs run in
+worker processes: :mod:`.jobs`.
 
-Targets (``docs/benchmarks.md``): in every scenario with a regime change the
-adaptive strategy beats the best static policy, stays within 15% of the
-oracle, and reacts to each change within two adaptation intervals.
+The shipped suite is every bundled scenario but the demo's; ``random=N``
+draws N scenarios per generator seed instead
+(:mod:`dualtrack.simulation.generator`), ``save`` writes them as scenario
+files so that any run can be replayed. Deterministic for a seed, except the
+``wall_seconds`` and ``job_seconds`` fields.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..simulation import (OBJECTIVE, ORACLE, STATIC_POLICIES, Scenario, Simulation, check_policy, load_scenario,
-                          scenario_names)
+from ..simulation import (
+    OBJECTIVE,
+    ORACLE,
+    STATIC_POLICIES,
+    Scenario,
+    check_policy,
+    choose_oracle,
+    generate_suite,
+    load_scenario,
+    perclass_policy,
+    save_scenarios,
+    scenario_names,
+)
+from ..simulation.hindsight import GRID_LEVELS, METHODS
+from ..simulation.planners import STRATEGY_PREFIX, strategy_set
+from .jobs import PERCLASS_HINDSIGHT, PERCLASS_STEADY, BaselineJob, PolicyJob, run_baselines, run_policy
+from .report import format_report, format_scenario
+from .verdicts import (
+    ADAPTIVE,
+    ORACLE_GAP_LIMIT,
+    RANDOM_TARGETS,
+    REACTION_LIMIT_INTERVALS,
+    STEADY_TOLERANCE,
+    analyse_scenario,
+    overall,
+)
 
-ADAPTIVE = "strategy:adaptive"
 FIXED_STRATEGIES: Tuple[str, ...] = ("balanced", "latency_focused", "resource_efficient", "quality_focused", "cost")
-DEFAULT_POLICIES: Tuple[str, ...] = ((ADAPTIVE,) + tuple(f"strategy:{s}" for s in FIXED_STRATEGIES)
-                                     + STATIC_POLICIES + (ORACLE,))
-QUICK_POLICIES: Tuple[str, ...] = (ADAPTIVE,) + STATIC_POLICIES + (ORACLE,)
-#: ``--quick`` runs each scenario's timeline compressed to this fraction (1 h -> 15 min).
+FIXED_STRATEGY_POLICIES: Tuple[str, ...] = tuple(STRATEGY_PREFIX + s for s in FIXED_STRATEGIES)
+BASELINE_POLICIES: Tuple[str, ...] = STATIC_POLICIES + (PERCLASS_STEADY, PERCLASS_HINDSIGHT, ORACLE)
+#: What a run compares by default: the adaptive strategy and the baselines (the fixed strategies are opt-in).
+DEFAULT_POLICIES: Tuple[str, ...] = (ADAPTIVE,) + BASELINE_POLICIES
+ALL_POLICIES: Tuple[str, ...] = (ADAPTIVE,) + FIXED_STRATEGY_POLICIES + BASELINE_POLICIES
+QUICK_POLICIES: Tuple[str, ...] = DEFAULT_POLICIES
+#: ``quick`` runs each timeline compressed to this fraction (1 h -> 15 min) ...
 QUICK_TIME_SCALE = 0.25
-#: Targets.
-ORACLE_GAP_LIMIT = 0.15
-REACTION_LIMIT_INTERVALS = 2
+#: ... and searches the per-class splits on this coarser grid.
+QUICK_LEVELS: Tuple[float, ...] = (0.0, 0.5, 1.0)
+STEADY = "steady"
 SCHEMA = "dualtrack.bench.adaptation/1"
-
-_STRATEGY_CACHE: Dict[Optional[str], Any] = {}
-
-
-def _strategies(rules_path: Optional[str]) -> Any:
-    """Rules loaded once per process (parsing them per run would dominate short runs)."""
-    if rules_path not in _STRATEGY_CACHE:
-        from ..adapter.strategy import load_strategies
-        from ..bundled import bundled_dir
-
-        _STRATEGY_CACHE[rules_path] = load_strategies(rules_path or bundled_dir("rules"))
-    return _STRATEGY_CACHE[rules_path]
+SUITES = ("shipped", "random")
 
 
-def _prepare(name: str, quick: bool) -> Scenario:
-    scenario = load_scenario(name)
+def check_bench_policy(policy: str) -> str:
+    """A policy the benchmark can run: a simulation policy, ``perclass_steady`` or ``perclass_hindsight``."""
+    if policy in (PERCLASS_STEADY, PERCLASS_HINDSIGHT):
+        return policy
+    return check_policy(policy)
+
+
+@dataclass
+class _Item:
+    """One scenario of the suite, with the seed it runs with."""
+
+    key: str
+    scenario: Scenario
+    seed: int
+    info: Dict[str, Any] = field(default_factory=dict)
+    runs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    baselines: Optional[Dict[str, Any]] = None
+
+
+def _prepare(scenario: Scenario, quick: bool) -> Scenario:
     return scenario.time_scaled(QUICK_TIME_SCALE) if quick else scenario
 
 
-def _run_one(job: Tuple[str, str, Optional[int], bool, Optional[str], bool]) -> Dict[str, Any]:
-    name, policy, seed, quick, rules_path, series = job
-    scenario = _prepare(name, quick)
-    sim = Simulation(scenario, policy, seed=seed, strategies=_strategies(rules_path), measure_reactions=True)
-    result = sim.run()
-    out = result.to_dict(series=series)
-    out["objective_components"] = {k: round(v, 6) for k, v in OBJECTIVE.components(result.summary).items()}
-    return out
+def _shipped_items(names: Sequence[str], seeds: Sequence[Optional[int]], quick: bool) -> List[_Item]:
+    items = []
+    for name in names:
+        scenario = _prepare(load_scenario(name), quick)  # validate everything before running anything
+        for seed in seeds:
+            run_seed = scenario.seed if seed is None else seed
+            key = scenario.name if len(seeds) == 1 else f"{scenario.name}@{run_seed}"
+            items.append(_Item(key, scenario, run_seed))
+    keys = [i.key for i in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError("scenarios: the same scenario twice (" + ", ".join(sorted({k for k in keys
+                                                                                     if keys.count(k) > 1})) + ")")
+    return items
+
+
+def _random_items(count: int, seeds: Sequence[int], quick: bool, save: Optional[Union[str, Path]]) -> List[_Item]:
+    drawn = generate_suite(count, seeds)
+    if save is not None:
+        save_scenarios([data for data, _ in drawn], save)
+    items = []
+    for i, (data, scenario) in enumerate(drawn):
+        seed, index = seeds[i // count], i % count
+        item = _Item(scenario.name, _prepare(scenario, quick), scenario.seed)
+        item.info["generated"] = {"seed": seed, "index": index}
+        if save is not None:
+            item.info["file"] = str(Path(save) / f"{data['name']}.yaml")
+        items.append(item)
+    return items
+
+
+def _info(item: _Item) -> Dict[str, Any]:
+    s = item.scenario
+    info = {
+        "description": s.description,
+        "duration_seconds": s.duration,
+        "adaptation_interval_seconds": s.adaptation_interval,
+        "regime_changes": len(s.timeline),
+        "seed": item.seed,
+        "events": [{"t": e.at, "label": e.label, "expect": e.expect.describe() if e.expect else None,
+                    "kind": e.expect.kind if e.expect else None} for e in s.timeline],
+    }
+    info.update(item.info)
+    return info
+
+
+def _inapplicable_reactions(scenario: Scenario) -> List[Dict[str, Any]]:
+    """What a policy without preferences reports for each expected reaction: not applicable."""
+    return [{"t": round(e.at, 6), "label": e.label, "expect": e.expect.describe(), "kind": e.expect.kind,
+             "applicable": False, "intervals": None, "published_intervals": None}
+            for e in scenario.timeline if e.expect is not None]
+
+
+Task = Tuple[Tuple[str, str], Callable[[Any], Dict[str, Any]], Any]
+
+
+def _execute(tasks: Iterable[Task], jobs: int,
+             on_done: Callable[[Tuple[str, str], Dict[str, Any]], List[Task]]) -> None:
+    """Run the tasks (in order, ``jobs`` at a time); ``on_done`` may answer with more tasks."""
+    pending: Deque[Task] = deque(tasks)
+    if jobs <= 1:
+        while pending:
+            tag, fn, job = pending.popleft()
+            pending.extend(on_done(tag, fn(job)))
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        running: Dict[Future[Dict[str, Any]], Tuple[str, str]] = {}
+        for tag, fn, job in pending:
+            running[pool.submit(fn, job)] = tag
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: running[f]):  # a fixed order for the callbacks
+                tag = running.pop(future)
+                for new_tag, fn, job in on_done(tag, future.result()):
+                    running[pool.submit(fn, job)] = new_tag
 
 
 def run_suite(scenarios: Optional[Iterable[str]] = None, policies: Optional[Iterable[str]] = None,
               seed: Optional[int] = None, *, quick: bool = False, jobs: int = 1, rules_path: Optional[str] = None,
-              series: bool = False, progress: Optional[Callable[[str, str, Dict[str, Any]], None]] = None
-              ) -> Dict[str, Any]:
+              series: bool = False, progress: Optional[Callable[[str, str, Dict[str, Any]], None]] = None,
+              random: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
+              save: Optional[Union[str, Path]] = None, all_strategies: bool = False,
+              hindsight_search: str = "auto") -> Dict[str, Any]:
     """Run every scenario with every policy; return JSON-ready results with rankings and targets.
 
-    ``scenarios``: names or files (default: every bundled scenario);
-    ``policies``: default :data:`DEFAULT_POLICIES` (:data:`QUICK_POLICIES`
-    with ``quick``); ``seed``: one seed for every scenario (default: each
-    scenario's own); ``quick``: timelines compressed to a quarter;
-    ``jobs``: worker processes; ``series``: keep every run's per-interval
-    time series in the results. Deterministic for a seed, except the
-    ``wall_seconds`` fields.
+    ``scenarios``: names or files (default: every bundled scenario but the
+    demo's); ``random``: instead, draw that many scenarios per generator
+    seed; ``seeds`` (or ``seed``): for the shipped suite, the seeds every
+    scenario runs with (default: each scenario's own), for a random suite
+    the generator seeds (default 1); ``save``: a folder to write the drawn
+    scenarios to. ``policies``: default :data:`DEFAULT_POLICIES`, plus the
+    fixed strategies with ``all_strategies``. ``quick``: timelines
+    compressed to a quarter and the coarse split grid. ``jobs``: worker
+    processes; ``series``: keep every run's per-interval time series.
+    ``hindsight_search``: ``auto``, ``grid`` or ``descent``
+    (:mod:`dualtrack.simulation.hindsight`).
     """
-    # The suite: every bundled scenario but the demo's (90 s of real time, a show, not a test).
-    names = list(scenarios) if scenarios is not None else [n for n in scenario_names() if n != "demo"]
-    chosen = [check_policy(p) for p in (policies if policies is not None else
-                                          (QUICK_POLICIES if quick else DEFAULT_POLICIES))]
-    loaded = {name: _prepare(name, quick) for name in names}  # validate everything before running anything
-    _strategies(rules_path)
-    jobs_list = [(name, policy, seed, quick, rules_path, series) for name in names for policy in chosen]
-    started = time.perf_counter()
-    runs: List[Dict[str, Any]] = []
-    if jobs > 1 and len(jobs_list) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for job, out in zip(jobs_list, pool.map(_run_one, jobs_list)):
-                runs.append(out)
-                if progress is not None:
-                    progress(job[0], job[1], out)
+    if hindsight_search not in METHODS:
+        raise ValueError(f"hindsight search: expected one of {', '.join(METHODS)}, got {hindsight_search!r}")
+    if seed is not None and seeds is not None:
+        raise ValueError("give seed or seeds, not both")
+    run_seeds: List[Optional[int]] = list(seeds) if seeds is not None else [seed]
+    if not run_seeds:
+        raise ValueError("seeds: give at least one seed")
+    chosen = list(policies) if policies is not None else list(ALL_POLICIES if all_strategies else DEFAULT_POLICIES)
+    if policies is not None and all_strategies:
+        chosen += [p for p in FIXED_STRATEGY_POLICIES if p not in chosen]
+    chosen = [check_bench_policy(p) for p in chosen]
+    if random is not None:
+        if scenarios is not None:
+            raise ValueError("give scenarios or a random suite, not both")
+        generator_seeds = [1 if s is None else int(s) for s in run_seeds]
+        items = _random_items(random, generator_seeds, quick, save)
+        suite = "random"
     else:
-        for job in jobs_list:
-            out = _run_one(job)
-            runs.append(out)
+        if save is not None:
+            raise ValueError("save: only a random suite draws scenarios to save")
+        names = list(scenarios) if scenarios is not None else [n for n in scenario_names() if n != "demo"]
+        items = _shipped_items(names, run_seeds, quick)
+        suite = "shipped"
+    strategy_policies = [p for p in chosen if p.startswith(STRATEGY_PREFIX)]
+    if strategy_policies:
+        strategy_set(rules_path)  # a bad rules file fails here, before anything runs
+    levels = QUICK_LEVELS if quick else GRID_LEVELS
+    need_baselines = PERCLASS_HINDSIGHT in chosen or ORACLE in chosen
+    need_steady = PERCLASS_STEADY in chosen
+
+    by_key = {item.key: item for item in items}
+    steady_split: Dict[str, Any] = {}
+    tasks: List[Task] = []
+    steady_key: Optional[str] = None
+    if need_steady:
+        steady = _prepare(load_scenario(STEADY), quick)
+        shared = [i for i in items if i.scenario.name == STEADY and i.seed == steady.seed and need_baselines]
+        if shared:
+            steady_key = shared[0].key
+        else:
+            steady_key = "<steady reference>"
+            tasks.append(((steady_key, "baselines"), run_baselines,
+                          BaselineJob(steady_key, steady, steady.seed, levels, hindsight_search, schedule=False,
+                                      search_only=True)))
+        steady_split["seed"] = steady.seed
+    # the steady reference first (perclass_steady waits for it), then the longest jobs: the baselines
+    # run the scenario some fifty times each
+    if need_baselines:
+        for item in sorted(items, key=lambda i: (i.key != steady_key,
+                                                 -i.scenario.duration * i.scenario.params["workload"]["rate"], i.key)):
+            tasks.append(((item.key, "baselines"), run_baselines,
+                          BaselineJob(item.key, item.scenario, item.seed, levels, hindsight_search, series=series)))
+    for item in items:
+        for policy in chosen:
+            from_baselines = policy in (PERCLASS_HINDSIGHT, ORACLE) or (policy in STATIC_POLICIES and need_baselines)
+            if from_baselines or policy == PERCLASS_STEADY:
+                continue  # perclass_steady runs once the steady reference is known
+            tasks.append(((item.key, policy), run_policy,
+                          PolicyJob(item.key, item.scenario, item.seed, policy, policy, rules_path, series)))
+
+    def steady_tasks() -> List[Task]:
+        out: List[Task] = []
+        for item in items:
+            if set(item.scenario.class_names) == set(steady_split["split"]):
+                policy = perclass_policy({c: steady_split["split"][c] for c in item.scenario.class_names})
+                out.append(((item.key, PERCLASS_STEADY), run_policy,
+                            PolicyJob(item.key, item.scenario, item.seed, policy, PERCLASS_STEADY, None, series)))
+            else:
+                item.info["perclass_steady"] = {"split": None, "seed": steady_split["seed"],
+                                                "note": "the scenario's query classes differ from steady's"}
+        return out
+
+    def on_done(tag: Tuple[str, str], out: Dict[str, Any]) -> List[Task]:
+        key, what = tag
+        more: List[Task] = []
+        if what == "baselines":
+            if key in by_key:
+                by_key[key].baselines = out
+            if need_steady and key == steady_key:
+                steady_split["split"] = out["search"]["split"]
+                more = steady_tasks()
+        else:
+            by_key[key].runs[what] = out
             if progress is not None:
-                progress(job[0], job[1], out)
+                progress(key, what, out)
+        return more
+
+    started = time.perf_counter()
+    _execute(tasks, jobs, on_done)
     wall = time.perf_counter() - started
 
     results: Dict[str, Any] = {
         "schema": SCHEMA,
+        "suite": suite,
         "seed": seed,
+        "seeds": _seeds(suite, items, run_seeds, random),
         "quick": quick,
         "policies": chosen,
         "objective": {"weights": OBJECTIVE.as_dict(),
                       "formula": "J = 0.35*useful + 0.25*within_target + 0.15*quality + 0.10*savings "
                                  "+ 0.15*compliance (docs/benchmarks.md)"},
         "targets": {"beats_best_static": True, "oracle_gap_limit": ORACLE_GAP_LIMIT,
-                    "reaction_limit_intervals": REACTION_LIMIT_INTERVALS},
+                    "reaction_limit_intervals": REACTION_LIMIT_INTERVALS,
+                    "shipped": {"at_least_hindsight_with_regime_changes": True,
+                                "steady_tolerance": STEADY_TOLERANCE,
+                                "applied_reaction_limits_intervals": {"onset": 1, "recovery": 2}},
+                    "random": dict(RANDOM_TARGETS)},
+        "hindsight": {"levels": list(levels), "search": hindsight_search},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "jobs": jobs,
         "wall_seconds": round(wall, 3),
         "scenarios": {},
     }
-    by_scenario: Dict[str, Dict[str, Any]] = {}
-    for (name, policy, *_), out in zip(jobs_list, runs):
-        by_scenario.setdefault(name, {})[policy] = out
-    for name in names:
-        results["scenarios"][loaded[name].name if name in loaded else name] = _analyse(loaded[name],
-                                                                                       by_scenario[name])
-    results["summary"] = _overall(results["scenarios"])
+    if need_steady:
+        results["perclass_steady"] = dict(steady_split)
+    for item in items:
+        runs = _assemble(item, chosen, steady_split)
+        results["scenarios"][item.key] = analyse_scenario(_info(item), runs)
+    results["summary"] = overall(results["scenarios"], suite)
     return results
 
 
-def _analyse(scenario: Scenario, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    scores = {p: r["summary"]["objective"] for p, r in runs.items()}
-    ranking = sorted(scores, key=lambda p: (-scores[p], p))
-    statics = [p for p in runs if p in STATIC_POLICIES]
-    best_static = max(statics, key=lambda p: (scores[p], p)) if statics else None
-    out: Dict[str, Any] = {
-        "description": scenario.description,
-        "duration_seconds": scenario.duration,
-        "adaptation_interval_seconds": scenario.adaptation_interval,
-        "regime_changes": len(scenario.timeline),
-        "events": [{"t": e.at, "label": e.label,
-                    "expect": e.expect.describe() if e.expect else None} for e in scenario.timeline],
-        "ranking": ranking,
-        "best_static": best_static,
-        "policies": {},
-    }
-    oracle = scores.get(ORACLE)
-    for policy in ranking:
-        run = runs[policy]
-        entry = dict(run)
-        entry["rank"] = ranking.index(policy) + 1
-        if oracle is not None and oracle > 0:
-            entry["oracle_gap"] = round((oracle - scores[policy]) / oracle, 6)
-        reactions = [r for r in run["reactions"] if r.get("applicable")]
-        if reactions:
-            intervals = [r["published_intervals"] for r in reactions]
-            entry["reaction_max_intervals"] = None if any(i is None for i in intervals) else max(intervals)
-        out["policies"][policy] = entry
-    if ADAPTIVE in runs:
-        a = scores[ADAPTIVE]
-        target: Dict[str, Any] = {"objective": a}
-        if best_static is not None:
-            target["best_static"] = best_static
-            target["best_static_objective"] = scores[best_static]
-            target["margin_over_best_static"] = round(a - scores[best_static], 6)
-            target["beats_best_static"] = a > scores[best_static]
-        if oracle is not None:
-            target["oracle_objective"] = oracle
-            target["oracle_gap"] = round((oracle - a) / oracle, 6) if oracle > 0 else None
-            target["within_oracle_limit"] = target["oracle_gap"] is not None and target["oracle_gap"] <= ORACLE_GAP_LIMIT
-            if best_static is not None and oracle > scores[best_static]:
-                # How much of the oracle's lead over the best static policy adaptation recovers.
-                target["oracle_lead_captured"] = round((a - scores[best_static]) / (oracle - scores[best_static]), 4)
-        reactions = [r for r in runs[ADAPTIVE]["reactions"] if r.get("applicable")]
-        target["reactions"] = [{"t": r["t"], "label": r["label"], "expect": r["expect"],
-                                "intervals": r["published_intervals"], "applied_intervals": r["intervals"]}
-                               for r in reactions]
-        target["reacts_in_time"] = all(r["published_intervals"] is not None
-                                       and r["published_intervals"] <= REACTION_LIMIT_INTERVALS for r in reactions)
-        target["applies"] = len(scenario.timeline) > 0
-        out["adaptive"] = target
-    return out
+def _seeds(suite: str, items: Sequence[_Item], run_seeds: Sequence[Optional[int]],
+           random: Optional[int]) -> Dict[str, Any]:
+    if suite == "random":
+        return {"generator": [1 if s is None else s for s in run_seeds], "per_seed": random,
+                "runs": {i.key: i.seed for i in items}}
+    return {"given": any(s is not None for s in run_seeds), "runs": {i.key: i.seed for i in items}}
 
 
-def _overall(scenarios: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    checked = {n: s["adaptive"] for n, s in scenarios.items() if "adaptive" in s and s["adaptive"]["applies"]}
-    return {
-        "scenarios_with_regime_changes": sorted(checked),
-        "beats_best_static_everywhere": all(t.get("beats_best_static", False) for t in checked.values()),
-        "within_oracle_limit_everywhere": all(t.get("within_oracle_limit", False) for t in checked.values()),
-        "reacts_in_time_everywhere": all(t.get("reacts_in_time", False) for t in checked.values()),
-        "misses": sorted(
-            [f"{n}: {what}" for n, t in checked.items() for what, ok in (
-                ("does not beat the best static policy", t.get("beats_best_static", False)),
-                ("more than 15% below the oracle", t.get("within_oracle_limit", False)),
-                ("reacts late or not at all", t.get("reacts_in_time", False))) if not ok]),
-    }
+def _assemble(item: _Item, chosen: Sequence[str], steady_split: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The policies' entries of one scenario, the baselines unpacked and the oracle chosen."""
+    runs = dict(item.runs)
+    base = item.baselines
+    inapplicable = _inapplicable_reactions(item.scenario)
+    if PERCLASS_STEADY in runs:
+        runs[PERCLASS_STEADY]["split"] = steady_split["split"]
+        item.info["perclass_steady"] = {"split": steady_split["split"], "seed": steady_split["seed"]}
+    if base is not None:
+        for name, run in base["statics"].items():
+            runs[name] = run
+        hindsight = base["hindsight"]
+        search = dict(base["search"])
+        steady_run = runs.get(PERCLASS_STEADY)
+        if steady_run is not None and steady_run["summary"]["objective"] > hindsight["summary"]["objective"]:
+            # the steady split is a split of the grid too: the search missed it, so it is the best found
+            hindsight = copy.deepcopy(steady_run)
+            hindsight["policy"] = PERCLASS_HINDSIGHT
+            search.update(split=steady_split["split"], objective=steady_run["summary"]["objective"],
+                          how=search["how"] + "; the steady split did better than the search found")
+        runs[PERCLASS_HINDSIGHT] = hindsight
+        item.info["hindsight"] = search
+        schedule = base["schedule"]
+        candidates = {"greedy": base["greedy"]["summary"]["objective"],
+                      "split_schedule": schedule["summary"]["objective"] if schedule is not None else None,
+                      "perclass_hindsight": hindsight["summary"]["objective"]}
+        source = choose_oracle(candidates)
+        picked = {"greedy": base["greedy"], "split_schedule": schedule, "perclass_hindsight": hindsight}[source]
+        assert picked is not None
+        oracle = copy.deepcopy(picked)
+        oracle["policy"] = ORACLE
+        oracle["oracle_source"] = source
+        runs[ORACLE] = oracle
+        item.info["oracle"] = {"source": source, "candidates": candidates,
+                               "schedule": schedule["segments"] if schedule is not None else None}
+        item.info["baselines_job_seconds"] = base["job_seconds"]
+    for run in runs.values():
+        if not run.get("reactions") and inapplicable:
+            run["reactions"] = copy.deepcopy(inapplicable)
+    return {p: runs[p] for p in chosen if p in runs}
 
 
-# ------------------------------------------------------------------ report
-
-_COLUMNS = ("policy", "p95 s", "in target", "cost $", "quality", "useful", "viol s", "failed", "J", "vs oracle",
-            "reaction", "applied")
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _reaction_text(run: Dict[str, Any], key: str) -> str:
-    reactions = [r for r in run["reactions"] if r.get("applicable")]
-    if not reactions:
-        return "-"
-    return ",".join("x" if r[key] is None else str(r[key]) for r in reactions)
-
-
-def format_scenario(name: str, data: Dict[str, Any]) -> str:
-    rows: List[Sequence[str]] = []
-    for policy in data["ranking"]:
-        run = data["policies"][policy]
-        s = run["summary"]
-        gap = run.get("oracle_gap")
-        rows.append((
-            policy.replace("strategy:", ""),
-            _fmt(s["p95_latency_seconds"], ".2f"),
-            _fmt(s["within_target_ratio"] * 100, ".1f") + "%",
-            _fmt(s["total_cost"], ".2f"),
-            _fmt(s["quality_mean"], ".3f"),
-            _fmt(s["useful_ratio"] * 100, ".1f") + "%",
-            _fmt(s["violation_seconds"], ".0f"),
-            str(s["failed"]),
-            _fmt(s["objective"], ".4f"),
-            "-" if gap is None or policy == ORACLE else f"{-gap * 100:+.1f}%",
-            _reaction_text(run, "published_intervals"),
-            _reaction_text(run, "intervals"),
-        ))
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
-    lines = [f"== {name} ({data['duration_seconds'] / 60:g} min, {data['regime_changes']} regime changes; "
-             f"adaptation every {data['adaptation_interval_seconds']:g}s)"]
-    for e in data["events"]:
-        lines.append(f"   {e['t'] / 60:5.1f} min  {e['label']}" + (f"  [expect {e['expect']}]" if e["expect"] else ""))
-    lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(_COLUMNS, widths))))
-    for r in rows:
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
-    a = data.get("adaptive")
-    if a is not None:
-        parts = []
-        if "beats_best_static" in a:
-            parts.append(f"adaptive {'beats' if a['beats_best_static'] else 'does NOT beat'} best static "
-                         f"({a['best_static']}) by {a['margin_over_best_static']:+.4f}")
-        if a.get("oracle_gap") is not None:
-            parts.append(f"{a['oracle_gap'] * 100:.1f}% below the oracle")
-        if "oracle_lead_captured" in a:
-            parts.append(f"captures {a['oracle_lead_captured'] * 100:.0f}% of the oracle's lead over best static")
-        if a["reactions"]:
-            parts.append("reacts " + ("within" if a["reacts_in_time"] else "NOT within")
-                         + f" {REACTION_LIMIT_INTERVALS} intervals")
-        lines.append("  " + "; ".join(parts))
-    return "\n".join(lines)
-
-
-def format_report(results: Dict[str, Any]) -> str:
-    """The per-scenario tables and the verdict on the targets, as text."""
-    out = []
-    for name, data in results["scenarios"].items():
-        out.append(format_scenario(name, data))
-        out.append("")
-    s = results["summary"]
-    out.append("J = 0.35*useful + 0.25*in-target + 0.15*quality + 0.10*savings + 0.15*compliance (higher is "
-               "better). reaction: per event, adaptation intervals until the published preferences moved as "
-               "expected (vs the same run without the event; x = not before the next event); applied: the same "
-               "for the preferences the router applied, immediate overrides included")
-    verdict = "all targets met" if not s["misses"] else "targets missed: " + "; ".join(s["misses"])
-    out.append(f"targets ({len(s['scenarios_with_regime_changes'])} scenarios with regime changes): {verdict}")
-    out.append(f"ran in {results['wall_seconds']:.1f}s on {results['machine']['platform']} "
-               f"({results['machine']['cpus']} CPUs)")
-    return "\n".join(out)
-
-
-__all__ = ["ADAPTIVE", "DEFAULT_POLICIES", "QUICK_POLICIES", "format_report", "format_scenario", "run_suite"]
+__all__ = [
+    "ADAPTIVE", "ALL_POLICIES", "BASELINE_POLICIES", "DEFAULT_POLICIES", "FIXED_STRATEGIES",
+    "FIXED_STRATEGY_POLICIES", "QUICK_LEVELS", "QUICK_POLICIES", "SUITES", "check_bench_policy", "format_report",
+    "format_scenario", "run_suite",
+]

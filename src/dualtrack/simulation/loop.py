@@ -10,7 +10,9 @@ windows and hold timers all see the right times. Each query is routed by the
 policy under test, through its planner (:mod:`.planners`, and
 :mod:`.oracle` for the upper reference); ``strategy:<name>`` policies run
 ``adapt_now()`` every adaptation interval, the others are still recorded
-through an optimizer, so metrics exist.
+through an optimizer, so metrics exist -- unless ``record_metrics=False``,
+which the policies that never read the optimizer (static splits, the
+oracle) allow: the same figures in about half the time.
 
 A plan runs as the router would run it, by the same rules
 (:mod:`dualtrack.router.policy`): per-track timeouts from the plan (a call
@@ -36,6 +38,7 @@ is :mod:`.results`.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import random
 import time
@@ -54,10 +57,22 @@ from .machine import SimulatedMachine
 from .models import INF, ApiModelSim, Call, LocalModelSim
 from .objective import OBJECTIVE, Objective
 from .oracle import BUDGET_WINDOW_SECONDS, OraclePlanner
-from .planners import ORACLE, STATIC_SHARES, STRATEGY_PREFIX, Planner, StaticPlanner, StrategyPlanner, check_policy
+from .planners import (
+    ORACLE,
+    PERCLASS_PREFIX,
+    STATIC_SHARES,
+    STRATEGY_PREFIX,
+    PerClassStaticPlanner,
+    Planner,
+    StaticPlanner,
+    StrategyPlanner,
+    check_policy,
+    parse_perclass,
+    strategy_set,
+)
 from .results import AppliedMeans, IntervalTotals, SimulationResult, build_summary, new_totals
 from .scenario import Event, Expectation, Scenario, apply_change
-from .workload import QuerySpec, Request, Workload
+from .workload import QuerySource, QuerySpec, QueryTape, Request, TapeReader, Workload
 
 #: Preferences must differ from the counterfactual by this much to count as a reaction.
 REACTION_EPSILON = 0.02
@@ -85,7 +100,8 @@ class Simulation:
     """One policy on one scenario, in virtual time.
 
     ``policy``: ``strategy:<name>`` (default ``strategy:adaptive``),
-    ``all_local``, ``all_api``, ``fixed_50_50`` or ``oracle``. ``seed``
+    ``all_local``, ``all_api``, ``fixed_50_50``, a per-class split
+    ``perclass:short=1,medium=0.5,long=0`` or ``oracle``. ``seed``
     defaults to the scenario's. ``clock`` and ``registry`` may be injected
     (the demo serves the registry); ``strategies`` is a preloaded
     ``StrategySet`` (saves loading rules per run), ``rules_path`` a rules
@@ -94,6 +110,11 @@ class Simulation:
     times to the result (it reruns the scenario without each event: slower).
     ``config_changes`` are extra ``OptimizationConfig`` settings (the demo
     passes ``preferences_file`` to follow an adapter process).
+
+    For policies that never read the optimizer (static splits, the oracle):
+    ``record_metrics=False`` skips recording calls through it (no metrics,
+    the same figures, faster), and ``tape`` (a :class:`QueryTape` of this
+    scenario and seed) replays queries drawn once instead of drawing them.
 
     ``run()`` runs to the end and returns a :class:`SimulationResult`;
     ``run_until(t)`` advances to simulation time ``t`` (seconds from the
@@ -106,18 +127,28 @@ class Simulation:
                  on_interval: Optional[Callable[[Dict[str, Any]], None]] = None,
                  on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
                  objective: Objective = OBJECTIVE, measure_reactions: bool = False,
-                 config_changes: Optional[Dict[str, Any]] = None) -> None:
+                 config_changes: Optional[Dict[str, Any]] = None, record_metrics: bool = True,
+                 tape: Optional[QueryTape] = None) -> None:
         self.scenario = scenario
         self.policy = check_policy(policy)
         self.seed = scenario.seed if seed is None else int(seed)
+        self.adaptive = self.policy.startswith(STRATEGY_PREFIX)
+        if self.adaptive and not record_metrics:
+            raise ValueError(f"record_metrics: {self.policy} reads the optimizer's metrics; it cannot run without them")
+        if tape is not None and (tape.scenario, tape.seed, tape.duration) != (scenario.name, self.seed,
+                                                                             scenario.duration):
+            raise ValueError(f"tape: drawn for {tape.scenario!r} with seed {tape.seed}, "
+                             f"not for {scenario.name!r} with seed {self.seed}")
+        self._record = record_metrics
         self.objective = objective
         self.clock = clock if clock is not None else VirtualClock()
         self.params = scenario.initial_params()
         self.local = LocalModelSim(self.params["local"])
         self.api = ApiModelSim(self.params["api"])
         self.machine = SimulatedMachine(self.params, self.local, self.clock)
-        self.adaptive = self.policy.startswith(STRATEGY_PREFIX)
         strategy = self.policy[len(STRATEGY_PREFIX):] if self.adaptive else "balanced"
+        if strategies is None and not self.adaptive:
+            strategies = strategy_set()  # unused by the policy: do not parse the rules for every run
         self.config = scenario.optimization_config(strategy, rules_path=rules_path, **(config_changes or {}))
         self.optimizer = DualTrackOptimizer(self.config, registry=registry, clock=self.clock,
                                             resource_monitor=self.machine, strategies=strategies)
@@ -134,9 +165,15 @@ class Simulation:
             self.planner = strategy_planner
         elif self.policy == ORACLE:
             self.planner = OraclePlanner(self, objective)
+        elif self.policy.startswith(PERCLASS_PREFIX):
+            shares = parse_perclass(self.policy)
+            if set(shares) != set(scenario.class_names):
+                raise ValueError(f"policy: {self.policy} must give a share for each query class of "
+                                 f"{scenario.name} ({', '.join(scenario.class_names)}), and only for those")
+            self.planner = PerClassStaticPlanner(shares, route_rng)
         else:
             self.planner = StaticPlanner(STATIC_SHARES[self.policy], route_rng)
-        self.workload = Workload(scenario, self.seed)
+        self.workload: QuerySource = Workload(scenario, self.seed) if tape is None else tape.reader()
         self.on_interval = on_interval
         self.on_event = on_event
         self.keep_requests = keep_requests
@@ -178,6 +215,23 @@ class Simulation:
     @property
     def done(self) -> bool:
         return not self._heap
+
+    def fork(self) -> "Simulation":
+        """An independent copy of this run as it stands: run it on (with another planner, say) and
+        this one is untouched. Only runs without metrics (``record_metrics=False``) fork: a copy
+        shares the optimizer, which such runs never touch, and the scenario, config and tape."""
+        if self._record:
+            raise ValueError("fork: only a run with record_metrics=False can be forked")
+        clock = VirtualClock(start=self.clock.time() - self.clock.monotonic())
+        clock.advance(self.clock.monotonic())  # the same monotonic time to the last bit
+        memo: Dict[int, Any] = {id(self.clock): clock, id(self.scenario): self.scenario, id(self.config): self.config,
+                                id(self.optimizer): self.optimizer, id(self.objective): self.objective}
+        if isinstance(self.workload, TapeReader):
+            memo[id(self.workload.specs)] = self.workload.specs
+        # lists that only grow, of values nobody changes: a shallow copy is a copy (and far faster)
+        for grown in (self.latencies, self.series, self.events):
+            memo[id(grown)] = list(grown)
+        return copy.deepcopy(self, memo)
 
     def _push(self, t: float, kind: int, obj: Any) -> None:
         self._seq += 1
@@ -243,7 +297,8 @@ class Simulation:
             self._note_applied(iv, spec.query_class, plan.recommendation)
         timeouts = plan.timeouts_seconds
         if plan.path == "parallel":
-            self.optimizer.record_request_start(req.rid, "", req.context)
+            if self._record:
+                self.optimizer.record_request_start(req.rid, "", req.context)
             limit = timeouts.get("parallel", DEFAULT_TIMEOUTS_SECONDS["parallel"])
             for track in TRACKS:
                 self._start_call(req, track, min(timeouts.get(track, limit), limit), f"{req.rid}/{track}")
@@ -266,7 +321,8 @@ class Simulation:
         call = Call(req, track, record_id, now, now + timeout, spec.tokens_in, spec.tokens_out)
         req.calls.append(call)
         self.totals["calls"][track]["started"] += 1
-        self.optimizer.record_request_start(call.record_id, "", req.context)
+        if self._record:
+            self.optimizer.record_request_start(call.record_id, "", req.context)
         model = self.local if track == "local" else self.api
         state = model.submit(call, now, spec.draws, spec.query_class, spec.complexity)
         if state == "queued" or call.end > call.deadline:
@@ -293,15 +349,16 @@ class Simulation:
             self._spend_sum += call.cost
         if outcome != "cancelled":
             self._interval.leg_latency[call.track].append(now - call.start)
-        result: Dict[str, Any] = {
-            "tokens_in": call.tokens_in_done, "tokens_out": call.tokens_out_done, "cost": call.cost,
-            "model": self._local_model if call.track == "local" else self._api_model, "outcome": outcome,
-        }
-        if outcome == "success":
-            result["quality_score"] = call.quality
-        self.optimizer.record_request_completion(
-            call.record_id, call.track, result, success=outcome == "success",
-            error_type=call.error_type if outcome == "error" else None if outcome == "success" else outcome)
+        if self._record:
+            result: Dict[str, Any] = {
+                "tokens_in": call.tokens_in_done, "tokens_out": call.tokens_out_done, "cost": call.cost,
+                "model": self._local_model if call.track == "local" else self._api_model, "outcome": outcome,
+            }
+            if outcome == "success":
+                result["quality_score"] = call.quality
+            self.optimizer.record_request_completion(
+                call.record_id, call.track, result, success=outcome == "success",
+                error_type=call.error_type if outcome == "error" else None if outcome == "success" else outcome)
         if notify:
             self._leg_done(call)
 
@@ -368,7 +425,7 @@ class Simulation:
         else:
             totals["failed"] += 1
             iv.failed += 1
-        if req.path == "parallel":
+        if req.path == "parallel" and self._record:
             result: Dict[str, Any] = {"outcome": outcome}
             if winner is not None:
                 result["quality_score"] = winner.quality
@@ -453,7 +510,8 @@ class Simulation:
         record = {"t": round(self.now, 6), "label": event.label,
                   "changes": [{"op": c.op, "path": c.path, "value": c.value} for c in event.changes],
                   "expect": ({"preference": event.expect.preference, "direction": event.expect.direction,
-                              "query_class": event.expect.query_class} if event.expect else None)}
+                              "query_class": event.expect.query_class, "kind": event.expect.kind}
+                             if event.expect else None)}
         self.events.append(record)
         if self.on_event is not None:
             self.on_event(record)
@@ -492,7 +550,8 @@ class Simulation:
             if expect is None:
                 continue
             entry: Dict[str, Any] = {"t": round(event.at, 6), "label": event.label, "expect": expect.describe(),
-                                     "applicable": self.adaptive, "intervals": None, "published_intervals": None}
+                                     "kind": expect.kind, "applicable": self.adaptive, "intervals": None,
+                                     "published_intervals": None}
             out.append(entry)
             if not self.adaptive:
                 continue

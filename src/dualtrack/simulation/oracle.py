@@ -15,8 +15,25 @@ Per query of class ``c`` and track ``t`` (``f`` = expected failure chance)::
                           - wS * cost(t, c) / mean all-API cost per query)
           - penalty (constraint violations the choice would cause: local memory
                      over its limit; a battery that would cross its threshold
-                     before the next plug-in; API spend nearing the budget)
+                     before the next plug-in)
     score(t) = value(t) + f * value(other track)     (the router's one fallback)
+
+A spend budget (``max_cost_per_hour``) is not a per-query penalty: whether
+one query tips the spend over depends on all the others. Every adaptation
+interval the oracle plans it as a knapsack (:meth:`OraclePlanner.budget_plan`):
+the classes the API serves better are ranked by what the API adds per
+dollar, and each gets the share of its API traffic the budget can pay for,
+best first; the marginal class gets a fraction. Keeping the budget is then
+weighed against breaking it: over budget the whole interval costs ``wA``
+per query in compliance, so when the API's answers are worth more than that
+the oracle spends. Queries of a class over its allowance go local, spread
+evenly (error diffusion, no randomness).
+
+An earlier version charged each API query the violation time it could
+cause near the budget (up to a whole 5-minute window, however cheap the
+query), both below and above the budget: it fled to the local model
+whenever spend came near the budget, overloaded it and lost to every
+static split in scenarios with a budget.
 
 What it reads is declared by :class:`SimulationState` (the running
 :class:`~dualtrack.simulation.loop.Simulation` is one), so the oracle can be
@@ -27,7 +44,7 @@ event loop.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from ..config import OptimizationConfig
 from ..router.policy import RoutePlan
@@ -36,7 +53,7 @@ from .models import ApiModelSim, LocalModelSim, quality_mean
 from .objective import OBJECTIVE, Objective
 from .planners import ORACLE, single_track_plan
 from .scenario import Scenario
-from .workload import Request, Workload
+from .workload import Request
 
 #: Window of spend for the cost-per-hour budget check (the event loop's and the oracle's).
 BUDGET_WINDOW_SECONDS = 300.0
@@ -60,9 +77,6 @@ class SimulationState(Protocol):
 
     @property
     def api(self) -> ApiModelSim: ...
-
-    @property
-    def workload(self) -> Workload: ...
 
     @property
     def now(self) -> float:
@@ -95,6 +109,11 @@ class OraclePlanner:
         self.classes = {c.name: c for c in sim.scenario.classes}
         self.timeouts = dict(DEFAULT_TIMEOUTS_SECONDS)
         self.api_cost_norm = self._mean_api_cost()
+        self.budget = sim.config.constraints.max_cost_per_hour
+        self.replan_seconds = sim.scenario.adaptation_interval
+        self._planned_at = -math.inf
+        self.allowance: Dict[str, float] = {name: 1.0 for name in self.classes}
+        self._credit: Dict[str, float] = {name: 0.0 for name in self.classes}
 
     def _mean_api_cost(self) -> float:
         """Expected all-API cost per query over the run (mix x prices over the timeline)."""
@@ -155,7 +174,6 @@ class OraclePlanner:
             pin, pout = api.price_per_token()
             cost = tin * pin + tout * pout
             quality = quality_mean(p, query_class, complexity)
-            penalty += self._budget_penalty(cost)
         noise = p["quality_noise"]
         useful = (1.0 if quality >= self.floor else 0.0) if noise <= 0 else \
             0.5 * (1.0 + math.erf((quality - self.floor) / (noise * math.sqrt(2.0))))
@@ -169,23 +187,49 @@ class OraclePlanner:
         queries), so a second of violation weighs ``wA / duration`` of the
         objective, i.e. ``wA * queries per second`` in per-query units.
         """
-        return self.w.compliance * seconds * self.sim.workload.state["workload"]["rate"]
+        return self.w.compliance * seconds * self.sim.params["workload"]["rate"]
 
-    def _budget_penalty(self, cost: float) -> float:
-        """Violation time one API query of ``cost`` may cause against the spend budget.
+    def budget_plan(self) -> Dict[str, float]:
+        """The share of each class's API-bound queries the spend budget lets through, planned now.
 
-        Spend is judged over a trailing window (``BUDGET_WINDOW_SECONDS``): a
-        query raises the burn rate by ``cost / window`` for a window's time.
-        Near the budget that can tip it over for the whole window; far below
-        or far above, it changes little.
+        The classes the API serves better (score gap over local > 0) are
+        ranked by that gap per dollar and funded best first from the budget
+        (95% of it, less when the measured spend runs over); the first one
+        that does not fit gets the fraction left. Complying costs the value
+        the unfunded queries lose; breaking the budget costs ``wA`` per query
+        (the compliance term, all the time): the cheaper wins.
         """
         sim = self.sim
-        budget = sim.config.constraints.max_cost_per_hour
-        if budget is None or budget <= 0 or cost <= 0:
-            return 0.0
-        bump = cost / BUDGET_WINDOW_SECONDS * 3600.0
-        distance = abs(budget - sim.spend_rate_per_hour())
-        return self._violation(BUDGET_WINDOW_SECONDS * min(1.0, bump / max(distance, bump)))
+        allowance = {name: 1.0 for name in self.classes}
+        budget = self.budget
+        if budget is None:
+            return allowance
+        rate = sim.params["workload"]["rate"]
+        shares = sim.params["workload"]["share"]
+        total = sum(shares.values()) or 1.0
+        ranked: List[Tuple[float, str, float, float]] = []
+        for name in self.classes:
+            e = {t: self.estimate(t, name) for t in TRACKS}
+            gap = self.score("api", name, e) - self.score("local", name, e)
+            if gap <= 0.0:
+                continue  # goes local anyway
+            share = shares[name] / total
+            spend = rate * share * e["api"]["cost"] * (1.0 - e["api"]["fail"]) * 3600.0  # $/h, all of it on the API
+            ranked.append((gap / max(spend, 1e-12), name, spend, share * gap))
+        target = 0.95 * budget
+        measured = sim.spend_rate_per_hour()
+        if sim.now >= BUDGET_WINDOW_SECONDS and measured > budget:
+            target *= max(0.5, budget / measured)  # the estimates ran over: aim lower
+        left = target
+        lost = 0.0
+        for _, name, spend, value in sorted(ranked, reverse=True):
+            funded = 1.0 if spend <= left else max(left, 0.0) / spend
+            allowance[name] = funded
+            left -= spend * funded
+            lost += value * (1.0 - funded)
+        if lost > self.w.compliance:
+            return {name: 1.0 for name in self.classes}  # worth more than keeping the budget
+        return allowance
 
     def _battery_penalty(self, service_seconds: float) -> float:
         """Violation time a local query causes by bringing the low-battery crossing forward.
@@ -243,6 +287,18 @@ class OraclePlanner:
     def plan(self, request: Request) -> RoutePlan:
         spec = request.spec
         track, _ = self.choose(spec.query_class)
+        if track == "api" and self.budget is not None:
+            if self.sim.now >= self._planned_at + self.replan_seconds:
+                self.allowance = self.budget_plan()
+                self._planned_at = self.sim.now
+            allowed = self.allowance[spec.query_class]
+            if allowed < 1.0:
+                credit = self._credit[spec.query_class] + allowed
+                if credit >= 1.0:
+                    credit -= 1.0
+                else:
+                    track = "local"
+                self._credit[spec.query_class] = credit
         return single_track_plan(track, spec, self.timeouts)
 
 

@@ -33,7 +33,7 @@ import copy
 import difflib
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -244,13 +244,24 @@ class QueryClassSpec:
     complexity_sd: float = 0.1
 
 
+#: What an expected reaction answers: a new condition (``onset``) or the end of one (``recovery``).
+EXPECT_KINDS: Tuple[str, ...] = ("onset", "recovery")
+
+
 @dataclass(frozen=True)
 class Expectation:
-    """Which way a preference should move after an event."""
+    """Which way a preference should move after an event.
+
+    ``kind``: ``onset`` (a new condition: an outage, a slowdown, a price
+    rise) or ``recovery`` (a condition ends: the API is back, the battery is
+    plugged in). The benchmark holds onsets and recoveries to different
+    reaction limits: a recovery shows only once traffic probes the track again.
+    """
 
     preference: str
     direction: str  # "up" or "down"
     query_class: Optional[str] = None
+    kind: str = "onset"
 
     def describe(self) -> str:
         where = f"[{self.query_class}]" if self.query_class else ""
@@ -272,7 +283,7 @@ class Event:
     label: str
     changes: Tuple[Change, ...]
     expect: Optional[Expectation] = None
-    line: Optional[int] = None
+    line: Optional[int] = field(default=None, compare=False)  # where it was read: not part of the event
 
     def touches(self, prefix: str) -> bool:
         return any(c.path.startswith(prefix) for c in self.changes)
@@ -300,7 +311,7 @@ class Scenario:
     mix_period: float
     params: Mapping[str, Any]
     timeline: Tuple[Event, ...]
-    source: str = "<dict>"
+    source: str = field(default="<dict>", compare=False)  # where it was read: not part of the scenario
 
     # -------------------------------------------------------------- construction
 
@@ -578,13 +589,14 @@ def _build(doc: _yaml.LocatedDocument) -> Scenario:
         if entry.get("expect"):
             e = dict(entry["expect"])
             qc = e.pop("query_class", None)
+            kind = e.pop("kind", "onset")
             if qc is not None and qc not in names:
                 raise c.fail(where + ("expect", "query_class"),
                              f"unknown query class {qc!r} (workload classes: {', '.join(names)})")
             if len(e) != 1:
                 raise c.fail(where + ("expect",), "expect one preference direction per event, e.g. {local_bias: up}")
             pref, direction = next(iter(e.items()))
-            expect = Expectation(pref, direction, qc)
+            expect = Expectation(pref, direction, qc, kind)
         label = entry.get("label") or ", ".join(f"{ch.op} {ch.path}={ch.value}" for ch in changes)
         events.append(Event(at, label, tuple(changes), expect, doc.line(where)))
     if sum(state["workload"]["share"].values()) <= 0 and events:
@@ -652,6 +664,6 @@ def apply_change(state: Dict[str, Any], change: Change) -> None:
 
 
 __all__ = [
-    "Change", "Event", "Expectation", "QueryClassSpec", "Scenario", "SETTABLE", "TokenDistribution",
+    "Change", "EXPECT_KINDS", "Event", "Expectation", "QueryClassSpec", "Scenario", "SETTABLE", "TokenDistribution",
     "apply_change", "load_scenario", "scenario_names",
 ]

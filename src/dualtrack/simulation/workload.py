@@ -6,6 +6,9 @@
 
 :class:`Workload` is a pure function of the scenario and the seed, so every
 policy run on the same seed faces the very same queries and random draws.
+:class:`QueryTape` draws them once and replays them to any number of runs
+(the benchmark's search over static splits runs one scenario a hundred
+times); a run fed from the tape sees exactly the workload's queries.
 :class:`Request` is what the event loop keeps about one query while it is
 served (its plan, its model calls, how it ended); planners read its
 ``spec`` and ``context``.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from bisect import bisect_right
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ..router.policy import RoutePlan
 from .models import Call, Draws
@@ -122,6 +125,56 @@ class Workload:
                                            gauss(0.0, 1.0), uniform(), uniform()))
 
 
+class QuerySource(Protocol):
+    """Where a simulation takes its queries from, one at a time, in arrival order."""
+
+    def next(self) -> Optional[QuerySpec]: ...
+
+
+class QueryTape:
+    """Every query of a scenario for a seed, drawn once by :class:`Workload`.
+
+    ``reader()`` gives a fresh source that replays them: the same queries,
+    the same draws, so a run fed from the tape equals one that draws them.
+    The queries are shared, never changed by a run.
+    """
+
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        self.scenario = scenario.name
+        self.seed = seed
+        self.duration = scenario.duration
+        workload = Workload(scenario, seed)
+        specs: List[QuerySpec] = []
+        spec = workload.next()
+        while spec is not None:
+            specs.append(spec)
+            spec = workload.next()
+        self.specs: Sequence[QuerySpec] = tuple(specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def reader(self) -> "TapeReader":
+        return TapeReader(self.specs)
+
+
+class TapeReader:
+    """One replay of a :class:`QueryTape`."""
+
+    __slots__ = ("specs", "_i")
+
+    def __init__(self, specs: Sequence[QuerySpec]) -> None:
+        self.specs = specs
+        self._i = 0
+
+    def next(self) -> Optional[QuerySpec]:
+        i = self._i
+        if i >= len(self.specs):
+            return None
+        self._i = i + 1
+        return self.specs[i]
+
+
 class Request:
     """One query being served: its plan, its calls and how it ended."""
 
@@ -146,4 +199,4 @@ class Request:
                         "complexity": spec.complexity}
 
 
-__all__ = ["QuerySpec", "Request", "Workload"]
+__all__ = ["QuerySource", "QuerySpec", "QueryTape", "Request", "TapeReader", "Workload"]
