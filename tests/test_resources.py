@@ -26,7 +26,15 @@ from dualtrack.exporter.resources import (
     ResourceMonitor,
     ResourceSnapshot,
 )
-from fakes.fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_UNKNOWN, FakeGpu, FakeNvml
+from fakes.fake_nvml import (
+    NVML_ERROR_FUNCTION_NOT_FOUND,
+    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    NVML_ERROR_UNKNOWN,
+    FakeGpu,
+    FakeNvml,
+    nvmlMemory_v2,
+)
 from fakes.fake_psutil import (
     POWER_TIME_UNKNOWN,
     POWER_TIME_UNLIMITED,
@@ -39,10 +47,11 @@ from support.prometheus import promtool
 from support.waiting import wait_until
 
 GIB = 1 << 30
+MIB = 1 << 20
 OWN = os.getpid()
 GPU_FAMILIES = (
-    "dualtrack_gpu_utilization_ratio", "dualtrack_gpu_memory_used_bytes", "dualtrack_gpu_memory_total_bytes",
-    "dualtrack_gpu_temperature_celsius", "dualtrack_gpu_power_watts",
+    "dualtrack_gpu_utilization_ratio", "dualtrack_gpu_memory_used_bytes", "dualtrack_gpu_memory_reserved_bytes",
+    "dualtrack_gpu_memory_total_bytes", "dualtrack_gpu_temperature_celsius", "dualtrack_gpu_power_watts",
 )
 BATTERY_FAMILIES = ("dualtrack_battery_ratio", "dualtrack_battery_power_plugged", "dualtrack_battery_seconds_left")
 
@@ -74,13 +83,14 @@ def make(registry: Optional[CollectorRegistry] = None, *, psutil_module: Any = N
     return monitor
 
 
-def two_gpus() -> FakeNvml:
+def two_gpus(**driver: Any) -> FakeNvml:
+    """An H100 and an L4 (whose temperature fails); ``driver``: FakeNvml's memory-version options."""
     return FakeNvml([
         FakeGpu(b"NVIDIA H100 80GB HBM3", utilization_percent=75, memory_used=30 * GIB,
-                memory_total=80 * GIB, temperature=61, power_mw=350_500),
+                memory_total=80 * GIB, memory_reserved=615 * MIB, temperature=61, power_mw=350_500),
         FakeGpu("NVIDIA L4", utilization_percent=5, memory_used=1 * GIB, memory_total=24 * GIB,
-                temperature=45, power_mw=30_000, failing={"temperature"}),
-    ])
+                memory_reserved=300 * MIB, temperature=45, power_mw=30_000, failing={"temperature"}),
+    ], **driver)
 
 
 def nvml_works_here() -> bool:
@@ -150,8 +160,8 @@ def test_fake_nvml_two_gpus_with_a_failing_field():
     snap = monitor.sample_now()
 
     assert snap.gpus == (
-        GpuReading(0, "NVIDIA H100 80GB HBM3", 0.75, 30 * GIB, 80 * GIB, 61.0, 350.5),
-        GpuReading(1, "NVIDIA L4", 0.05, 1 * GIB, 24 * GIB, None, None),
+        GpuReading(0, "NVIDIA H100 80GB HBM3", 0.75, 30 * GIB, 80 * GIB, 61.0, 350.5, memory_reserved_bytes=615 * MIB),
+        GpuReading(1, "NVIDIA L4", 0.05, 1 * GIB, 24 * GIB, None, None, memory_reserved_bytes=300 * MIB),
     )
     h100 = {"gpu": "0", "name": "NVIDIA H100 80GB HBM3"}
     l4 = {"gpu": "1", "name": "NVIDIA L4"}
@@ -215,6 +225,111 @@ def test_nvml_init_failure_backs_off_exponentially():
         clock.advance(5)
     assert attempts_at == [0, 30, 90, 210, 450, 930]  # 30, 60, 120, 240, 480 s apart
     assert errors(registry, "gpu") == len(attempts_at)
+
+
+def memory_v1_notes(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("no v2 memory info" in r.getMessage() for r in caplog.records if r.levelname == "INFO")
+
+
+def test_v2_memory_info_keeps_reserved_memory_out_of_used(caplog):
+    caplog.set_level("INFO", logger="dualtrack.exporter.resources")
+    registry = CollectorRegistry()
+    nvml = two_gpus()
+    monitor = make(registry, nvml=nvml)
+    for _ in range(3):
+        snap = monitor.sample_now()
+
+    h100 = {"gpu": "0", "name": "NVIDIA H100 80GB HBM3"}
+    l4 = {"gpu": "1", "name": "NVIDIA L4"}
+    get = registry.get_sample_value
+    assert get("dualtrack_gpu_memory_used_bytes", h100) == 30 * GIB  # what nvidia-smi shows, not 30 GiB + 615 MiB
+    assert get("dualtrack_gpu_memory_reserved_bytes", h100) == 615 * MIB
+    assert get("dualtrack_gpu_memory_reserved_bytes", l4) == 300 * MIB
+    assert get("dualtrack_gpu_memory_total_bytes", h100) == 80 * GIB
+    assert snap.gpu_memory_used_bytes == 31 * GIB
+    assert nvml.field_calls["memory_v2"] == 6 and nvml.field_calls["memory"] == 0  # v1 never asked
+    assert errors(registry, "gpu") == 3  # only the L4's temperature, once per reading
+    assert memory_v1_notes(caplog) == 0
+
+
+def test_v2_used_that_still_includes_reserved_is_corrected():
+    # NVML's R525 reference documents v2 "used" as including "reserved" (total = used + free).
+    registry = CollectorRegistry()
+    monitor = make(registry, nvml=two_gpus(v2_used_includes_reserved=True))
+    monitor.sample_now()
+    h100 = {"gpu": "0", "name": "NVIDIA H100 80GB HBM3"}
+    assert registry.get_sample_value("dualtrack_gpu_memory_used_bytes", h100) == 30 * GIB
+    assert registry.get_sample_value("dualtrack_gpu_memory_reserved_bytes", h100) == 615 * MIB
+
+
+def binding_with_constant_but_no_version_parameter() -> FakeNvml:
+    nvml = two_gpus(binding_v2=False)
+    nvml.nvmlMemory_v2 = nvmlMemory_v2
+    return nvml
+
+
+def wsl_like_driver() -> FakeNvml:
+    nvml = two_gpus()  # v2 present, but answers "Unknown Error" on every GPU while v1 works
+    for gpu in nvml.gpus:
+        gpu.failing.add("memory_v2")
+    return nvml
+
+
+@pytest.mark.parametrize("driver, v2_tries", [
+    (lambda: two_gpus(memory_v2_error=NVML_ERROR_FUNCTION_NOT_FOUND), 2),  # driver without the v2 symbol
+    (lambda: two_gpus(memory_v2_error=NVML_ERROR_NOT_SUPPORTED), 2),
+    (lambda: two_gpus(binding_v2=False), 0),  # nvidia-ml-py < 11.515: v2 cannot even be asked for
+    (binding_with_constant_but_no_version_parameter, 0),  # TypeError before reaching the driver
+    (wsl_like_driver, 2),
+], ids=["function_not_found", "not_supported", "old_binding", "no_version_parameter", "v2_unknown_error"])
+def test_v1_only_driver_falls_back_once_and_reserved_is_absent(driver, v2_tries, caplog):
+    caplog.set_level("INFO", logger="dualtrack.exporter.resources")
+    registry = CollectorRegistry()
+    nvml = driver()
+    monitor = make(registry, nvml=nvml)
+    for _ in range(4):
+        snap = monitor.sample_now()
+
+    h100 = {"gpu": "0", "name": "NVIDIA H100 80GB HBM3"}
+    assert registry.get_sample_value("dualtrack_gpu_memory_used_bytes", h100) == 30 * GIB + 615 * MIB  # v1's used
+    assert registry.get_sample_value("dualtrack_gpu_memory_total_bytes", h100) == 80 * GIB
+    assert "dualtrack_gpu_memory_reserved_bytes" not in family_names(registry)  # absent, not 0
+    assert [g.memory_reserved_bytes for g in snap.gpus] == [None, None]
+    assert snap.gpu_memory_used_bytes == 31 * GIB + 915 * MIB
+    assert nvml.field_calls["memory_v2"] == v2_tries  # at most once per GPU, not once per reading
+    assert nvml.field_calls["memory"] == 8  # v1 on every reading of both GPUs
+    assert errors(registry, "gpu") == 4  # falling back is no error: only the L4's temperature
+    assert memory_v1_notes(caplog) == 1  # one line for the whole machine
+
+
+def test_memory_failing_in_both_versions_is_counted_and_v2_tried_again():
+    registry = CollectorRegistry()
+    nvml = two_gpus()
+    nvml.gpus[0].failing.add("memory")  # v2 and v1 both fail: the device, not the version
+    monitor = make(registry, nvml=nvml)
+    snap = monitor.sample_now()
+    assert snap.gpus[0].memory_used_bytes is None and snap.gpus[0].memory_reserved_bytes is None
+    assert errors(registry, "gpu") == 2  # the H100's memory (once, not once per version) + the L4's temperature
+
+    nvml.gpus[0].failing.discard("memory")
+    snap = monitor.sample_now()
+    assert snap.gpus[0].memory_used_bytes == 30 * GIB and snap.gpus[0].memory_reserved_bytes == 615 * MIB
+    assert nvml.field_calls["memory_v2"] == 4
+
+
+def test_memory_not_supported_at_all_is_absent_and_not_asked_again():
+    registry = CollectorRegistry()
+    nvml = two_gpus()
+    nvml.gpus[0].unsupported.add("memory")
+    monitor = make(registry, nvml=nvml)
+    monitor.sample_now()
+    monitor.sample_now()
+    h100 = {"gpu": "0", "name": "NVIDIA H100 80GB HBM3"}
+    for family in ("dualtrack_gpu_memory_used_bytes", "dualtrack_gpu_memory_reserved_bytes",
+                   "dualtrack_gpu_memory_total_bytes"):
+        assert registry.get_sample_value(family, h100) is None
+    assert nvml.field_calls["memory_v2"] == 3 and nvml.field_calls["memory"] == 1  # H100 once each, L4 twice
+    assert errors(registry, "gpu") == 2  # only the L4's temperature
 
 
 def test_no_nvidia_driver_is_absent_not_an_error():
@@ -410,7 +525,7 @@ def test_everything_failing_gives_none_and_keeps_going(tmp_path, monkeypatch):
         assert snap == ResourceSnapshot(timestamp=snap.timestamp)  # every field absent
     assert family_names(registry) == {"dualtrack_resource_read_errors", "dualtrack_resource_monitor_interval_seconds"}
     for resource_name in resources_module.RESOURCES:
-        assert errors(registry, resource_name) > 0, resource_name
+        assert (errors(registry, resource_name) or 0) > 0, resource_name
     usage = monitor.get_current_usage()
     assert usage["cpu_percent"] is None and usage["memory_used_mb"] is None
     assert usage["process_memory_mb"] is None and usage["gpus"] == [] and usage["battery"] is None
@@ -490,7 +605,8 @@ def test_start_and_stop_are_idempotent_and_the_thread_exits():
     monitor.start_monitoring()
     assert len(monitor_threads()) == before + 1 and monitor.running
     wait_until(lambda: monitor.snapshot() is not None, 3, "a first snapshot")
-    assert len(monitor.snapshot().gpus) == 2
+    snap = monitor.snapshot()
+    assert snap is not None and len(snap.gpus) == 2
 
     started = time.monotonic()
     monitor.stop_monitoring()

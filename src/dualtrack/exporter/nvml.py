@@ -8,6 +8,16 @@ temperature and power, and shuts NVML down on :meth:`NvmlReader.close`.
   are absent and nothing is counted as an error.
 - A field NVML reports as not supported for a GPU is absent for that GPU
   and never asked again.
+- Memory is read with NVML's v2 memory info
+  (``nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2)``, calling
+  ``nvmlDeviceGetMemoryInfo_v2``), whose ``used`` leaves out the memory the
+  driver and firmware reserve and reports it apart as ``reserved``: that is
+  what ``nvidia-smi`` shows. The v1 call counts reserved memory as used (an
+  idle H200 read 615 MiB used where ``nvidia-smi`` said 0). A driver without
+  v2 (``NVMLError_FunctionNotFound``, ``NotSupported``...) or a binding
+  without the ``version`` parameter (``TypeError``) or ``nvmlMemory_v2``
+  falls back to v1 for that GPU for the rest of the session: tried once,
+  logged once at INFO, reserved memory absent.
 - If ``nvmlInit`` fails, or NVML stops answering mid-run (every device read
   fails), NVML is shut down, GPUs are absent, and initialisation is retried
   with exponential backoff (:data:`NVML_RETRY_INITIAL_SECONDS` doubling to
@@ -27,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ..clock import Clock
 from .read_errors import ReadErrors, log
@@ -42,14 +52,25 @@ _NVML_ERROR_DRIVER_NOT_LOADED = 9
 _NVML_ERROR_LIBRARY_NOT_FOUND = 12
 
 
+_MEMORY_V1_NOTE = ("NVML has no v2 memory info here (older driver or nvidia-ml-py); GPU memory used "
+                   "includes driver-reserved memory and dualtrack_gpu_memory_reserved_bytes is absent")
+
+
 @dataclass
 class _Gpu:
-    """An enumerated NVML device and the fields it does not support."""
+    """An enumerated NVML device, the fields it does not support and whether it answers v2 memory info."""
 
     index: int
     handle: Any
     name: str
     unsupported: Set[str] = field(default_factory=set)
+    memory_v1_only: bool = False
+
+
+class _Memory(NamedTuple):
+    used: int  # excludes reserved whenever reserved is known
+    total: int
+    reserved: Optional[int]  # None: v1 only, the driver does not tell
 
 
 class _NvmlDown(Exception):
@@ -72,6 +93,9 @@ class NvmlReader:
         self._next_try = -math.inf
         self._backoff = NVML_RETRY_INITIAL_SECONDS
         self._gpus: List[_Gpu] = []
+        # The version argument that selects nvmlMemory_v2_t; bindings older than
+        # nvidia-ml-py 11.515 have neither it nor the ``version`` parameter.
+        self._memory_v2: Optional[int] = getattr(nvml, "nvmlMemory_v2", None)
 
     def read(self) -> Tuple[GpuReading, ...]:
         """One reading per GPU; empty while NVML is absent, down or waiting to retry."""
@@ -123,6 +147,8 @@ class NvmlReader:
             self._retry_later(now)
             return False
         log.info("NVML started: %d GPU(s): %s", len(self._gpus), ", ".join(g.name for g in self._gpus))
+        if self._memory_v2 is None and self._gpus:
+            self._errors.log_once("gpu", None, _MEMORY_V1_NOTE, level=logging.INFO)
         return True
 
     def _retry_later(self, now: float) -> None:
@@ -166,12 +192,12 @@ class NvmlReader:
         except Exception as err:
             self._errors.count("gpu", err, "nvmlDeviceGetCount failed")
             raise _NvmlDown() from err
-        readers: Tuple[Tuple[str, Callable[[Any], Any]], ...] = (
-            ("utilization", lambda h: clamp_ratio(nv.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)),
-            ("memory", lambda h: nv.nvmlDeviceGetMemoryInfo(h)),
-            ("temperature", lambda h: float(nv.nvmlDeviceGetTemperature(
-                h, getattr(nv, "NVML_TEMPERATURE_GPU", 0)))),
-            ("power", lambda h: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),  # milliwatts
+        readers: Tuple[Tuple[str, Callable[[_Gpu], Any]], ...] = (
+            ("utilization", lambda g: clamp_ratio(nv.nvmlDeviceGetUtilizationRates(g.handle).gpu / 100.0)),
+            ("memory", self._read_memory),
+            ("temperature", lambda g: float(nv.nvmlDeviceGetTemperature(
+                g.handle, getattr(nv, "NVML_TEMPERATURE_GPU", 0)))),
+            ("power", lambda g: nv.nvmlDeviceGetPowerUsage(g.handle) / 1000.0),  # milliwatts
         )
         not_supported = getattr(nv, "NVML_ERROR_NOT_SUPPORTED", _NVML_ERROR_NOT_SUPPORTED)
         attempts = failures = 0
@@ -184,7 +210,7 @@ class NvmlReader:
                     continue
                 attempts += 1
                 try:
-                    values[what] = read(gpu.handle)
+                    values[what] = read(gpu)
                 except Exception as err:
                     if getattr(err, "value", None) == not_supported:
                         # Absent for this GPU for good: stop asking, do not count.
@@ -194,16 +220,42 @@ class NvmlReader:
                     failures += 1
                     last_error = err
                     self._errors.count("gpu", err, f"NVML could not read {what} of GPU {gpu.index}")
-            mem = values.get("memory")
+            mem: Optional[_Memory] = values.get("memory")
             readings.append(GpuReading(
                 index=gpu.index,
                 name=gpu.name,
                 utilization_ratio=values.get("utilization"),
-                memory_used_bytes=int(mem.used) if mem is not None else None,
-                memory_total_bytes=int(mem.total) if mem is not None else None,
+                memory_used_bytes=mem.used if mem is not None else None,
+                memory_total_bytes=mem.total if mem is not None else None,
                 temperature_celsius=values.get("temperature"),
                 power_watts=values.get("power"),
+                memory_reserved_bytes=mem.reserved if mem is not None else None,
             ))
         if attempts and failures == attempts:
             raise _NvmlDown() from last_error
         return tuple(readings)
+
+    def _read_memory(self, gpu: _Gpu) -> _Memory:
+        """``gpu``'s memory through v2 where it answers, else v1; raises what v1 raises."""
+        nv = self._nv
+        if self._memory_v2 is not None and not gpu.memory_v1_only:
+            try:
+                mem = nv.nvmlDeviceGetMemoryInfo(gpu.handle, version=self._memory_v2)
+            except Exception as v2_error:
+                # Whatever v2 failed with (no symbol, not supported, a binding
+                # without ``version``, or the "Unknown Error" WSL drivers give),
+                # v1 answering now means v2 is what this GPU lacks: stay on v1.
+                # If v1 fails too, its error is the reading's (v2 tried again next time).
+                v1 = nv.nvmlDeviceGetMemoryInfo(gpu.handle)
+                gpu.memory_v1_only = True
+                self._errors.log_once("gpu", v2_error, _MEMORY_V1_NOTE, level=logging.INFO)
+                return _Memory(used=int(v1.used), total=int(v1.total), reserved=None)
+            used, reserved, total, free = int(mem.used), int(mem.reserved), int(mem.total), int(mem.free)
+            if used + free == total:
+                # v1's accounting (total = used + free), which the R525 reference
+                # documents for v2 too: reserved is inside used. Later drivers
+                # report them apart (total = reserved + used + free).
+                used = max(used - reserved, 0)
+            return _Memory(used=used, total=total, reserved=reserved)
+        mem = nv.nvmlDeviceGetMemoryInfo(gpu.handle)
+        return _Memory(used=int(mem.used), total=int(mem.total), reserved=None)

@@ -14,7 +14,13 @@ from typing import Mapping, Optional, Tuple
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One GPU through NVML. A field NVML cannot read is ``None`` (absent)."""
+    """One GPU through NVML. A field NVML cannot read is ``None`` (absent).
+
+    ``memory_used_bytes`` excludes the memory the driver and firmware reserve
+    whenever the driver reports that amount apart (``memory_reserved_bytes``
+    set, NVML's v2 memory info); where it cannot (v1 only), used includes it
+    and ``memory_reserved_bytes`` is ``None``.
+    """
 
     index: int
     name: str
@@ -23,6 +29,8 @@ class GpuReading:
     memory_total_bytes: Optional[int] = None
     temperature_celsius: Optional[float] = None
     power_watts: Optional[float] = None
+    # Last, so that readings built positionally before it existed keep their meaning.
+    memory_reserved_bytes: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,12 @@ class _ResourceGauges:
 
         gpu_families = (
             ("dualtrack_gpu_utilization_ratio", "GPU utilisation reported by NVML, 0..1.", "utilization_ratio"),
-            ("dualtrack_gpu_memory_used_bytes", "GPU memory in use.", "memory_used_bytes"),
+            ("dualtrack_gpu_memory_used_bytes",
+             "GPU memory in use; excludes driver-reserved memory where the driver reports it apart.",
+             "memory_used_bytes"),
+            ("dualtrack_gpu_memory_reserved_bytes",
+             "GPU memory reserved by the driver and firmware (NVML v2 memory info; absent with older drivers).",
+             "memory_reserved_bytes"),
             ("dualtrack_gpu_memory_total_bytes", "GPU memory installed.", "memory_total_bytes"),
             ("dualtrack_gpu_temperature_celsius", "GPU core temperature.", "temperature_celsius"),
             ("dualtrack_gpu_power_watts", "GPU power draw.", "power_watts"),
