@@ -515,10 +515,10 @@ def test_same_inputs_same_decisions() -> None:
 # ------------------------------------------------------------------ regressions
 
 
-def test_overflowing_learning_inputs_do_not_poison_the_class_preferences() -> None:
+def test_overflowing_learning_inputs_do_not_poison_the_class_preferences(tmp_path: Path) -> None:
     # latency / a tiny target overflows to inf on both tracks; inf - inf is NaN. It used
     # to become the learned advantage, for good, and publish a NaN local_bias.
-    engine = RuleEngine(load_strategies(bundled_dir("rules")), "adaptive", query_classes=("long",))
+    engine = engine_for(tmp_path, LEARNING, classes=("long",))
     overflow = {"latency_target_seconds": 1e-300,
                 'latency_p95_seconds{path="local",query_class="long"}': 1e10,
                 'latency_p95_seconds{path="api",query_class="long"}': 1e10}

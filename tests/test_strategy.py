@@ -23,6 +23,7 @@ from dualtrack.adapter.strategy import (
     rule_files,
 )
 from dualtrack.bundled import bundled_dir
+from dualtrack.objective import OBJECTIVE
 from dualtrack.errors import ConfigError
 
 SHIPPED = {"adaptive", "balanced", "cost", "latency_focused", "quality_focused", "resource_efficient"}
@@ -67,9 +68,8 @@ def test_every_shipped_file_loads() -> None:
         lo, hi = s.clamps["local_bias"]
         assert lo >= s.exploration_floor and hi <= 1 - s.exploration_floor
     adaptive = strategies["adaptive"]
-    assert adaptive.modes is not None and adaptive.learning.enabled
-    assert [c.use for c in adaptive.modes.select] == ["resource_efficient", "cost", "latency_focused",
-                                                      "quality_focused"]
+    assert adaptive.objective is not None  # objective-driven: the benchmark's own weights
+    assert dict(adaptive.objective.weights) == pytest.approx(OBJECTIVE.as_dict())
 
 
 def test_shipped_files_point_editors_at_the_schema() -> None:

@@ -162,10 +162,13 @@ class RuleEngine:
         # 2. global rules, then relax toward the baseline
         target = dict(prev_global)
         touched: Set[str] = set()
+        guard_rails: List[Action] = []  # the local_bias actions of global rules that fired
         for rule in strat.rules:
             if rule.for_each is None:
                 changes = self._run_rule(strat, rule, None, values, now, target, reasons, evaluated)
                 touched.update(changes)
+                if "local_bias" in changes:
+                    guard_rails.extend(a for a in rule.actions if a.pref == "local_bias")
         for pref in PREFS:
             if pref not in touched:
                 target[pref] += strat.relax * (strat.baseline[pref] - target[pref])
@@ -200,20 +203,23 @@ class RuleEngine:
             if "local_bias" in touched_c:
                 class_touched.add(qc)
 
-        # 3b. the objective: each class's local share, unless a rule set it this cycle.
+        # 3b. the objective: each class's local share. Global rules that moved
+        # local_bias this cycle are guard rails: their actions apply on top, to
+        # every class; a per-class rule that moved a class's local_bias wins for it.
         objective = strat.objective or self.top.objective
         if objective is not None:
             split = self._optimize(objective, values, reasons)
-            if "local_bias" not in touched:
-                for qc in self.query_classes:
-                    if qc not in class_touched:
-                        class_targets[qc]["local_bias"] = split.shares.get(qc, class_targets[qc]["local_bias"])
-                weights = {qc: self.estimator.arrivals.get(qc, 0.0) for qc in self.query_classes} \
-                    if self.estimator is not None else {}
-                total = sum(weights.values())
-                if total > 0:
-                    target["local_bias"] = sum(weights[qc] * class_targets[qc]["local_bias"]
-                                               for qc in self.query_classes) / total
+            for qc in self.query_classes:
+                if qc not in class_touched and qc in split.shares:
+                    share = {"local_bias": split.shares[qc]}
+                    _apply(guard_rails, share)
+                    class_targets[qc]["local_bias"] = share["local_bias"]
+            weights = {qc: self.estimator.arrivals.get(qc, 0.0) for qc in self.query_classes} \
+                if self.estimator is not None else {}
+            total = sum(weights.values())
+            if total > 0:
+                target["local_bias"] = sum(weights[qc] * class_targets[qc]["local_bias"]
+                                           for qc in self.query_classes) / total
 
         # 4. health; 5. clamps, health gates and step limits
         self._update_health(strat, values, now, reasons)
@@ -294,13 +300,14 @@ class RuleEngine:
         if self.estimator is None or self.estimator.settings.decay != objective.decay:
             self.estimator = Estimator(self.query_classes, EstimatorSettings(decay=objective.decay))
         est = self.estimator
-        for where, what in est.update(values, self.interval_seconds).items():
+        events = est.update(values, self.interval_seconds)
+        for where, what in events.items():
             reasons.append(FiredRule("change_detected", self.top.name,
                                      f"{where}: {what} changed; estimates restart from the last interval",
                                      where.partition(":")[2] or None))
         current = {qc: p["local_bias"] for qc, p in self.class_prefs.items()}
         split = choose_split(est, objective, budget_per_hour=values.get("cost_budget_dollars_per_hour", {}),
-                             current=current, interval_seconds=self.interval_seconds)
+                             current=current, interval_seconds=self.interval_seconds, changed=events)
         est.wanted_load = split.wanted_load
         self.last_split = split
         for line in split.reasons:

@@ -19,7 +19,9 @@ each class's base service time on local (its latency while the track is not
 congested) and a capacity budget in *Erlangs* (busy slots): cut to what was
 offered when latency shows queueing, raised while the track keeps up and the
 traffic would use more. A slower model (thermal throttling) shows as a longer
-base service time at low load, not as less capacity.
+base service time at low load, not as less capacity. Memory against local
+load is fitted with a line, which says at how many busy slots memory reaches
+its limit.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def _departs(observed: float, n: float, expected: float, z: float, slack: float)
 @dataclass(frozen=True)
 class EstimatorSettings:
     decay: float = 0.7  # weight of the previous tallies at each cycle
+    arrival_decay: float = 0.3  # the same for the arrival rates
     change_z: float = 3.0  # standard errors for a change
     change_slack: float = 0.05  # and at least this much (rates)
     min_calls: float = 4.0  # an interval needs this many calls to signal a change
@@ -127,7 +130,7 @@ class EstimatorSettings:
     capacity_growth: float = 1.25  # while keeping up and wanted: capacity x this per cycle
     base_learning_rate: float = 0.3  # how fast base service times follow uncongested latency
     memory_decay: float = 0.97  # memory per busy slot is a slow property of the model: long memory
-    memory_peaks: float = 3.0  # keep mean local load + this many standard deviations under the memory limit
+    spend_learning_rate: float = 0.3  # how fast the spend bias follows measured over planned spend
     quality_shift: float = 0.25  # the useful-rate shift the quality CUSUM looks for
     quality_alarm: float = 2.5  # its alarm threshold (log-likelihood ratio)
 
@@ -163,7 +166,11 @@ class Estimator:
         # Memory (the larger of memory and GPU memory, as a share of its limit) against
         # local load: a line fitted over the intervals, decayed sums of (w, x, y, xx, xy).
         self._memory_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
-        self.memory_capacity: Optional[float] = None  # local load (Erlangs) the memory limit allows
+        self.memory_slots: Optional[float] = None  # busy local slots at which memory reaches its limit
+        # Spend measured over spend planned (decayed): the planned spend is an estimate,
+        # and the budget is judged on what was really spent.
+        self.spend_bias = 1.0
+        self.planned_spend: Optional[float] = None  # set by the split: $/h it planned
 
     def tally(self, track: str, query_class: str) -> Tally:
         return self.tracks[track].tallies.get(query_class, Tally())
@@ -179,9 +186,10 @@ class Estimator:
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
         for c in self.classes:
+            # Arrivals are news, not evidence to pool: a burst is the load of now.
             rate = sum(fresh[t][c].calls for t in TRACKS) / interval_seconds
             previous = self.arrivals.get(c)
-            self.arrivals[c] = rate if previous is None else s.decay * previous + (1 - s.decay) * rate
+            self.arrivals[c] = rate if previous is None else s.arrival_decay * previous + (1 - s.arrival_decay) * rate
         for track in TRACKS:
             state = self.tracks[track]
             what = self._detect_track_change(track, fresh[track])
@@ -197,6 +205,7 @@ class Estimator:
                     old = Tally(old.calls, old.successes, old.timeouts, old.within, cost=old.cost,
                                 latency_sum=old.latency_sum, latency_count=old.latency_count)
                 state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)
+        self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
         memory = max((v for v in (values.get("memory_used_ratio", {}), values.get("gpu_memory_used_ratio", {}))
                       if v is not None), default=None)
         self._update_local_capacity(fresh["local"], interval_seconds, memory)
@@ -288,17 +297,20 @@ class Estimator:
         state.quality_cusum[query_class] = (up, down)
         return False
 
+    def _correct_spend(self, spend: Optional[float]) -> None:
+        planned = self.planned_spend
+        if spend is None or planned is None or planned <= 0 or spend <= 0:
+            return
+        ratio = min(2.0, max(0.5, spend / planned))
+        self.spend_bias += self.settings.spend_learning_rate * (ratio - self.spend_bias)
+
     def _fit_memory(self, load: float, memory: float) -> None:
         d = self.settings.memory_decay
         f = self._memory_fit
         for i, v in enumerate((1.0, load, memory, load * load, load * memory)):
             f[i] = d * f[i] + v
-        self.memory_capacity = _memory_limited_load(_fit_line(f), self.settings.memory_peaks)
-
-    def local_capacity(self) -> Optional[float]:
-        """The local load (Erlangs) the split may plan for: queueing and memory bounds, whichever is lower."""
-        bounds = [b for b in (self.capacity, self.memory_capacity) if b is not None]
-        return min(bounds) if bounds else None
+        fit = _fit_line(f)
+        self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
 
     def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
                                memory: Optional[float]) -> None:
@@ -319,18 +331,18 @@ class Estimator:
             return
         inflation = in_system / offered
         self.local_load, self.local_inflation = offered, inflation
-        if self.capacity is None:
-            self.capacity = offered / s.capacity_cut if inflation < s.congested_inflation else offered
         if memory is not None:
             self._fit_memory(offered, memory)
         if inflation >= s.congested_inflation:
-            if offered < 0.5 * self.capacity:
+            if self.capacity is not None and offered < 0.5 * self.capacity:
                 # Slow at low load: the model got slower (throttling), not full.
                 for c, t in fresh.items():
                     if t.mean_latency is not None:
                         base[c] = t.mean_latency
             else:
-                self.capacity = max(0.5, min(self.capacity, s.capacity_cut * offered))
+                # Unknown until the track first shows queueing: then what it carried.
+                cut = s.capacity_cut * offered
+                self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
         else:
             rate = 1.0 if inflation < 1.0 / s.congested_inflation else s.base_learning_rate
             if inflation < s.uncongested_inflation or rate == 1.0:
@@ -338,8 +350,8 @@ class Estimator:
                     if t.mean_latency is not None and t.latency_count >= 1:
                         base[c] += rate * (t.mean_latency - base[c])
             wanted = self.wanted_load
-            if inflation < s.uncongested_inflation and wanted is not None and wanted > self.capacity \
-                    and offered >= 0.8 * self.capacity:
+            if self.capacity is not None and inflation < s.uncongested_inflation and wanted is not None \
+                    and wanted > self.capacity and offered >= 0.8 * self.capacity:
                 self.capacity *= s.capacity_growth
 
 
@@ -350,21 +362,6 @@ def _fit_line(sums: Iterable[float]) -> Optional[Tuple[float, float]]:
         return None
     slope = (w * xy - x * y) / det
     return (y - slope * x) / w, slope
-
-
-def _memory_limited_load(fit: Optional[Tuple[float, float]], peaks: float) -> Optional[float]:
-    """The mean local load whose peaks (mean + ``peaks`` x sqrt(mean) busy slots, Poisson)
-    stay under the memory limit, from the fitted line memory = a + b x load."""
-    if fit is None:
-        return None
-    a, b = fit
-    if b <= 1e-6:
-        return None  # local load does not move memory
-    slots = (1.0 - a) / b
-    if slots <= 0:
-        return 0.0
-    root = (-peaks + math.sqrt(peaks * peaks + 4.0 * slots)) / 2.0
-    return root * root
 
 
 __all__ = ["EstimatorSettings", "Estimator", "INTERVAL_SIGNALS", "Tally"]

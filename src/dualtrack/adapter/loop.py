@@ -28,15 +28,15 @@ import math
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, TextIO, Tuple
+from typing import List, Optional, Sequence, TextIO, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..clock import SYSTEM_CLOCK, Clock
 from .._validate import label_value
-from ..vocabulary import DEFAULT_QUERY_CLASSES
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
 from ..preferences import Preferences, PreferencesWriter
+from ..vocabulary import DEFAULT_QUERY_CLASSES
 from .controller import AdaptationController, Cycle, Publisher, SignalSource, StreamPublisher
 from .engine import RuleEngine
 from .prometheus_source import check_window

@@ -17,23 +17,48 @@ track ``o`` once on a failure) is::
     first(t)  = P(success) * (w_useful * P(useful) + w_within * P(within) + w_quality * quality)
                 - w_savings * cost per call / mean all-API cost per query
     value(t)  = first(t) + P(fast failure) * first(o) + P(timeout) * first(o, never within target)
+                - 0.05 * P(failure)          (a wasted call: between equal routes, the direct one wins)
 
-The split maximizes ``sum over c of rate(c) * (x_c * value(local) + (1 - x_c) * value(api))``
-subject to the local track's capacity (``sum rate(c) * x_c * base service time(c)``
-within ``utilization`` of the estimated capacity, in Erlangs) and the API
-budget (spend under ``budget_margin`` of ``max_cost_per_hour``): the
-compliance term, kept as constraints. Each class keeps at least ``probe`` of
-its traffic on the track it would not choose, so that a recovery shows.
+Each class goes to the track where a query is worth more, all but a probe
+share (at least ``probe``, enough for a couple of calls per interval) that
+keeps evidence coming from the other track, so that a recovery shows. A class
+changes track only when the gain is beyond the estimates' noise, or when a
+change was just detected: noise does not make it flip-flop.
+
+Then the compliance term. Local load is capped at ``utilization`` of the
+estimated capacity (queueing) by giving back first the classes that gain
+least per busy slot. Memory against local load, and API spend against the
+budget, are weighed rather than obeyed blindly: candidate splits with local
+load capped at a few shares of the memory limit and spend capped at a few
+shares of the budget are scored as
+
+    score = sum over c of rate(c) * (x_c * value(local) + (1 - x_c) * value(api)) / total rate
+            - w_compliance * (P(memory over its limit) + P(spend over budget))
+
+(busy slots Poisson around the planned load; the budget's 5-minute window of
+calls around the planned spend) and the best is kept: a constraint is kept
+when keeping it is worth what it costs in answers.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..objective import OBJECTIVE, TERMS
 from .estimator import Estimator, Tally
+
+#: The budget is judged on the spend of a trailing window of this many seconds (the benchmark's).
+BUDGET_WINDOW_SECONDS = 300.0
+
+#: The local load caps tried, as shares of the busy slots at which memory reaches its limit.
+MEMORY_LEVELS: Tuple[float, ...] = (0.5, 0.65, 0.8, 0.9)
+#: The API spend caps tried, as shares of the budget.
+BUDGET_LEVELS: Tuple[float, ...] = (0.6, 0.75, 0.85, 0.95)
+
+#: What a fallback costs beyond its effect on the objective's terms, per query.
+FALLBACK_PENALTY = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,8 +71,9 @@ class ObjectiveSpec:
     probe_max: float = 0.1  # most share of a class spent probing
     probe_budget: float = 0.05  # most share of all traffic spent probing
     utilization: float = 0.9  # of the local capacity estimate the split may plan to use
-    budget_margin: float = 0.9  # of max_cost_per_hour the split may plan to spend
     decay: float = 0.7  # weight of older evidence per interval (the estimator's)
+    value_noise: float = 0.15  # standard deviation of one query's value: how much evidence a difference needs
+    spend_error: float = 0.1  # relative error of the spend estimate, beyond the window's chance
 
 
 @dataclass
@@ -125,6 +151,9 @@ def value_queries(estimator: Estimator, spec: ObjectiveSpec) -> Tuple[List[Valua
                 fail = 1.0 - p["success"]
                 v += fail * (1.0 - p["timeout_share"]) * _first_try(o, w, cost_norm, late=False)
                 v += fail * p["timeout_share"] * _first_try(o, w, cost_norm, late=True)
+                # A fallback is a wasted call (a round trip, load on a failing track):
+                # between two otherwise equal routes, the one that needs none wins.
+                v -= FALLBACK_PENALTY * fail
             value[t] = v
         out.append(Valuation(c, value, {t: p for t, p in parts.items() if p is not None},
                              known=len(value) == 2))
@@ -158,73 +187,163 @@ def probe_shares(arrivals: Mapping[str, float], spec: ObjectiveSpec, interval_se
     return out
 
 
+def _side(gain: float, spread: float, probe: float, current: Optional[float]) -> float:
+    """The local share for a gain known within ``spread`` (a standard error): all but the
+    probe to the better track, and a class changes track only when the evidence says so
+    (the gain beyond ``spread``), so noise does not make it flip-flop from cycle to cycle."""
+    if current is None or abs(gain) > spread:
+        local = gain > 0
+    else:
+        local = current >= 0.5
+    return 1.0 - probe if local else probe
+
+
+def _normal_tail(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+@dataclass
+class _Plan:
+    """One candidate split and what it is expected to give."""
+
+    shares: Dict[str, float]
+    value: float  # expected objective per query, the query terms
+    load: float  # local Erlangs
+    spend: Optional[float]  # $/h on the API
+    p_memory: float  # chance memory is over its limit at a given moment
+    p_budget: float  # chance spend is over budget at a given moment
+    local_cap: Optional[float]
+    budget_cap: Optional[float]
+
+    @property
+    def score(self) -> float:
+        return self.value - self.compliance_weight * (self.p_memory + self.p_budget)
+
+    compliance_weight: float = 0.0
+
+
 def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: Optional[float] = None,
-                 current: Optional[Mapping[str, float]] = None, interval_seconds: float = 30.0) -> Split:
-    """Each class's local share, maximizing the objective under the capacity and budget bounds."""
+                 current: Optional[Mapping[str, float]] = None, interval_seconds: float = 30.0,
+                 changed: Iterable[str] = ()) -> Split:
+    """Each class's local share, maximizing the objective.
+
+    The query terms (useful, within target, quality, savings) are the classes'
+    expected values; the compliance term is the chance that the split puts memory
+    over its limit or the API spend over its budget, weighed by the compliance
+    weight. Several candidate splits are built (each class's preferred share,
+    then local load capped at a few levels, then API spend capped at a few levels)
+    and the best is kept: a constraint is kept when keeping it is worth what it
+    costs in answers, and not when it is not.
+    """
     valuations, cost_norm = value_queries(estimator, spec)
     arrivals = estimator.arrivals
     probes = probe_shares(arrivals, spec, interval_seconds)
     service = estimator.base_service
-    capacity = estimator.local_capacity()
     reasons: List[str] = []
-    shares: Dict[str, float] = {}
+    # A change detected this cycle (``changed``: "api", "local:short", ...) is news:
+    # the classes it touches choose afresh, without holding on to their current track.
+    changed = set(changed)
+    fresh = {c for c in estimator.classes
+             if changed & {"local", "api", f"local:{c}", f"api:{c}"}}
+    preferred: Dict[str, float] = {}
+    fixed: Dict[str, float] = {}
     gains: Dict[str, float] = {}
     for v in valuations:
+        c = v.query_class
         if not v.known:
             # One track has no evidence yet: keep a balanced split until it has.
-            shares[v.query_class] = (current or {}).get(v.query_class, 0.5)
-            reasons.append(f"{v.query_class}: not enough evidence on both tracks yet")
+            fixed[c] = (current or {}).get(c, 0.5)
+            reasons.append(f"{c}: not enough evidence on both tracks yet")
             continue
-        c = v.query_class
         gains[c] = v.value["local"] - v.value["api"]
-        shares[c] = 1.0 - probes.get(c, spec.probe) if gains[c] > 0 else probes.get(c, spec.probe)
-    # The local capacity: fill it with the classes that gain most per unit of it.
+        # Evidence decays, so the estimates never get sharper than a few intervals allow.
+        spread = spec.value_noise * math.sqrt(sum(1.0 / max(v.parts[t]["calls"], 1.0) for t in ("local", "api")))
+        held = None if c in fresh else (current or {}).get(c)
+        preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
+    probe = {c: probes.get(c, spec.probe) for c in gains}
+    by_class = {v.query_class: v for v in valuations}
+    total = sum(arrivals.get(c, 0.0) for c in gains)
+    # Local load. A query sent to a failing API comes back to local as a fallback, so
+    # only the share the API would have answered is load a split adds: while the API
+    # is down, moving a class to local costs no capacity.
     load = {c: arrivals.get(c, 0.0) * service.get(c, 0.0) for c in gains}
-    wanted = sum(load[c] * shares[c] for c in gains)
-    split = Split(shares, reasons, wanted_load=wanted)
-    if capacity is not None and wanted > spec.utilization * capacity:
-        split.capacity_bound = True
-        probe = {c: probes.get(c, spec.probe) for c in gains}
-        room = spec.utilization * capacity - sum(load[c] * probe[c] for c in gains)
-        order = sorted((c for c in gains if gains[c] > 0),
-                       key=lambda c: gains[c] / service[c] if service.get(c) else math.inf, reverse=True)
-        for c in gains:
-            shares[c] = probe[c]
-        for c in order:
-            need = load[c] * (1.0 - 2 * probe[c])
-            if need <= 0:
-                shares[c] = 1.0 - probe[c]
-                continue
-            take = min(1.0, max(0.0, room) / need)
-            shares[c] = probe[c] + take * (1.0 - 2 * probe[c])
-            room -= take * need
-    # The API budget: spend per hour of the split must stay under the margin.
-    if budget_per_hour is not None and budget_per_hour > 0:
-        spend = {c: arrivals.get(c, 0.0) * 3600.0 * (estimator.tally("api", c).cost_per_call or 0.0) for c in gains}
-        planned = sum(spend[c] * (1.0 - shares[c]) for c in gains)
-        limit = spec.budget_margin * budget_per_hour
-        if planned > limit:
-            split.budget_bound = True
-            # Move the classes that lose least per dollar saved to local first.
-            order = sorted((c for c in gains if spend[c] > 0 and shares[c] < 1.0 - probes.get(c, spec.probe)),
-                           key=lambda c: -gains[c] / spend[c])
-            for c in order:
-                if planned <= limit:
+    marginal = {c: load[c] * by_class[c].parts["api"]["success"] for c in gains}
+    fallback_load = sum(load[c] - marginal[c] for c in gains)
+    spend_rate = {c: arrivals.get(c, 0.0) * 3600.0 * (estimator.tally("api", c).cost_per_call or 0.0)
+                  * estimator.spend_bias for c in gains}
+
+    def plan(local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
+        shares = dict(preferred)
+        wanted = fallback_load + sum(marginal[c] * shares[c] for c in gains)
+        if local_cap is not None and wanted > local_cap:
+            excess = wanted - local_cap
+            # Give back the local capacity of the classes that gain least per unit of it first.
+            for c in sorted((c for c in gains if marginal[c] > 0), key=lambda c: gains[c] / marginal[c]):
+                if excess <= 0:
                     break
-                movable = spend[c] * (1.0 - probes.get(c, spec.probe) - shares[c])
-                take = min(movable, planned - limit)
-                shares[c] += take / spend[c]
+                freed = min(excess, marginal[c] * (shares[c] - probe[c]))
+                if freed > 0:
+                    shares[c] -= freed / marginal[c]
+                    excess -= freed
+        if budget_cap is not None:
+            planned = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
+            # Move the classes that lose least per dollar saved to local first.
+            for c in sorted((c for c in gains if spend_rate[c] > 0), key=lambda c: -gains[c] / spend_rate[c]):
+                if planned <= budget_cap:
+                    break
+                take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
+                shares[c] += take / spend_rate[c]
                 planned -= take
+        value = sum(arrivals.get(c, 0.0) * (shares[c] * by_class[c].value["local"]
+                                            + (1.0 - shares[c]) * by_class[c].value["api"]) for c in gains)
+        value = value / total if total > 0 else 0.0
+        busy = fallback_load + sum(marginal[c] * shares[c] for c in gains)
+        p_memory = 0.0
+        slots = estimator.memory_slots
+        if slots is not None and busy > 0:
+            p_memory = _normal_tail((slots + 0.5 - busy) / math.sqrt(busy))
+        spend = None
+        p_budget = 0.0
+        if budget_per_hour is not None and budget_per_hour > 0:
+            spend = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
+            calls = sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains) * BUDGET_WINDOW_SECONDS
+            if spend > 0:
+                spread = spend * math.sqrt(1.0 / max(calls, 1.0) + spec.spend_error ** 2)
+                p_budget = _normal_tail((budget_per_hour - spend) / spread)
+        return _Plan(shares, value, busy, spend, p_memory, p_budget, local_cap, budget_cap,
+                     compliance_weight=spec.weights.get("compliance", 0.0))
+
+    capacity = estimator.capacity
+    slots = estimator.memory_slots
+    local_caps: List[Optional[float]] = [spec.utilization * capacity if capacity is not None else None]
+    if slots is not None:
+        base_cap = local_caps[0]
+        for k in MEMORY_LEVELS:
+            cap = k * slots
+            local_caps.append(cap if base_cap is None else min(cap, base_cap))
+    budget_caps: List[Optional[float]] = [None]
+    if budget_per_hour is not None and budget_per_hour > 0:
+        budget_caps += [k * budget_per_hour for k in BUDGET_LEVELS]
+    plans = [plan(lc, bc) for lc in local_caps for bc in budget_caps]
+    best = max(plans, key=lambda p: p.score)
+    shares = {**fixed, **best.shares}
+    wanted = fallback_load + sum(marginal[c] * preferred[c] for c in gains)
+    split = Split(shares, reasons, wanted_load=wanted)
+    split.capacity_bound = best.local_cap is not None and wanted > best.local_cap + 1e-9
+    split.budget_bound = best.budget_cap is not None and any(best.shares[c] > preferred[c] + 1e-9 for c in gains)
+    estimator.planned_spend = best.spend
     for v in valuations:
         c = v.query_class
         if c in gains:
             lv, av = v.value["local"], v.value["api"]
             reasons.append(f"{c}: local {lv:.3f} vs api {av:.3f} expected per query -> local share {shares[c]:.2f}")
-    if split.capacity_bound:
-        reasons.append(f"local capacity bound: {spec.utilization:.0%} of {capacity:.1f} busy slots "
-                       f"(the split would use {wanted:.1f})")
-    if split.budget_bound:
-        reasons.append(f"API budget bound: spend kept under {spec.budget_margin:.0%} of ${budget_per_hour:g}/h")
+    if split.capacity_bound and best.local_cap is not None:
+        reasons.append(f"local load kept to {best.local_cap:.1f} busy slots (the classes' choice: {wanted:.1f}); "
+                       f"memory over its limit {best.p_memory:.0%} of the time")
+    if split.budget_bound and best.budget_cap is not None and best.spend is not None:
+        reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
+                       f"(over it {best.p_budget:.0%} of the time)")
     return split
 
 

@@ -17,6 +17,10 @@ fired and the mode at given cycles::
             fired: [shift_from_slow_local]
             routing: {local_bias: {lt: 0.5}}
 
+A cycle may also give ``evidence``: the last interval's calls per track and
+class (``local/short: {calls: 20, success: 0.95, quality: 0.85, latency: 1.2}``),
+expanded into the ``interval_*`` signals an ``objective:`` strategy reads.
+
 Signal values not listed in a cycle are *no data*. ``dualtrack rules test``
 runs every test of every file given and reports failures as
 ``file:line: test: cycle N: ...``.
@@ -89,6 +93,27 @@ def _signals(strategy: Strategy, raw: Mapping[str, Any], path: Tuple[Any, ...],
     return values
 
 
+def _evidence(raw: Mapping[str, Mapping[str, float]], values: SignalValues) -> None:
+    """Expand ``evidence: {local/short: {calls: 20, success: 0.9, ...}}`` into the interval_* signals."""
+    for key, e in (raw or {}).items():
+        track, _, query_class = key.partition("/")
+        calls = float(e["calls"])
+        ok = calls * float(e.get("success", 1.0))
+        scored = ok
+        labels = {"path": track, "query_class": query_class}
+        for name, value in (
+                ("interval_calls", calls), ("interval_successes", ok),
+                ("interval_timeouts", calls * float(e.get("timeouts", 0.0))),
+                ("interval_within_target", ok * float(e.get("within", 1.0))),
+                ("interval_useful", scored * float(e.get("useful", 1.0))),
+                ("interval_quality_sum", scored * float(e.get("quality", 0.9))),
+                ("interval_quality_count", scored),
+                ("interval_cost_dollars", calls * float(e.get("cost", 0.0))),
+                ("interval_latency_sum", calls * float(e.get("latency", 1.0))),
+                ("interval_latency_count", calls)):
+            values.set(name, labels, value)
+
+
 def _compare(decision: Decision, expect: Mapping[str, Any]) -> List[str]:
     problems: List[str] = []
     fired = set(decision.fired)
@@ -141,6 +166,7 @@ def run_strategy_tests(strategies: StrategySet, strategy: Strategy) -> TestRepor
         for c_index, step in enumerate(test["cycles"]):
             values = _signals(strategy, step.get("signals") or {}, path + ("cycles", c_index, "signals"),
                               strategies)
+            _evidence(step.get("evidence") or {}, values)
             for _ in range(step.get("repeat", 1)):
                 cycle += 1
                 decision = engine.evaluate(values, now=(cycle - 1) * interval)

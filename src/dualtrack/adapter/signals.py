@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from ..vocabulary import PATHS
 from ..constraints import CONSTRAINTS
+from ..vocabulary import PATHS
 from .conditions import SignalInfo
 
 Labels = Tuple[Tuple[str, str], ...]  # sorted (label, value) pairs

@@ -24,8 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from .. import _yaml
 from .._schema import load_validator, schema_error
 from ..errors import ConfigError
-from ..vocabulary import (DEFAULT_ROUTING, DEFAULT_TIMEOUTS_SECONDS, ROUTING_FIELDS, ROUTING_NAMES,
-                          parse_duration)
+from ..vocabulary import DEFAULT_ROUTING, DEFAULT_TIMEOUTS_SECONDS, ROUTING_FIELDS, ROUTING_NAMES, parse_duration
 from .conditions import Condition, ConditionError, compile_condition
 from .objective import TERMS, ObjectiveSpec
 from .signals import BUILTIN_CATALOG, Catalog, Signal, user_signal
@@ -246,7 +245,6 @@ class _Compiler:
             objective = ObjectiveSpec(weights={t: w / total for t, w in weights.items()},
                                       probe=float(od.get("probe", 0.03)),
                                       utilization=float(od.get("utilization", 0.9)),
-                                      budget_margin=float(od.get("budget_margin", 0.9)),
                                       decay=float(od.get("decay", 0.7)))
 
         rules: List[Rule] = []

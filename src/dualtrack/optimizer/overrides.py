@@ -6,9 +6,16 @@ the latest resource reading and the recent windows, in priority order:
 
 1. **machine limits** (memory, GPU memory over their limits; the concurrency
    limit reached): steer away from local and parallel, to the API;
-2. **battery** low while unplugged: prefer the API;
+2. **battery** low while unplugged, under half its threshold: prefer the API, so the
+   machine keeps running (under the threshold the constraint is violated until it is
+   plugged in whatever the routing; above it, sparing the battery is the strategy's
+   call, a rule such as ``battery_low``);
 3. **cost**: a class whose API requests cost more than the per-request cap,
-   while local answers it acceptably: prefer local.
+   while local answers it acceptably: prefer local;
+4. **a failing track** (most of its recent calls failed: an outage, a crash):
+   prefer the other track at once, without waiting for the next cycle. Unlike
+   the others this override is *soft*: the router still sends the failing
+   track its exploration share, so that its recovery shows.
 
 Steering to the API is pointless while its recent calls mostly fail (it would
 only add a round trip before the fallback): then the routing stays as preferred
@@ -27,6 +34,14 @@ from ..exporter.collector import MetricsCollector
 from ..preferences import Preferences, Routing
 from ..vocabulary import PARALLEL_NEVER
 
+#: Overrides the router applies with the exploration floor still in place (see ``failing``).
+SOFT_OVERRIDES = ("api_failing", "local_failing")
+#: A track is failing when most of its last this-many calls failed.
+RECENT_CALLS = 20
+
+#: The battery override acts under this share of the battery threshold.
+BATTERY_OVERRIDE_SHARE = 0.5
+
 
 @dataclass(frozen=True)
 class Overrides:
@@ -38,6 +53,7 @@ class Overrides:
     battery_low: bool
     cost: Dict[str, str]  # query class -> reason, where local is preferred for cost
     api_failing: bool = False  # most recent API calls failed: steering to it would not help
+    local_failing: bool = False  # most recent local calls failed
 
 
 def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collector: MetricsCollector,
@@ -58,11 +74,19 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                 cost[qc] = (f"API requests of class {qc} cost ${api_cost:.4f} > cap "
                             f"${c.max_cost_per_request:.4f} and local quality {local_quality:.2f} is "
                             "acceptable: preferring local")
-    api_calls = [r for r in collector.records("api", None, since) if r.outcome != "cancelled"]
-    recent = api_calls[-20:]
-    api_failing = len(recent) >= 5 and sum(r.outcome == "success" for r in recent) < len(recent) / 2
+    api_failing, local_failing = (_failing(collector, track, since) for track in ("api", "local"))
+    battery = checks["battery"]
+    battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
+        and battery.value < BATTERY_OVERRIDE_SHARE * battery.limit
     return Overrides(snapshot, prefs, tuple(n for n in ("memory", "gpu_memory") if checks[n]),
-                     bool(checks["battery"]), cost, api_failing)
+                     battery_low, cost, api_failing, local_failing)
+
+
+def _failing(collector: MetricsCollector, track: str, since: float) -> bool:
+    """Did most of the track's recent calls (the last 20, at least 5) fail?"""
+    calls = [r for r in collector.records(track, None, since) if r.outcome != "cancelled"]
+    recent = calls[-RECENT_CALLS:]
+    return len(recent) >= 5 and sum(r.outcome == "success" for r in recent) < len(recent) / 2
 
 
 def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel: bool, concurrency_full: bool,
@@ -101,6 +125,13 @@ def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel
         preferred = "local"
         applied.append("cost")
         reasons.append(overrides.cost[qc])
+    elif overrides.api_failing != overrides.local_failing:
+        failing = "api" if overrides.api_failing else "local"
+        values["local_bias"] = 1.0 if failing == "api" else 0.0
+        values["parallel_threshold"] = PARALLEL_NEVER
+        preferred = "local" if failing == "api" else "api"
+        applied.append(f"{failing}_failing")
+        reasons.append(f"most recent {failing} calls failed: preferring {preferred} until it recovers")
     if preferred is None:
         if parallel and values["parallel_threshold"] <= 1.0:
             preferred = "parallel"
@@ -122,4 +153,4 @@ def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel
     }
 
 
-__all__ = ["Overrides", "build_recommendation", "compute_overrides"]
+__all__ = ["SOFT_OVERRIDES", "Overrides", "build_recommendation", "compute_overrides"]

@@ -9,7 +9,8 @@ is what the router does.
 - A query whose complexity reaches ``parallel_threshold`` runs on both
   tracks; with preemption the first acceptable answer wins.
 - An immediate override from the optimizer (memory, GPU memory,
-  concurrency, battery, cost) forces its path.
+  concurrency, battery, cost) forces its path; a failing track's override
+  only moves the share, so the track keeps its exploration floor.
 - Otherwise each track keeps at least ``floor`` of the traffic, so a track
   that fell out of favour still produces the metrics that can bring it back.
 - The other track is the fallback, tried once on error or timeout.
@@ -27,6 +28,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
 
+from ..optimizer.overrides import SOFT_OVERRIDES
 from ..vocabulary import TRACKS, other_track
 
 _Answer = TypeVar("_Answer")
@@ -70,8 +72,9 @@ class RoutingPolicy:
         rec = self.optimizer.get_optimization_recommendations(query, context)
         routing = rec["routing"]
         complexity = float(rec.get("complexity", 0.0))
-        if rec.get("overrides"):
-            path = rec["preferred_path"]
+        overrides = rec.get("overrides")
+        if overrides and not all(o in SOFT_OVERRIDES for o in overrides):
+            path = rec["preferred_path"]  # a machine limit, the battery, the cost cap: now, for every query
         elif routing["parallel_threshold"] <= 1.0 and complexity >= routing["parallel_threshold"]:
             path = "parallel"
         else:
