@@ -190,7 +190,7 @@ def test_the_capacity_grows_while_local_keeps_up_and_the_split_wants_more() -> N
 def test_memory_against_local_load_says_where_the_limit_is() -> None:
     # memory = 0.7 + 0.02 x load: the limit (1.0) is at 15 busy slots.
     est = Estimator(("short",))
-    for load in (2.0, 4.0, 6.0, 8.0):
+    for load in (2.0, 4.0, 6.0, 8.0, 10.0):
         n = load * INTERVAL
         est.update(interval(steady(calls(n, latency=1.0), calls(10)), memory_used_ratio=0.7 + 0.02 * load), INTERVAL)
     assert est.memory_slots == pytest.approx(15.0, rel=1e-6)

@@ -14,7 +14,8 @@ A cycle, in order (``docs/rules.md`` has the full story):
    offset from the global preferences; untouched offsets relax toward the
    learned offset (``learning``) or zero.
 4. **Health**: a track whose ``unhealthy_when`` holds is drained to the
-   exploration floor (local_bias driven to the edge of its clamps).
+   exploration floor (local_bias driven to the edge of its clamps) -- for
+   strategies without an ``objective:``, which weighs a failing track itself.
 5. **Clamps** (the exploration floor is part of the local_bias clamp), then
    the **maximum step**: no preference moves more than ``max_step`` from
    the previous cycle, globally or for any class.
@@ -305,9 +306,12 @@ class RuleEngine:
             reasons.append(FiredRule("change_detected", self.top.name,
                                      f"{where}: {what} changed; estimates restart from the last interval",
                                      where.partition(":")[2] or None))
-        current = {qc: p["local_bias"] for qc, p in self.class_prefs.items()}
+        # Hold on to the track each class was worth more on before: the objective's
+        # choice, not the baseline's split nor what the constraints left of it.
+        current = self.last_split.preferred if self.last_split is not None else None
         split = choose_split(est, objective, budget_per_hour=values.get("cost_budget_dollars_per_hour", {}),
-                             current=current, interval_seconds=self.interval_seconds, changed=events)
+                             current=current, interval_seconds=self.interval_seconds, changed=events,
+                             latency_target=values.get("latency_target_seconds", {}))
         est.wanted_load = split.wanted_load
         self.last_split = split
         for line in split.reasons:
@@ -404,7 +408,9 @@ class RuleEngine:
             prev = _clip(previous[pref], lo, hi)  # after a mode switch the old value may be outside
             # A NaN target (e.g. inf - inf from an overflowing scale action) keeps the previous value.
             value = prev if math.isnan(target[pref]) else _clip(target[pref], lo, hi)
-            if pref == "local_bias":
+            # An objective already weighs a failing track (and the façade steers away from
+            # one at once): the health gate drains for the rule-only strategies.
+            if pref == "local_bias" and strat.objective is None and self.top.objective is None:
                 local_ok = self._healthy["local"] is not False
                 api_ok = self._healthy["api"] is not False
                 if local_ok and not api_ok:

@@ -129,6 +129,8 @@ class EstimatorSettings:
     capacity_cut: float = 0.85  # on queueing: capacity = this x what was offered
     capacity_growth: float = 1.25  # while keeping up and wanted: capacity x this per cycle
     base_learning_rate: float = 0.3  # how fast base service times follow uncongested latency
+    rejected_share: float = 0.15  # local calls failing beyond this share (and 3x the usual) at load: rejected
+    base_min_success: float = 0.9  # base service times learn only from intervals this successful
     memory_decay: float = 0.97  # memory per busy slot is a slow property of the model: long memory
     spend_learning_rate: float = 0.3  # how fast the spend bias follows measured over planned spend
     quality_shift: float = 0.25  # the useful-rate shift the quality CUSUM looks for
@@ -163,10 +165,18 @@ class Estimator:
         self.local_load: Optional[float] = None  # last interval's offered local load, Erlangs
         self.local_inflation: Optional[float] = None  # last interval's local latency over base
         self.wanted_load: Optional[float] = None  # set by the optimizer: local load it would use uncapped
+        # The local server's slots, inferred from the queueing it shows (Erlang C): the
+        # fewest slots consistent with the calls seen waiting, and at least what was
+        # seen carried without waiting.
+        self.slots: Optional[float] = None
+        self._slots_seen_free = 0
+        self.local_wait: float = 0.0  # seconds the last interval's local calls waited, on average
+        self._usual_local_failures: Optional[float] = None
         # Memory (the larger of memory and GPU memory, as a share of its limit) against
         # local load: a line fitted over the intervals, decayed sums of (w, x, y, xx, xy).
         self._memory_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
         self.memory_slots: Optional[float] = None  # busy local slots at which memory reaches its limit
+        self._memory_points = 0
         # Spend measured over spend planned (decayed): the planned spend is an estimate,
         # and the budget is judged on what was really spent.
         self.spend_bias = 1.0
@@ -186,8 +196,11 @@ class Estimator:
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
         for c in self.classes:
-            # Arrivals are news, not evidence to pool: a burst is the load of now.
-            rate = sum(fresh[t][c].calls for t in TRACKS) / interval_seconds
+            # Arrivals are news, not evidence to pool: a burst is the load of now. A failed
+            # first try is followed by a fallback call: calls minus failures counts queries.
+            calls = sum(fresh[t][c].calls for t in TRACKS)
+            failures = sum(fresh[t][c].calls - fresh[t][c].successes for t in TRACKS)
+            rate = max(calls - failures, 0.5 * calls) / interval_seconds
             previous = self.arrivals.get(c)
             self.arrivals[c] = rate if previous is None else s.arrival_decay * previous + (1 - s.arrival_decay) * rate
         for track in TRACKS:
@@ -304,12 +317,30 @@ class Estimator:
         ratio = min(2.0, max(0.5, spend / planned))
         self.spend_bias += self.settings.spend_learning_rate * (ratio - self.spend_bias)
 
+    def _infer_slots(self, load: float, waiting: float) -> None:
+        if load < 0.2 or waiting < -0.1 * load:
+            return  # much less "waiting" than none: the base service times are off, and it says nothing
+        if waiting <= 0.1 * load:
+            # Carried with little waiting: at least the slots that allows (leniently: an
+            # interval's mean wait is noisy).
+            self._slots_seen_free = max(self._slots_seen_free, slots_for(load, 0.3 * load))
+            if self.slots is not None and self.slots < self._slots_seen_free:
+                self.slots = float(self._slots_seen_free)
+            return
+        k = max(slots_for(load, waiting), self._slots_seen_free)
+        if self.slots is None:
+            self.slots = float(k)
+        else:  # waiting is strong evidence of fewer slots; its absence weak evidence of more
+            weight = 0.5 if k < self.slots else 0.2
+            self.slots += weight * (k - self.slots)
+
     def _fit_memory(self, load: float, memory: float) -> None:
         d = self.settings.memory_decay
         f = self._memory_fit
         for i, v in enumerate((1.0, load, memory, load * load, load * memory)):
             f[i] = d * f[i] + v
-        fit = _fit_line(f)
+        self._memory_points += 1
+        fit = _fit_line(f) if self._memory_points >= MEMORY_FIT_POINTS else None
         self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
 
     def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
@@ -331,8 +362,25 @@ class Estimator:
             return
         inflation = in_system / offered
         self.local_load, self.local_inflation = offered, inflation
+        calls = sum(t.latency_count for t in fresh.values())
+        self.local_wait = max(0.0, in_system - offered) * interval_seconds / calls if calls > 0 else 0.0
         if memory is not None:
             self._fit_memory(offered, memory)
+        pooled = _pool(fresh.values())
+        failed = 1.0 - (pooled.success_rate if pooled.success_rate is not None else 1.0)
+        usual = self._usual_local_failures
+        self._usual_local_failures = failed if usual is None else 0.8 * usual + 0.2 * failed
+        # A server with a bounded queue turns calls away at once when full (Ollama's
+        # OLLAMA_MAX_QUEUE): a sudden share of failures under load is queueing too, and
+        # those instant failures would otherwise make the latency look better than ever.
+        rejecting = failed > s.rejected_share and (usual is None or failed > 3.0 * usual)
+        if rejecting and self.capacity is None or rejecting and offered >= 0.5 * (self.capacity or 0.0):
+            cut = s.capacity_cut * offered * (1.0 - failed)
+            self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
+            return
+        if failed > 1.0 - s.base_min_success:
+            return  # latency of a failing interval says nothing about service times
+        self._infer_slots(offered, in_system - offered)
         if inflation >= s.congested_inflation:
             if self.capacity is not None and offered < 0.5 * self.capacity:
                 # Slow at low load: the model got slower (throttling), not full.
@@ -355,6 +403,44 @@ class Estimator:
                 self.capacity *= s.capacity_growth
 
 
+def erlang_c(slots: int, load: float) -> float:
+    """The chance a call waits for a slot (Erlang C): ``slots`` servers, ``load`` Erlangs offered."""
+    if load <= 0:
+        return 0.0
+    if load >= slots:
+        return 1.0
+    b = 1.0
+    for k in range(1, slots + 1):  # Erlang B by its recursion, stable for any size
+        b = load * b / (k + load * b)
+    return slots * b / (slots - load * (1.0 - b))
+
+
+def queue_length(slots: int, load: float) -> float:
+    """Mean number of calls waiting for a slot (M/M/c): infinite at or beyond the slots."""
+    if load >= slots:
+        return math.inf
+    return erlang_c(slots, load) * load / (slots - load)
+
+
+def wait_seconds(slots: int, load: float, service: float) -> float:
+    """Mean wait for a slot, for calls of mean ``service`` seconds."""
+    if load >= slots:
+        return math.inf
+    return erlang_c(slots, load) * service / (slots - load)
+
+
+def slots_for(load: float, waiting: float, most: int = 512) -> int:
+    """The fewest slots at which ``load`` Erlangs would leave at most ``waiting`` calls waiting."""
+    k = max(1, math.floor(load) + 1)
+    while k < most and queue_length(k, load) > waiting:
+        k += 1
+    return k
+
+
+#: Intervals of evidence before the memory line is trusted.
+MEMORY_FIT_POINTS = 5
+
+
 def _fit_line(sums: Iterable[float]) -> Optional[Tuple[float, float]]:
     w, x, y, xx, xy = sums
     det = w * xx - x * x
@@ -364,4 +450,5 @@ def _fit_line(sums: Iterable[float]) -> Optional[Tuple[float, float]]:
     return (y - slope * x) / w, slope
 
 
-__all__ = ["EstimatorSettings", "Estimator", "INTERVAL_SIGNALS", "Tally"]
+__all__ = ["EstimatorSettings", "Estimator", "INTERVAL_SIGNALS", "Tally", "erlang_c", "queue_length", "slots_for",
+           "wait_seconds"]

@@ -47,10 +47,17 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..objective import OBJECTIVE, TERMS
-from .estimator import Estimator, Tally
+from .estimator import Estimator, Tally, wait_seconds
 
 #: The budget is judged on the spend of a trailing window of this many seconds (the benchmark's).
 BUDGET_WINDOW_SECONDS = 300.0
+
+#: The local load caps tried, as shares of the local server's slots (queueing).
+QUEUE_LEVELS: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: Variance of the busy local slots at a moment, as a multiple of their mean (Poisson: 1).
+BUSY_OVERDISPERSION = 2.0
+#: Dispersion (lognormal sigma) of a class's latency, to move its within-target rate with the wait.
+LATENCY_SIGMA = 0.5
 
 #: The local load caps tried, as shares of the busy slots at which memory reaches its limit.
 MEMORY_LEVELS: Tuple[float, ...] = (0.5, 0.65, 0.8, 0.9)
@@ -67,8 +74,9 @@ class ObjectiveSpec:
 
     weights: Mapping[str, float] = field(default_factory=OBJECTIVE.as_dict)
     probe: float = 0.03  # least share of each class on the track it would not choose
-    probe_calls: float = 2.0  # calls per interval the probes aim at, for a recovery to show
-    probe_max: float = 0.1  # most share of a class spent probing
+    probe_calls: float = 1.0  # calls per interval the probes aim at, for a recovery to show
+    probe_max: float = 0.05  # most share of a class spent probing
+    probe_loss: float = 0.05  # a probe losing more than this per query is made rarer, in proportion
     probe_budget: float = 0.05  # most share of all traffic spent probing
     utilization: float = 0.9  # of the local capacity estimate the split may plan to use
     decay: float = 0.7  # weight of older evidence per interval (the estimator's)
@@ -166,6 +174,7 @@ class Split:
 
     shares: Dict[str, float]
     reasons: List[str]
+    preferred: Dict[str, float] = field(default_factory=dict)  # each class's share before the constraints
     capacity_bound: bool = False
     budget_bound: bool = False
     wanted_load: Optional[float] = None  # local Erlangs the split would use without the capacity bound
@@ -223,9 +232,26 @@ class _Plan:
     compliance_weight: float = 0.0
 
 
+def _within_at(within: float, latency: float, new_latency: float, target: Optional[float]) -> float:
+    """The within-target rate once a class's mean latency moves from ``latency`` to ``new_latency``
+    (lognormal latencies of dispersion LATENCY_SIGMA; the measured rate scaled by the model's ratio)."""
+    if new_latency == latency or target is None or target <= 0 or latency <= 0:
+        return within
+    if not math.isfinite(new_latency):
+        return 0.0
+
+    def model(mean: float) -> float:
+        return 0.5 * math.erfc(-math.log(target / mean) / (LATENCY_SIGMA * math.sqrt(2.0)))
+
+    before = model(latency)
+    if before <= 1e-9:
+        return within if new_latency >= latency else min(1.0, model(new_latency))
+    return max(0.0, min(1.0, within * model(new_latency) / before))
+
+
 def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: Optional[float] = None,
                  current: Optional[Mapping[str, float]] = None, interval_seconds: float = 30.0,
-                 changed: Iterable[str] = ()) -> Split:
+                 changed: Iterable[str] = (), latency_target: Optional[float] = None) -> Split:
     """Each class's local share, maximizing the objective.
 
     The query terms (useful, within target, quality, savings) are the classes'
@@ -260,6 +286,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         # Evidence decays, so the estimates never get sharper than a few intervals allow.
         spread = spec.value_noise * math.sqrt(sum(1.0 / max(v.parts[t]["calls"], 1.0) for t in ("local", "api")))
         held = None if c in fresh else (current or {}).get(c)
+        # A probe of a track far worse than the other is costly: probe it less, down to the floor.
+        if abs(gains[c]) > spec.probe_loss:
+            probes[c] = max(spec.probe, probes.get(c, spec.probe) * spec.probe_loss / abs(gains[c]))
         preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
     probe = {c: probes.get(c, spec.probe) for c in gains}
     by_class = {v.query_class: v for v in valuations}
@@ -273,13 +302,33 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     spend_rate = {c: arrivals.get(c, 0.0) * 3600.0 * (estimator.tally("api", c).cost_per_call or 0.0)
                   * estimator.spend_bias for c in gains}
 
+    # Queueing on local: with its slots known, the wait a load would cause (Erlang C).
+    slots_k = estimator.slots
+    busy_now = estimator.local_load or 0.0
+    mean_service = (sum(load[c] for c in gains) / sum(arrivals.get(c, 0.0) for c in gains)
+                    if sum(arrivals.get(c, 0.0) for c in gains) > 0 else 0.0)
+
+    def local_value(c: str, busy: float) -> float:
+        """A query of class ``c`` on local, with the local track carrying ``busy`` Erlangs."""
+        v = by_class[c]
+        if slots_k is None or mean_service <= 0:
+            return v.value["local"]
+        k = max(1, int(round(slots_k)))
+        parts = v.parts["local"]
+        latency = parts["latency"]
+        new_latency = latency - estimator.local_wait + wait_seconds(k, busy, mean_service)
+        within = _within_at(parts["within"], latency, max(new_latency, 1e-3), latency_target)
+        return v.value["local"] + parts["success"] * spec.weights["within_target"] * (within - parts["within"])
+
     def plan(local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
         shares = dict(preferred)
         wanted = fallback_load + sum(marginal[c] * shares[c] for c in gains)
         if local_cap is not None and wanted > local_cap:
             excess = wanted - local_cap
-            # Give back the local capacity of the classes that gain least per unit of it first.
-            for c in sorted((c for c in gains if marginal[c] > 0), key=lambda c: gains[c] / marginal[c]):
+            # Give back the local capacity of the classes that gain least per unit of it
+            # first: gain per query x queries per second / busy slots they take.
+            for c in sorted((c for c in gains if marginal[c] > 0),
+                            key=lambda c: gains[c] * arrivals.get(c, 0.0) / marginal[c]):
                 if excess <= 0:
                     break
                 freed = min(excess, marginal[c] * (shares[c] - probe[c]))
@@ -289,20 +338,22 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         if budget_cap is not None:
             planned = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
             # Move the classes that lose least per dollar saved to local first.
-            for c in sorted((c for c in gains if spend_rate[c] > 0), key=lambda c: -gains[c] / spend_rate[c]):
+            for c in sorted((c for c in gains if spend_rate[c] > 0),
+                            key=lambda c: -gains[c] * arrivals.get(c, 0.0) / spend_rate[c]):
                 if planned <= budget_cap:
                     break
                 take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
                 shares[c] += take / spend_rate[c]
                 planned -= take
-        value = sum(arrivals.get(c, 0.0) * (shares[c] * by_class[c].value["local"]
+        busy = fallback_load + sum(marginal[c] * shares[c] for c in gains)
+        value = sum(arrivals.get(c, 0.0) * (shares[c] * local_value(c, busy)
                                             + (1.0 - shares[c]) * by_class[c].value["api"]) for c in gains)
         value = value / total if total > 0 else 0.0
-        busy = fallback_load + sum(marginal[c] * shares[c] for c in gains)
         p_memory = 0.0
         slots = estimator.memory_slots
         if slots is not None and busy > 0:
-            p_memory = _normal_tail((slots + 0.5 - busy) / math.sqrt(busy))
+            # Busy slots vary more than Poisson: long calls, classes mixed, slower under load.
+            p_memory = _normal_tail((slots + 0.5 - busy) / math.sqrt(BUSY_OVERDISPERSION * busy))
         spend = None
         p_budget = 0.0
         if budget_per_hour is not None and budget_per_hour > 0:
@@ -317,6 +368,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     capacity = estimator.capacity
     slots = estimator.memory_slots
     local_caps: List[Optional[float]] = [spec.utilization * capacity if capacity is not None else None]
+    if slots_k is not None:
+        # Queueing is weighed too (the wait at each load): loads below the slots are candidates.
+        local_caps = [None] + [k * slots_k for k in QUEUE_LEVELS]
     if slots is not None:
         base_cap = local_caps[0]
         for k in MEMORY_LEVELS:
@@ -329,7 +383,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     best = max(plans, key=lambda p: p.score)
     shares = {**fixed, **best.shares}
     wanted = fallback_load + sum(marginal[c] * preferred[c] for c in gains)
-    split = Split(shares, reasons, wanted_load=wanted)
+    split = Split(shares, reasons, preferred=dict(preferred), wanted_load=wanted)
     split.capacity_bound = best.local_cap is not None and wanted > best.local_cap + 1e-9
     split.budget_bound = best.budget_cap is not None and any(best.shares[c] > preferred[c] + 1e-9 for c in gains)
     estimator.planned_spend = best.spend
