@@ -122,8 +122,10 @@ def openmetrics(instances: int, end: float, seed: int = 1) -> Iterable[str]:
                 acc = 0.0
                 for le in buckets:
                     acc = total * min(1.0, (le / mid) ** 2 / (1 + (le / mid) ** 2) * 1.0)
-                    yield f"{name}_bucket{_labels(instance=s[0], path=s[1], query_class=s[2], le=repr(float(le)))} {acc:.3f} {t:.0f}"
-                yield f"{name}_bucket{_labels(instance=s[0], path=s[1], query_class=s[2], le='+Inf')} {total:.3f} {t:.0f}"
+                    labels = _labels(instance=s[0], path=s[1], query_class=s[2], le=repr(float(le)))
+                    yield f"{name}_bucket{labels} {acc:.3f} {t:.0f}"
+                labels = _labels(instance=s[0], path=s[1], query_class=s[2], le="+Inf")
+                yield f"{name}_bucket{labels} {total:.3f} {t:.0f}"
                 yield f"{name}_count{_labels(instance=s[0], path=s[1], query_class=s[2])} {total:.3f} {t:.0f}"
                 yield f"{name}_sum{_labels(instance=s[0], path=s[1], query_class=s[2])} {total * mid:.3f} {t:.0f}"
     for name, value in (("dualtrack_process_memory_bytes", 2e9), ("dualtrack_memory_limit_bytes", 4 * 2 ** 30),
@@ -250,7 +252,7 @@ def _run(prom: LocalPrometheus, work: Path, instances: int, cycles: int, end: fl
         client = PromQLClient(prom.url, timeout=30)
         queries: List[float] = []
         source = PrometheusSource(client, window="2m", batch=batch, aggregates=aggregates, recorded=recorded,
-                                  on_query=lambda seconds, error: queries.append(seconds))
+                                  on_query=lambda seconds, error, queries=queries: queries.append(seconds))
         fixed = _FixedTime(source, at)
         settings = AdapterSettings(rules=(str(bundled_dir("rules")),), strategy="adaptive",
                                    output=str(work / f"{mode}.json"), interval_seconds=30)
@@ -302,6 +304,9 @@ class _FixedTime:
 
     def fetch(self, catalog, deadline=None):  # type: ignore[no-untyped-def]
         return self.source.fetch(catalog, at=self.at, deadline=deadline)
+
+    def constraint_states(self, values):  # type: ignore[no-untyped-def]
+        return self.source.constraint_states(values)
 
 
 def _prometheus_version() -> str:

@@ -57,11 +57,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import prometheus_client
 import psutil
+from _common import announce, write_json
 from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig
 from dualtrack.exporter.metrics import LATENCY_BUCKETS
-from _common import announce, write_json
 
 TARGET_MEMORY_MB = 10.0
 PATHS = ("local", "api", "parallel")
@@ -282,7 +282,7 @@ def run(requests: int, threads: int, unbounded_every: int, *, trace: bool = Fals
         out["tracemalloc_top"] = [f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno} "
                                   f"{s.size / 1024:.0f} KiB in {s.count} blocks" for s in top]
     out["checks"] = check(optimizer, tally, requests)
-    out["state"] = {"in_flight_table": len(optimizer._calls) + len(optimizer._parents),
+    out["state"] = {"in_flight_table": len(optimizer.recorder._calls) + len(optimizer.recorder._parents),
                     "window_records": len(optimizer.collector.metrics)}
     return out
 

@@ -28,6 +28,21 @@ def test_headless_demo_exits_0_and_writes_its_chart(tmp_path):
     assert "(30x speed)" in out  # 90 s of scenario in 3 s, and the summary says so
 
 
+def test_without_the_demo_extra_the_demo_runs_and_says_what_is_missing(tmp_path):
+    """As after a plain `pip install dualtrack`: no matplotlib, no rich. One line each, no traceback."""
+    chart = tmp_path / "chart.png"
+    code = ("import sys; sys.modules['matplotlib'] = None; sys.modules['rich'] = None\n"
+            "from dualtrack.cli import main\n"
+            f"sys.exit(main(['demo', '--duration', '2', '--metrics-port', '-1', '--chart', {str(chart)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("dualtrack demo:")]
+    assert any("no chart (matplotlib is not installed; pip install 'dualtrack[demo]')" in n for n in notes)
+    assert not chart.exists()
+    assert "requests " in proc.stdout  # the demo itself ran
+
+
 def test_metrics_are_served_while_the_demo_runs(tmp_path):
     scraped = []
 

@@ -604,7 +604,8 @@ def _signal_values(state: Mapping[int, Optional[float]]) -> SignalValues:
 
 
 def _check_bounds(active: Strategy, previous_active: Strategy, new: Mapping[str, float],
-                  old: Mapping[str, float], healthy: Mapping[str, Optional[bool]], where: str) -> None:
+                  old: Mapping[str, float], healthy: Mapping[str, Optional[bool]], where: str,
+                  top_objective: object = None) -> None:
     for pref in PREFS:
         lo, hi = active.clamps[pref]
         step = active.max_step[pref]
@@ -617,8 +618,9 @@ def _check_bounds(active: Strategy, previous_active: Strategy, new: Mapping[str,
         # ... which is the previous value itself unless the strategy changed
         if active.name == previous_active.name:
             assert abs(value - old[pref]) <= step + EPS
-        # health gate: an unhealthy track drives local_bias to the clamp edge, one step at a time
-        if pref == "local_bias":
+        # health gate (rule-only strategies; an objective weighs a failing track itself):
+        # an unhealthy track drives local_bias to the clamp edge, one step at a time
+        if pref == "local_bias" and active.objective is None and top_objective is None:
             if healthy["local"] is not False and healthy["api"] is False:
                 assert value == pytest.approx(min(hi, anchor + step), abs=EPS)
             elif healthy["api"] is not False and healthy["local"] is False:
@@ -667,11 +669,12 @@ def test_preferences_stay_in_clamps_and_move_at_most_max_step(
             event("unhealthy track")
         if any(r.rule not in ("mode_switch", "unhealthy_track", "track_recovered") for r in decision.reasons):
             event("a rule fired")
-        _check_bounds(active, previous_active, decision.routing, prev_routing, decision.healthy, "routing")
+        _check_bounds(active, previous_active, decision.routing, prev_routing, decision.healthy, "routing",
+                      top.objective)
         assert set(decision.query_classes) == set(CLASSES)
         for qc in CLASSES:
             _check_bounds(active, previous_active, decision.query_classes[qc], prev_classes[qc],
-                          decision.healthy, f"query_classes.{qc}")
+                          decision.healthy, f"query_classes.{qc}", top.objective)
         assert decision.routing == engine.routing
         t = active.timeouts
         for path, seconds in decision.timeouts_seconds.items():

@@ -237,8 +237,11 @@ def test_prometheus_answering_badly_is_counted_by_type_and_recovered_from(fault,
             wait_until(lambda: registry_value(adapter, "dualtrack_adapter_consecutive_failures") >= 3, 10,
                        "three failed cycles in a row")
             assert registry_value(adapter, "dualtrack_adapter_cycles_total", result="error") >= failed0 + 3
+            # On a loaded machine a cycle can also fail on its own deadline (counted as a
+            # timeout): wait for three errors of this kind rather than assume each cycle saw one.
+            wait_until(lambda: registry_value(adapter, "dualtrack_adapter_query_errors_total", type=kind)
+                       - errors0 >= 3, 10, f"three {kind} query errors counted")
             counted = registry_value(adapter, "dualtrack_adapter_query_errors_total", type=kind) - errors0
-            assert counted >= 3, f"{kind} errors counted: {counted}"
             assert out.read_bytes() == published  # nothing published while the answers are bad
             assert loop.thread.is_alive() and loop.error is None
 
@@ -311,7 +314,7 @@ def test_adapter_sigkilled_at_random_points_of_many_cycles(tmp_path, observe):
                 proc = AdapterProcess(fake.url, out, tmp_path, interval=interval, validity=300.0,
                                       metrics_port=None).start()
                 try:
-                    wait_until(lambda: sequence_of(out) > before or not proc.alive, 30,
+                    wait_until(lambda: sequence_of(out) > before or not proc.alive, 30,  # noqa: B023 (called here)
                                "the restarted adapter to publish", poll=0.002)
                     assert proc.alive, proc.log_tail()
                     if kill == 1:
@@ -557,19 +560,19 @@ def test_rule_file_edited_invalid_while_the_adapter_process_runs(tmp_path, obser
 
     Holds: the process keeps running and publishing on the last good rules (the 0.9 baseline
     never shows in the published preferences); dualtrack_adapter_rules_reload_success reads 0;
-    each distinct error is logged once with the file and line (balanced.yaml:9 for the YAML,
-    balanced.yaml:46 and the field for the rule); the fix is picked up by itself (reload
+    each distinct error is logged once with the file and line (balanced.yaml:14 for the YAML,
+    balanced.yaml:38 and the field for the rule); the fix is picked up by itself (reload
     success 1 again, "rules reloaded" logged, the new baseline pulls local_bias up)."""
     rules = tmp_path / "rules"
     shutil.copytree(bundled_dir("rules"), rules)
     staging = tmp_path / "staging.yaml"
     target = rules / "balanced.yaml"
     good = target.read_text()
-    assert good.splitlines()[7].startswith("preferences: {local_bias: 0.5,")  # line 8
-    assert 'when: success_ratio{path="api"} < 0.9' in good.splitlines()[45]  # line 46
+    assert good.splitlines()[12].startswith("preferences: {local_bias: 0.5,")  # line 13
+    assert "when: timeout_ratio > 0.05" in good.splitlines()[37]  # line 38
     raised = good.replace("preferences: {local_bias: 0.5,", "preferences: {local_bias: 0.9,")
     bad_yaml = raised.replace("quality_threshold: 0.8}\nclamps", "quality_threshold: 0.8\nclamps")
-    bad_rule = raised.replace('when: success_ratio{path="api"} < 0.9', 'when: succes_ratio{path="api"} < 0.9')
+    bad_rule = raised.replace("when: timeout_ratio > 0.05", "when: timeout_ration > 0.05")
     fixed = good.replace("preferences: {local_bias: 0.5,", "preferences: {local_bias: 0.7,")
     out = tmp_path / PREFS
 
@@ -586,13 +589,13 @@ def test_rule_file_edited_invalid_while_the_adapter_process_runs(tmp_path, obser
             wait_until(lambda: sequence_of(out) >= 1, 20, "a first publish")
             assert adapter.sample("dualtrack_adapter_rules_reload_success") == 1
 
-            for text, where, what in ((bad_yaml, "balanced.yaml:9: invalid YAML", "YAML"),
-                                      (bad_rule, "balanced.yaml:46: rules[3].when", "succes_ratio")):
+            for text, where, what in ((bad_yaml, "balanced.yaml:14: invalid YAML", "YAML"),
+                                      (bad_rule, "balanced.yaml:38: rules[1].when", "timeout_ration")):
                 _replace_file(target, text, staging)
                 adapter.wait_metric("dualtrack_adapter_rules_reload_success", lambda v: v == 0)
-                wait_until(lambda: where in adapter.log_text(), 10, f"the error {where!r} in the log")
+                wait_until(lambda: where in adapter.log_text(), 10, f"the error {where!r} in the log")  # noqa: B023
                 seq = sequence_of(out)
-                wait_until(lambda: sequence_of(out) >= seq + 3, 10, "cycles to go on")
+                wait_until(lambda: sequence_of(out) >= seq + 3, 10, "cycles to go on")  # noqa: B023
                 assert published_bias() == 0.5  # the rejected baseline never applies
                 assert adapter.sample("dualtrack_adapter_rules_reload_success") == 0
                 assert what in adapter.log_text()
@@ -870,7 +873,7 @@ def test_wall_clock_jumps_and_the_embedded_adapter(observe):
     clock is stepped forward a day.
 
     Holds: every cycle succeeds and the adapter keeps adapting to the traffic after each jump:
-    within three cycles of the swap shift_from_slow_api fires and local_bias rises (records
+    within three cycles of the swap the objective moves local_bias past one half (records
     made before the backward jump, now stamped in the future, no longer stand in for fresh
     traffic); after the forward jump new traffic is adapted to as well."""
     clock = VirtualClock()
@@ -894,7 +897,7 @@ def test_wall_clock_jumps_and_the_embedded_adapter(observe):
 
     traffic(300, {"local": 3000.0, "api": 500.0})
     notes = [optimizer.adapt_now() for _ in range(3)]
-    assert all("shift_from_slow_local" in n["fired"] for n in notes)
+    assert all(n["ok"] and "objective" in n["fired"] for n in notes)
     low = bias()
     assert low < 0.5
 
@@ -902,15 +905,15 @@ def test_wall_clock_jumps_and_the_embedded_adapter(observe):
     traffic(100, {"local": 300.0, "api": 3000.0})
     notes = [optimizer.adapt_now() for _ in range(3)]
     assert all(n["ok"] for n in notes)
-    assert all("shift_from_slow_api" in n["fired"] for n in notes), [n["fired"] for n in notes]
-    assert bias() > low
+    assert all("objective" in n["fired"] for n in notes), [n["fired"] for n in notes]
+    assert bias() > 0.5 > low
 
     clock.set_wall(clock.time() + 86400)
     traffic(100, {"local": 3000.0, "api": 500.0})
     high = bias()
     notes = [optimizer.adapt_now() for _ in range(3)]
-    assert all(n["ok"] and "shift_from_slow_local" in n["fired"] for n in notes), [n["fired"] for n in notes]
-    assert bias() < high
+    assert all(n["ok"] and "objective" in n["fired"] for n in notes), [n["fired"] for n in notes]
+    assert bias() < 0.5 < high
     assert optimizer.adaptive.cycles["error"] == 0
     observe(f"local_bias {low:.2f} before the -1 h jump, {high:.2f} after adapting to the "
             f"swap, {bias():.2f} after the +1 d jump and the swap back; 9 cycles, 0 errors")

@@ -644,20 +644,24 @@ def test_adapt_now_moves_traffic_away_from_the_slower_track():
     before = o.get_optimization_recommendations("q")["routing"]["local_bias"]
     slow_local_traffic(env)
     note = o.adapt_now()
-    assert note["ok"] is True and "shift_from_slow_local" in note["fired"]
+    # The objective: local answers take 6 s against a 2 s target, the API's 1 s.
+    assert note["ok"] is True and "objective" in note["fired"]
     assert note["changes"]["local_bias"] < 0
     assert note["routing"]["local_bias"] < before
-    reason = next(r for r in note["reasons"] if r["rule"] == "shift_from_slow_local")
-    assert reason["signals"]['latency_p95_seconds{path="local"}'] == pytest.approx(6.0)
+    reason = next(r for r in note["reasons"] if r["rule"] == "objective" and r["query_class"] == "short")
+    assert reason["message"].startswith("short: local ") and " vs api " in reason["message"]
     rec = o.get_optimization_recommendations("q")
     assert rec["routing"]["local_bias"] == note["routing"]["local_bias"] and rec["sequence"] == note["sequence"]
-    assert any("slow" in r or "1.5x" in r for r in rec["reasons"])
+    assert any("expected per query" in r for r in rec["reasons"])
 
     biases = [note["routing"]["local_bias"]]
     for _ in range(3):
         slow_local_traffic(env)
         biases.append(o.adapt_now()["routing"]["local_bias"])
-    assert biases == sorted(biases, reverse=True) and biases[-1] < biases[0]
+    # The objective moves the whole share at once (down to the probe share) and holds it
+    # while the evidence stays the same: no drift back toward the slow track.
+    assert biases[0] < 0.1
+    assert all(b <= biases[0] + 1e-9 for b in biases), biases
     assert o.get_optimization_recommendations("q")["preferred_path"] == "api"
     assert env.get("dualtrack_adaptation_cycles_total", result="ok") == 4
     assert env.get("dualtrack_routing_preference", preference="local_bias", query_class="short") == biases[-1]
@@ -869,7 +873,8 @@ def test_sweeps_racing_completions_on_many_threads_keep_the_books_exact():
     assert o.in_flight_count() == 0 and env.get("dualtrack_requests_in_flight") == 0
     assert len(o.recorder._parents) == 0
     assert env.total("dualtrack_optimizer_errors_total") == 0
-    assert o.collector.total_recorded == completions
+    # a completion whose start had expired has no latency: counted, but not in the windows
+    assert o.collector.total_recorded == completions - without_start
 
 
 # --------------------------------------------------------------------------- the machine, faked

@@ -142,7 +142,8 @@ def compute(inputs: Mapping[str, Mapping[Key, float]], values: SignalValues) -> 
     for level in levels:
         groups: Dict[Key, Dict[str, Any]] = {}
 
-        def group(labels: Key) -> Dict[str, Any]:
+        def group(labels: Key, level: Tuple[str, ...] = level,
+                  groups: Dict[Key, Dict[str, Any]] = groups) -> Dict[str, Any]:
             picked = tuple((k, v) for k, v in labels if k in level)
             return groups.setdefault(picked, {})
 

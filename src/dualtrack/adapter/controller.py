@@ -16,7 +16,8 @@ The two modes differ only in what they hand the controller:
 | mode | source | publisher |
 |---|---|---|
 | embedded (one process, no server) | ``EmbeddedSource``: the in-process windows | ``MemoryPublisher`` |
-| process (``dualtrack adapter``) | ``PrometheusSource``: PromQL | ``PreferencesWriter`` (atomic file) or ``StreamPublisher`` (``--dry-run``) |
+| process (``dualtrack adapter``) | ``PrometheusSource``: PromQL | ``PreferencesWriter`` (atomic file), |
+| | | or ``StreamPublisher`` (``--dry-run``) |
 
 A failed cycle publishes nothing: the last preferences stay as they are,
 not republished, so their ``valid_until`` runs out honestly and readers

@@ -304,7 +304,6 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
 
     # Queueing on local: with its slots known, the wait a load would cause (Erlang C).
     slots_k = estimator.slots
-    busy_now = estimator.local_load or 0.0
     mean_service = (sum(load[c] for c in gains) / sum(arrivals.get(c, 0.0) for c in gains)
                     if sum(arrivals.get(c, 0.0) for c in gains) > 0 else 0.0)
 

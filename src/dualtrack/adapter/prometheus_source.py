@@ -53,7 +53,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import BadQuery, BadResponse, SourceError
 from ..preferences import ConstraintState
-from ..vocabulary import check_promql_duration
+from ..vocabulary import check_promql_duration, parse_duration
 from .aggregates import DIMS, INPUTS, RECORDED_INPUTS, RECORDED_WINDOW, REQUEST_SIGNALS, compute
 from .promql import InstantResult, PromQLClient, escape_label_value
 from .signals import BUILTIN_CATALOG, Catalog, Signal, SignalValues
@@ -86,11 +86,29 @@ def interval_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def _branch(signal: Signal, level: Tuple[str, ...], window: str, interval: str = "30s") -> str:
+def interval_range(interval: str, window: str) -> Tuple[str, float]:
+    """The range the ``interval_*`` counts are taken over, and the factor that
+    makes them counts per adaptation interval.
+
+    ``increase()`` needs two scrapes inside its range. The rate window is at
+    least four scrape intervals (:class:`PrometheusSource`), so a range of half
+    the window always holds two; an adaptation interval shorter than that
+    (a demo adapting every second on a 1 s scrape) is read as the mean count
+    per interval over half the window, not as no data at all.
+    """
+    interval_s, half_window_s = parse_duration(interval), parse_duration(window) / 2
+    if interval_s >= half_window_s:
+        return interval, 1.0
+    return interval_duration(half_window_s), interval_s / half_window_s
+
+
+def _branch(signal: Signal, level: Tuple[str, ...], window: str, interval: str = "30s",
+            interval_scale: float = 1.0) -> str:
     # The name is validated ([a-zA-Z_][a-zA-Z0-9_]*) but escaped all the same:
     # nothing from configuration reaches PromQL as a raw string literal.
     name = escape_label_value(signal.name)
-    return f'label_replace({signal.query(level, window, interval)}, "{SIGNAL_LABEL}", "{name}", "", "")'
+    query = signal.query(level, window, interval, interval_scale)
+    return f'label_replace({query}, "{SIGNAL_LABEL}", "{name}", "", "")'
 
 
 class PrometheusSource:
@@ -120,13 +138,17 @@ class PrometheusSource:
             raise ValueError("recorded=True reads the eight aggregated inputs; it needs aggregates=True")
         self.client = client
         self.window = window
-        self.interval = interval  # the range of the interval_* counts: the adaptation interval
+        self.interval = interval  # the adaptation interval, what the interval_* signals count over
+        self._interval_range, self._interval_scale = interval_range(interval, window)
         self.batch = batch
         self.aggregates = aggregates
         self.recorded = recorded
         self._on_query = on_query
         self._warned_no_recorded = False
         self.last_query_count = 0
+
+    def _branch(self, signal: Signal, level: Tuple[str, ...]) -> str:
+        return _branch(signal, level, self.window, self._interval_range, self._interval_scale)
 
     def _input_queries(self) -> Dict[str, str]:
         if self.recorded:
@@ -146,7 +168,7 @@ class PrometheusSource:
                 branches.append(f'label_replace({promql}, "{SIGNAL_LABEL}", "{_INPUT_PREFIX}{name}", "", "")')
         for s in catalog:
             if s.builtin and not (self.aggregates and s.name in REQUEST_SIGNALS):
-                branches.extend(_branch(s, level, self.window, self.interval) for level in s.levels())
+                branches.extend(self._branch(s, level) for level in s.levels())
         return "\nor ".join(branches)
 
     def is_online(self) -> bool:
@@ -218,7 +240,7 @@ class PrometheusSource:
                    at: Optional[float], deadline: Optional[float]) -> Optional[SourceError]:
         """Query one signal into ``values``; a bad query or answer is recorded
         in ``values.errors`` and returned (``None`` when answered)."""
-        expr = " or ".join(_branch(signal, level, self.window, self.interval) for level in signal.levels())
+        expr = " or ".join(self._branch(signal, level) for level in signal.levels())
         try:
             result = self._query(expr, at, deadline)
         except (BadQuery, BadResponse) as err:

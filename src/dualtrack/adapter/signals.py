@@ -79,8 +79,10 @@ class Signal:
     ``promql`` is a template: ``{by}`` becomes the grouping labels of the
     level being queried (``path, query_class`` / ``path`` / empty),
     ``{by_le}`` the same plus ``le`` (for histograms), ``{window}`` the
-    rate window, ``{interval}`` the adaptation interval (the ``interval_*``
-    counts). A user signal's ``promql`` is used as is (no levels).
+    rate window, ``{interval}`` the range of the ``interval_*`` counts and
+    ``{interval_scale}`` what turns a count over that range into one per
+    adaptation interval (empty when the range is the interval itself). A
+    user signal's ``promql`` is used as is (no levels).
     ``every_level`` False: only the level with all the signal's labels.
     """
 
@@ -102,16 +104,17 @@ class Signal:
             out.extend(itertools.combinations(self.dims, n))
         return out
 
-    def query(self, level: Tuple[str, ...], window: str, interval: str = "30s") -> str:
+    def query(self, level: Tuple[str, ...], window: str, interval: str = "30s", interval_scale: float = 1.0) -> str:
         """The PromQL for one level of aggregation."""
         assert self.promql is not None
         if not self.builtin:
             return self.promql
         by = ", ".join(level)
         by_le = ", ".join(level + ("le",))
+        scale = "" if interval_scale == 1.0 else f" * {interval_scale:.6g}"
         # Plain replacement, not str.format: PromQL selectors are full of braces.
         return (self.promql.replace("{by_le}", by_le).replace("{by}", by).replace("{window}", window)
-                .replace("{interval}", interval))
+                .replace("{interval_scale}", scale).replace("{interval}", interval))
 
     def info(self) -> SignalInfo:
         return SignalInfo(self.dims, self.allowed)
@@ -138,8 +141,8 @@ def _request_signal(name: str, help: str, unit: str, promql: str) -> Signal:
 
 
 def _interval_signal(name: str, help: str, series: str) -> Signal:
-    return Signal(name, help, "count", _PATH_CLASS, f"sum by ({{by}}) (increase({series}[{{interval}}]))",
-                  allowed=_PATHS_ALLOWED, every_level=False)
+    promql = f"sum by ({{by}}) (increase({series}[{{interval}}])){{interval_scale}}"
+    return Signal(name, help, "count", _PATH_CLASS, promql, allowed=_PATHS_ALLOWED, every_level=False)
 
 
 def _machine_signal(name: str, help: str, unit: str, promql: str) -> Signal:

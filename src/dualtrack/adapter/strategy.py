@@ -7,7 +7,8 @@ parsed, every preference range checked. Nothing is evaluated lazily, so a
 file that loads is a file that runs. Errors name the file, the line, the
 rule and the field::
 
-    rules/latency_focused.yaml:31: rules[2].when: rule 'prefer_faster_track': unknown signal 'latncy_p95_seconds'; did you mean 'latency_p95_seconds'?
+    rules/latency_focused.yaml:31: rules[2].when: rule 'prefer_faster_track': unknown signal
+    'latncy_p95_seconds'; did you mean 'latency_p95_seconds'?
 
 ``load_strategies(path)`` loads a folder (or files) into a ``StrategySet``;
 strategies refer to each other by name (the adaptive strategy's modes).
@@ -253,7 +254,8 @@ class _Compiler:
             path: Tuple[Any, ...] = ("rules", index)
             rule_name = entry["name"]
             if rule_name in seen:
-                raise self.fail(path + ("name",), f"rule name {rule_name!r} is already used by rules[{seen[rule_name]}]")
+                raise self.fail(path + ("name",),
+                                f"rule name {rule_name!r} is already used by rules[{seen[rule_name]}]")
             seen[rule_name] = index
             for_each = entry.get("for_each")
             condition = self.condition(entry["when"], path + ("when",), rule_name,
@@ -479,7 +481,7 @@ def _check_modes(strategy: Strategy, strategies: Mapping[str, Strategy]) -> None
     assert doc is not None
     names = [strategy.modes.default] + [c.use for c in strategy.modes.select]
     fields = [("modes", "default")] + [("modes", "select", i, "use") for i in range(len(strategy.modes.select))]
-    for mode, where in zip(names, fields):
+    for mode, where in zip(names, fields, strict=False):
         if mode == strategy.name:
             raise doc.error(where, "a strategy cannot use itself as a mode")
         if mode not in strategies:
