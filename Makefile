@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv prometheus check-stack clean
+.PHONY: demo test lint venv prometheus check-stack clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ prometheus:
 demo: $(STAMP)
 	$(VENV)/bin/dualtrack demo $(DEMO_ARGS)
 
-test: $(STAMP) prometheus
+# Static checks: lint and import order, types, and the layering contract
+# (docs/architecture.md). They run before the tests and fail the build.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks tools examples
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) prometheus lint
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -50,8 +50,9 @@ from typing import Any, Dict, List, Sequence
 
 import psutil
 import requests
+from _common import machine as describe_machine
+from _common import write_json
 from prometheus_client import CollectorRegistry
-from _common import machine as describe_machine, write_json
 
 FLAT_MB = 5.0
 WARMUP_CYCLES = 50
@@ -104,7 +105,7 @@ def slope_per_1000(xs: Sequence[float], ys: Sequence[float]) -> float:
         return 0.0
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
-    return 1000.0 * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+    return 1000.0 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / den if den else 0.0
 
 
 def wait_for_data(url: str, timeout: float = 90.0) -> float:

@@ -47,11 +47,11 @@ import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import psutil
+from _common import announce, write_json
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig
 from dualtrack.exporter.metrics import LATENCY_BUCKETS, QUALITY_BUCKETS
-from _common import announce, write_json
 
 TARGET_RATIO = 1.5
 TARGET_MEMORY_MB = 10.0
@@ -225,7 +225,7 @@ def recommendation_breakdown(batch: int, rounds: int) -> Dict[str, Dict[str, flo
     recommend = optimizer.get_optimization_recommendations
     complexity = optimizer.classifier.complexity
     out: Dict[str, Dict[str, float]] = {}
-    for query, qc in zip(QUERIES, CLASSES):
+    for query, qc in zip(QUERIES, CLASSES, strict=False):
         figures = {}
         for name, func in (("recommendation_ns", recommend), ("complexity_ns", complexity)):
             samples = []
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     args = parser.parse_args(list(argv))
     defaults = (6000, 200, 20_000) if args.quick else (200_000, 1000, 1_000_000)
-    for name, default in zip(("requests", "batch", "memory_requests"), defaults):
+    for name, default in zip(("requests", "batch", "memory_requests"), defaults, strict=False):
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.requests <= 0 or args.batch <= 0 or args.threads <= 0 or args.memory_requests < 0:

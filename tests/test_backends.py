@@ -367,7 +367,7 @@ def test_api_key_is_sent_as_bearer_and_never_shown(fake_http: FakeHTTPServer, mo
 
     caplog.set_level(logging.DEBUG)
     shown: List[str] = [repr(backend), str(backend)]
-    for status in statuses:
+    for _status in statuses:
         with pytest.raises(BackendError) as info:
             generate(backend)
         shown += [str(info.value), repr(info.value), info.value.message]

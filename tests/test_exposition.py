@@ -24,15 +24,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceMonitor
 from dualtrack.clock import VirtualClock
-from dualtrack.errors import ConfigError
 from dualtrack.constraints import MB
+from dualtrack.errors import ConfigError
 from dualtrack.exporter.exposition import MetricsPortInUse, multiprocess_registry, serve_metrics, wsgi_app
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
 from support.adapter_process import AdapterProcess
-from support.waiting import wait_until
 from support.net import free_port
 from support.prometheus import promtool
+from support.waiting import wait_until
 
 GIB = 1 << 30
 #: Labels the per-request series may carry; anything else would be unbounded.

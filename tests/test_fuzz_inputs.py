@@ -49,8 +49,8 @@ from dualtrack.adapter.signals import BUILTIN_CATALOG, SignalValues
 from dualtrack.adapter.strategy import HARD_LIMITS, PREFS, StrategySet, load_strategies
 from dualtrack.bundled import bundled_dir
 from dualtrack.clock import VirtualClock
-from dualtrack.config import OUTCOMES, PATHS
-from dualtrack.errors import BadQuery, BadResponse, SourceUnavailable, ConfigError, SourceError
+from dualtrack.errors import BadQuery, BadResponse, ConfigError, SourceError, SourceUnavailable
+from dualtrack.vocabulary import OUTCOMES, PATHS
 
 _FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -208,7 +208,7 @@ def test_deep_nesting_is_accepted_up_to_the_limit_and_a_condition_error_beyond(d
     assume(len(text) <= 4096)
     if tree_depth <= MAX_DEPTH and depth <= MAX_DEPTH:
         condition = compile_condition(text, INFOS)
-        assert condition.evaluate(Context(lambda n, l: 0.5)) in (True, False)
+        assert condition.evaluate(Context(lambda name, labels: 0.5)) in (True, False)
     elif tree_depth > MAX_DEPTH:
         with pytest.raises(ConditionError, match="nested too deeply"):
             compile_condition(text, INFOS)

@@ -22,7 +22,6 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # `make test` installs the litellm extra: a missing litellm is a failure here, not a skip.
 import litellm  # noqa: E402
-
 from litellm import Router  # noqa: E402
 from litellm.router import Deployment, LiteLLM_Params  # noqa: E402
 from litellm.router_api import ChangeSet  # noqa: E402

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
 from dualtrack.adapter.loop import AdapterMetrics
 from dualtrack.integrations.litellm import LiteLLMMetrics
-from dualtrack.preferences import PreferencesReader, Preferences, write_preferences
+from dualtrack.preferences import Preferences, PreferencesReader, write_preferences
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
 

@@ -383,7 +383,7 @@ def test_every_level_of_every_request_signal_can_read_the_first_group(stack: Bac
 
 def test_docs_show_the_signal_to_rule_mapping():
     text = DOCS.read_text()
-    for (name, level), rule in SIGNAL_RULES.items():
+    for (name, _level), rule in SIGNAL_RULES.items():
         row = re.search(rf"^\| `{name}` \|.*$", text, flags=re.M)
         assert row, f"docs/prometheus.md has no row for signal {name}"
         assert f"`{rule}`" in row.group(0), f"docs/prometheus.md: {name} should map to {rule}"

@@ -25,11 +25,11 @@ from dualtrack.adapter.promql import (
 from dualtrack.clock import VirtualClock
 from dualtrack.errors import (
     AuthenticationFailed,
-    SourceUnavailable,
     BadQuery,
     BadResponse,
     QueryTimeout,
     SourceError,
+    SourceUnavailable,
 )
 from support.fakehttp import FakeHTTPServer
 from support.net import free_port

@@ -166,7 +166,7 @@ def test_signals_lists_every_builtin_signal(capsys: pytest.CaptureFixture[str]) 
     assert main(["rules", "signals"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(BUILTIN_SIGNALS)
-    for line, signal in zip(lines, BUILTIN_SIGNALS):
+    for line, signal in zip(lines, BUILTIN_SIGNALS, strict=False):
         shown = signal.name + ("{" + ",".join(signal.dims) + "}" if signal.dims else "")
         assert line.split()[0] == shown
         assert signal.unit in line and signal.help in line

@@ -45,8 +45,7 @@ from dualtrack.adapter.prometheus_source import SIGNAL_LABEL, PrometheusSource
 from dualtrack.adapter.promql import PromQLClient, escape_label_value
 from dualtrack.adapter.signals import Signal, SignalValues
 from dualtrack.adapter.strategy import load_strategies
-from dualtrack.cli import build_parser, main
-from dualtrack.cli import adapter_cmd
+from dualtrack.cli import adapter_cmd, build_parser, main
 from dualtrack.errors import ConfigError
 from dualtrack.simulation.scenario import load_scenario
 from support.fakehttp import FakeHTTPServer

@@ -23,8 +23,8 @@ from dualtrack.adapter.strategy import (
     rule_files,
 )
 from dualtrack.bundled import bundled_dir
-from dualtrack.objective import OBJECTIVE
 from dualtrack.errors import ConfigError
+from dualtrack.objective import OBJECTIVE
 
 SHIPPED = {"adaptive", "balanced", "cost", "latency_focused", "quality_focused", "resource_efficient"}
 

@@ -24,7 +24,7 @@ from .exporter.monitor import ResourceMonitor
 from .optimizer import DualTrackOptimizer
 from .preferences import Preferences, PreferencesReader, PreferencesWriter, Routing
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdaptiveOptimizer",

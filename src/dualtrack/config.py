@@ -14,7 +14,6 @@ unknown keys and suggest the closest valid one::
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -22,7 +21,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from . import _validate, _yaml
 from .errors import ConfigError
-from .vocabulary import DEFAULT_QUERY_CLASSES, OUTCOMES, PATHS
+
+# OUTCOMES and PATHS were defined here before the vocabulary module: re-exported for one release.
+from .vocabulary import DEFAULT_QUERY_CLASSES, OUTCOMES, PATHS  # noqa: F401
+
 
 class OptimizationStrategy(Enum):
     """The optimization strategies; each has a rule file in ``rules/``."""

@@ -2,7 +2,8 @@
 
 One place decides what "violated" means, so the optimizer's overrides, the
 exported ``dualtrack_constraint_violated`` flags, ``check_constraints()``, the
-embedded adapter's signals and the simulator's compliance accounting agree. A constraint whose measurement is absent (no GPU, no battery, no
+embedded adapter's signals and the simulator's compliance accounting agree.
+A constraint whose measurement is absent (no GPU, no battery, no
 traffic) is reported with ``value=None`` and is not violated.
 """
 

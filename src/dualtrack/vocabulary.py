@@ -125,7 +125,7 @@ def parse_duration(value: Union[int, float, str]) -> float:
     match = _DURATION_RE.fullmatch(text)
     if not text or match is None:
         raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
-    return sum(float(number) * seconds for number, (_, seconds) in zip(match.groups(), _UNITS) if number)
+    return sum(float(number) * seconds for number, (_, seconds) in zip(match.groups(), _UNITS, strict=False) if number)
 
 
 def check_promql_duration(value: object) -> str:

@@ -8,7 +8,6 @@ import sys
 
 import atheris
 import yaml
-
 from _common import ROOT, seed_corpus
 
 from dualtrack.adapter.conditions import ConditionError, Context, compile_condition  # noqa: E402

@@ -10,7 +10,6 @@ import tempfile
 import time
 
 import atheris
-
 from _common import seed_corpus
 
 from dualtrack.clock import VirtualClock  # noqa: E402

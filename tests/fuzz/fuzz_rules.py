@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import atheris
-
 from _common import ROOT, seed_corpus
 
 from dualtrack.adapter.strategy import StrategySet, load_strategies  # noqa: E402

@@ -49,8 +49,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from dualtrack.adapter.embedded import AdaptiveOptimizer
 from dualtrack.clock import VirtualClock
 from dualtrack.config import ModelPrice, OptimizationConfig, ResourceConstraints
-from dualtrack.optimizer import DualTrackOptimizer
 from dualtrack.exporter.monitor import ResourceMonitor
+from dualtrack.optimizer import DualTrackOptimizer
 from dualtrack.preferences import PreferencesWriter
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import MISSING, FakeProc, FakePsutil, sbattery, shwtemp, svmem

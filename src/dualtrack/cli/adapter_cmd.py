@@ -76,7 +76,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=("example: dualtrack adapter --prometheus-url http://127.0.0.1:9090 "
                 "--output /var/lib/dualtrack/preferences.json --strategy adaptive"))
     parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below (keys with _)")
-    for name, (default, kind, help_text) in SETTINGS.items():
+    for name, (_default, kind, help_text) in SETTINGS.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, action="store_true", default=None, help=help_text)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 import threading
 from typing import Any
 
 from ..errors import ConfigError, DualTrackError
+
+#: What installs the demo's optional packages (rich: the live view; matplotlib: the chart).
+DEMO_EXTRA = "pip install 'dualtrack[demo]'"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -48,15 +52,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def installed(module: str) -> bool:
+    """Is ``module`` importable (without importing it)?"""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from ..demo.run import DemoOptions, run_demo
     from ..demo.view import LinePrinter, LiveView
 
+    # Checked up front: a missing optional package is a one-line note and a demo
+    # without that part, never a traceback at the end of the run.
+    chart = None if args.no_chart else args.chart
+    if chart is not None and not installed("matplotlib"):
+        print(f"dualtrack demo: no chart (matplotlib is not installed; {DEMO_EXTRA})", file=sys.stderr)
+        chart = None
+    live = not args.headless and sys.stdout.isatty()
+    if live and not installed("rich"):
+        print(f"dualtrack demo: one line per cycle instead of the live view (rich is not installed; {DEMO_EXTRA})",
+              file=sys.stderr)
+        live = False
     options = DemoOptions(
         scenario=args.scenario, duration=args.duration, speed=args.speed, seed=args.seed,
         strategy=args.strategy, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         preferences_file=args.preferences_file, prometheus_url=args.prometheus,
-        with_prometheus=args.with_prometheus, chart=None if args.no_chart else args.chart,
+        with_prometheus=args.with_prometheus, chart=chart,
     )
     stop = threading.Event()
 
@@ -65,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    live = not args.headless and sys.stdout.isatty()
     try:
         if live:
             with LiveView() as view:

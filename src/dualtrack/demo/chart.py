@@ -42,7 +42,7 @@ def draw_chart(state: Any, path: Path) -> Path:
     for path_name in ("local", "api", "parallel"):
         share = [r["split"].get(path_name, 0.0) for r in rows]
         ax_split.bar(t, share, bottom=bottoms, width=_width(t), label=path_name, align="edge")
-        bottoms = [b + s for b, s in zip(bottoms, share)]
+        bottoms = [b + s for b, s in zip(bottoms, share, strict=False)]
     ax_split.set_ylabel("traffic share")
     ax_split.set_xlabel("scenario time (s)")
     ax_split.legend(loc="upper right", fontsize=7)

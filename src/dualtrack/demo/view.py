@@ -47,7 +47,8 @@ class LinePrinter:
             prefs = row["preferences"]
             fired = sorted({f for f in row["fired"] if f != "learning"})
             print(f"{row['t']:6.0f}s  local {row['split'].get('local', 0):4.0%} api {row['split'].get('api', 0):4.0%} "
-                  f"par {row['split'].get('parallel', 0):4.0%} | p95 local {_fmt(row['p95_seconds'].get('local'), '5.1f', 's')} "
+                  f"par {row['split'].get('parallel', 0):4.0%} | "
+                  f"p95 local {_fmt(row['p95_seconds'].get('local'), '5.1f', 's')} "
                   f"api {_fmt(row['p95_seconds'].get('api'), '5.1f', 's')} | local_bias "
                   f"{prefs['global']['local_bias']:.2f} mode {prefs.get('mode') or '-'} | "
                   f"fired: {', '.join(fired) or '-'}", file=self.out)

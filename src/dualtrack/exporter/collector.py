@@ -14,12 +14,11 @@ bounded deques (``metrics_window_size`` each) kept overall, per path and per
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 import threading
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from .._quantile import quantile
 from ..config import OptimizationConfig

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..config import OUTCOMES, PATHS
+from ..vocabulary import OUTCOMES, PATHS
 
 #: Buckets for LLM request latency: 10 ms .. 2 min. Fixed; dashboards and
 #: recording rules use them.

@@ -42,7 +42,7 @@ from ..exporter.metrics import RequestMetrics
 from ..exporter.monitor import ResourceMonitor
 from ..exporter.query_classes import QueryClassifier
 from ..exporter.recorder import MachineUsage, RequestRecorder
-from ..preferences import PreferenceSource, Preferences, PreferencesReader, Routing
+from ..preferences import Preferences, PreferenceSource, PreferencesReader, Routing
 from ..vocabulary import OTHER
 from .overrides import Overrides, build_recommendation, compute_overrides
 from .state_gauges import StateGauges

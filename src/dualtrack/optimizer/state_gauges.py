@@ -69,7 +69,8 @@ class StateGauges(Collector):
             for path, value in prefs.timeouts_seconds.items():
                 timeouts.add_metric([path], value)
             yield timeouts
-            info = GaugeMetricFamily("dualtrack_optimizer_info", "The optimizer's strategy, mode and preference source.",
+            info = GaugeMetricFamily("dualtrack_optimizer_info",
+                                     "The optimizer's strategy, mode and preference source.",
                                      labels=["strategy", "mode", "source"])
             info.add_metric([prefs.strategy, prefs.mode or "", prefs.source], 1.0)
             yield info
