@@ -323,7 +323,7 @@ def test_the_adapter_process_serves_its_metrics_over_tls_with_client_certificate
         except requests.ConnectionError:
             return None  # not listening yet
 
-    with adapter.start():
+    with adapter:  # __enter__ starts it; __exit__ stops it
         response = wait_until(scrape, 30, "the adapter's /metrics over TLS")
         assert response.status_code == 200 and "dualtrack_adapter_cycles_total" in response.text
         with pytest.raises(requests.ConnectionError):  # no client certificate
