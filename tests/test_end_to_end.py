@@ -92,7 +92,9 @@ def test_slow_local_track_shifts_traffic_and_the_latency_alert_fires(prometheus_
             raise AssertionError(f"{err}; the file says: {prefs.read_text()[:3000]}") from None
         assert shifted.sequence - first.sequence <= 15, (first.sequence, shifted.sequence)
         assert shifted.source == "prometheus"
-        assert {"shift_from_slow_local", "memory_pressure"} & {r.rule for r in shifted.reasons}
+        # Why: the objective found local worth less per query (or memory pressure backed local off).
+        assert any((r.rule == "objective" and r.signals.get("local_share", 1.0) < 0.5) or r.rule == "memory_pressure"
+                   for r in shifted.reasons), shifted.reasons
 
         # The router follows the file: its exported preferences are the published ones.
         def router_local_bias():

@@ -162,8 +162,6 @@ class Estimator:
         self.arrivals: Dict[str, float] = {}  # requests per second per class (decayed)
         self.base_service: Dict[str, float] = {}  # local base service time per class, seconds
         self.capacity: Optional[float] = None  # local capacity budget, Erlangs
-        self.local_load: Optional[float] = None  # last interval's offered local load, Erlangs
-        self.local_inflation: Optional[float] = None  # last interval's local latency over base
         self.wanted_load: Optional[float] = None  # set by the optimizer: local load it would use uncapped
         # The local server's slots, inferred from the queueing it shows (Erlang C): the
         # fewest slots consistent with the calls seen waiting, and at least what was
@@ -358,10 +356,8 @@ class Estimator:
             offered += t.latency_count * base[c] / interval_seconds
             in_system += t.latency_sum / interval_seconds
         if offered <= 0:
-            self.local_load, self.local_inflation = 0.0, None
             return
         inflation = in_system / offered
-        self.local_load, self.local_inflation = offered, inflation
         calls = sum(t.latency_count for t in fresh.values())
         self.local_wait = max(0.0, in_system - offered) * interval_seconds / calls if calls > 0 else 0.0
         if memory is not None:

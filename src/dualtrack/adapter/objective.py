@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..objective import OBJECTIVE, TERMS
 from .estimator import Estimator, Tally, wait_seconds
@@ -398,10 +398,6 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
                        f"(over it {best.p_budget:.0%} of the time)")
     return split
-
-
-def interval_signals_present(names: Sequence[str]) -> bool:
-    return all(n.startswith("interval_") for n in names)
 
 
 __all__ = ["ObjectiveSpec", "Split", "TERMS", "Valuation", "choose_split", "value_queries"]

@@ -63,11 +63,6 @@ MIN_ORACLE_LEAD = 0.001
 _PLURAL = {"onset": "onsets", "recovery": "recoveries"}
 
 
-def _objective(runs: Mapping[str, Mapping[str, Any]], policy: str) -> Optional[float]:
-    run = runs.get(policy)
-    return None if run is None else float(run["summary"]["objective"])
-
-
 def _applied_reactions(run: Mapping[str, Any]) -> List[Dict[str, Any]]:
     return [r for r in run.get("reactions", []) if r.get("applicable")]
 

@@ -203,15 +203,15 @@ class RequestMetrics:
         if outcome == "success":
             if duration_seconds is not None and duration_seconds <= self.latency_target_seconds:
                 within_child.inc()  # type: ignore[attr-defined]
-            if quality is not None and quality >= self.quality_floor:
-                useful_child.inc()  # type: ignore[attr-defined]
+            if quality is not None:
+                quality_child.observe(quality)  # type: ignore[attr-defined]
+                if quality >= self.quality_floor:
+                    useful_child.inc()  # type: ignore[attr-defined]
         if outcome != "cancelled" and duration_seconds is not None:
             if self.exemplars and request_id:
                 duration_child.observe(duration_seconds, {"request_id": request_id[:64]})  # type: ignore[attr-defined]
             else:
                 duration_child.observe(duration_seconds)  # type: ignore[attr-defined]
-        if quality is not None and outcome == "success":
-            quality_child.observe(quality)  # type: ignore[attr-defined]
         if tokens_in or tokens_out or cost:
             t_in, t_out, c = self._model_series(path, query_class, model)
             if tokens_in:

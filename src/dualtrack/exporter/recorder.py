@@ -173,16 +173,8 @@ class RequestRecorder:
 
     def complete(self, request_id: str, processing_path: str, result: Any,
                  success: bool = True, error_type: Optional[str] = None) -> None:
-        """Record the completion of a request.
-
-        ``result`` keys (all optional): ``tokens_in``, ``tokens_out`` (or
-        ``tokens_processed``, counted as output), ``cost`` (dollars; from the
-        price table per ``model`` when absent), ``quality_score`` (0..1),
-        ``latency_ms`` (overrides the measured time), ``model``,
-        ``outcome`` (success, error, timeout, cancelled; otherwise derived
-        from ``success`` and ``error_type``). Bad values are dropped and
-        counted; this method never raises.
-        """
+        """Record the completion of a request (the ``result`` keys:
+        ``DualTrackOptimizer.record_request_completion``). Never raises."""
         try:
             self._complete(request_id, processing_path, result, success, error_type)
         except Exception as err:

@@ -184,14 +184,8 @@ class DualTrackRouter:
     def drain(self, timeout: Optional[float] = None) -> bool:
         """Wait until every started call has been recorded (including calls
         the router gave up on); True if that happened within ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._live_cond:
-            while self._live:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._live_cond.wait(remaining)
-            return True
+            return self._live_cond.wait_for(lambda: not self._live, timeout)
 
     # ------------------------------------------------------------ routing
 

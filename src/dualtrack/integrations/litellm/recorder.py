@@ -390,14 +390,8 @@ class DualTrackRecorder(CustomLogger):
         A sync call's completion is recorded on LiteLLM's logging threads after
         the call returns: tests and shutdown wait here.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._calls:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
+            return self._cond.wait_for(lambda: not self._calls, timeout)
 
     async def adrain(self, timeout: Optional[float] = None) -> bool:
         """:meth:`drain` for a running event loop: LiteLLM records async calls from tasks on that loop."""
