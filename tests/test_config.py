@@ -481,5 +481,6 @@ def test_every_config_field_is_covered_here():
     covered = (set(POSITIVE_FLOATS) | set(POSITIVE_INTS) | set(BOOLEANS) | {
         "strategy", "constraints", "cache_ttl_seconds", "query_classes", "query_class_boundaries_tokens",
         "query_classifier", "prices", "preferences_file", "rules_path", "metrics_host", "metrics_port",
-        "metrics_tls_certfile", "metrics_tls_keyfile", "metrics_tls_client_cafile", "monitored_pids"})
+        "metrics_tls_certfile", "metrics_tls_keyfile", "metrics_tls_client_cafile", "monitored_pids",
+        "local_server_metrics_url", "local_server_slots"})  # the last two: tests/test_server_signals.py
     assert set(_all_field_names()) == covered

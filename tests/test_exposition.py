@@ -38,7 +38,7 @@ GIB = 1 << 30
 #: Labels the per-request series may carry; anything else would be unbounded.
 BOUNDED_LABELS = {"path", "query_class", "outcome", "model", "direction", "le", "input", "reason", "label",
                   "component", "override", "result", "constraint", "preference", "resource", "gpu", "name",
-                  "sensor", "strategy", "mode", "source"}
+                  "sensor", "strategy", "mode", "source", "track"}
 
 
 def busy_optimizer(registry: CollectorRegistry) -> DualTrackOptimizer:

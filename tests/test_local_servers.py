@@ -17,7 +17,8 @@ What is proven here, and how:
   labels (tests/support/model_servers.py): every normalized series has the
   right value and labels (and none where the server has no such signal),
   follows the fake servers' queues when they change, and preemptions show
-  as a rate.
+  as a rate; and the adapter's PromQL source reads them, so the adaptive
+  strategy gives local traffic back on a queue while latency is normal.
 """
 
 from __future__ import annotations
@@ -293,6 +294,76 @@ def test_the_normalized_queue_follows_the_servers_queue(stack: LocalStack):
     })
 
 
+# --------------------------------------------------------------------------- the adapter reads them
+
+
+def test_the_adapter_shifts_traffic_on_queue_depth_while_latency_is_normal(stack: LocalStack):
+    """Runs before the preemption test: a recent preemption rate means a full server too.
+
+    The adapter's PromQL source reads the normalized series from this Prometheus; the
+    adaptive strategy, given finished calls that are all fast and within target, gives
+    local traffic back to the API once the servers queue beyond what its plan explains."""
+    from dualtrack.adapter.engine import RuleEngine
+    from dualtrack.adapter.prometheus_source import PrometheusSource
+    from dualtrack.adapter.promql import PromQLClient
+    from dualtrack.adapter.strategy import load_strategies
+    from dualtrack.bundled import bundled_dir
+    from test_objective import INTERVAL, calls, interval, steady
+
+    s = stack
+    for engine in (0, 1):
+        s.vllm.set(engine=engine, waiting=0)
+    s.vllm_old.set(waiting=0)
+    s.llama.set(deferred=0)
+    s.sglang.set(dp_rank=0, queue=0)
+    s.sglang.set(dp_rank=1, queue=0)
+    s.tgi.set(queue=0)
+    source = PrometheusSource(PromQLClient(s.prom.url, timeout=5.0), window="2m", interval="30s")
+
+    def fetched(queue: float) -> Any:
+        values = source.fetch()
+        return values if values.get("local_server_queue_depth", {}) == queue else None
+
+    # Finished calls: local as good as the API, fast (1 s, all within target) and free; under
+    # one busy slot of the 4 declared, where Erlang C expects next to no queue.
+    counts = steady(calls(12, latency=1.0), calls(12, cost=0.001), "short")
+    engine = RuleEngine(load_strategies(bundled_dir("rules")), "adaptive", query_classes=("short",),
+                        interval_seconds=INTERVAL)
+
+    def cycle(values: Any, now: float) -> float:
+        for name, series in interval(counts).values.items():
+            for labels, value in series.items():
+                values.set(name, dict(labels), value)
+        # A few machine readings Prometheus does not have here (no dualtrack exporter scraped).
+        values.set("latency_target_seconds", {}, 5.0)
+        return engine.evaluate(values, now).class_overrides().get("short", {}).get(
+            "local_bias", engine.routing["local_bias"])
+
+    quiet = s.prom.wait_for("sum(dualtrack:local_server_queue_depth)",
+                            lambda samples: bool(samples) and samples[0][1] == 0, timeout=30)
+    assert quiet
+    values = fetched(0.0)
+    assert values is not None, "the adapter does not read the queue Prometheus recorded"
+    assert values.get("local_server_slots", {}) == 4  # the declared llama.cpp slots
+    assert values.get("local_server_running", {}) is not None
+    before = 0.0
+    cycles = 12  # the strategy moves local_bias by at most its step per cycle
+    for i in range(cycles):
+        before = cycle(fetched(0.0) or values, now=INTERVAL * i)
+    assert before > 0.8, f"local should carry the short class while nothing queues, got {before}"
+
+    s.vllm.set(engine=1, waiting=20)
+    s.prom.wait_for("sum(dualtrack:local_server_queue_depth)",
+                    lambda samples: bool(samples) and samples[0][1] == 20, timeout=30)
+    queued = fetched(20.0)
+    assert queued is not None
+    after = cycle(queued, now=INTERVAL * cycles)
+    est = engine.estimator
+    assert est is not None and est.server_full, (est.server_queue, est.planned_load, est.slots, queued.values)
+    assert after < before - 0.05, (before, after)
+    s.vllm.set(engine=1, waiting=0)
+
+
 def test_preemptions_show_as_a_rate(stack: LocalStack):
     s = stack
     _wait_values(s, PREEMPTIONS, {s.key(s.vllm): 0, s.key(s.vllm_old): 0, s.key(s.sglang): 0})
@@ -308,3 +379,4 @@ def test_preemptions_show_as_a_rate(stack: LocalStack):
     assert rates[s.key(s.vllm_old)] == 0
     # 30 in a 1m window is about 0.5/s; the rate extrapolates, so only its size is checked.
     assert 0 < rates[s.key(s.vllm)] < 2 and 0 < rates[s.key(s.sglang)] < 2
+

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
 from dualtrack.adapter.loop import AdapterMetrics
+from dualtrack.exporter.local_server import LocalServerScraper
 from dualtrack.integrations.litellm import LiteLLMMetrics
 from dualtrack.preferences import Preferences, PreferencesReader, write_preferences
 from fakes.fake_nvml import FakeGpu, FakeNvml
@@ -41,6 +42,7 @@ def test_every_exported_metric_is_documented(tmp_path):
     write_preferences(file, Preferences.defaults())
     PreferencesReader(file, registry=registry).current()
     LiteLLMMetrics.for_registry(registry)  # the LiteLLM integration's own series
+    LocalServerScraper("http://127.0.0.1:9/metrics", registry=registry)  # embedded scraping of a local server
 
     names = _names(registry)
     assert len(names) > 60

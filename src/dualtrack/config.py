@@ -180,6 +180,10 @@ class OptimizationConfig:
     max_model_labels: int = 16
     # Extra processes (e.g. a local model server) whose memory counts against max_memory_mb.
     monitored_pids: Tuple[int, ...] = ()
+    # The local model server's /metrics (vLLM, llama.cpp, SGLang, TGI), read on the
+    # monitor's interval in embedded mode; its slots (no server exports them).
+    local_server_metrics_url: Optional[str] = None
+    local_server_slots: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.strategy = OptimizationStrategy.parse(self.strategy)
@@ -264,6 +268,12 @@ class OptimizationConfig:
         if isinstance(self.monitored_pids, (str, bytes)) or not isinstance(self.monitored_pids, (list, tuple)):
             raise ValueError(f"monitored_pids: expected a list of process ids, got {self.monitored_pids!r}")
         self.monitored_pids = tuple(_integer("", "monitored_pids", p) for p in self.monitored_pids)
+        url = self.local_server_metrics_url
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise ValueError(f"local_server_metrics_url: expected an http(s) URL such as "
+                             f"http://127.0.0.1:8000/metrics, got {url!r}")
+        if self.local_server_slots is not None:
+            self.local_server_slots = _integer("", "local_server_slots", self.local_server_slots)
 
     # ------------------------------------------------------------ loading
 

@@ -73,6 +73,32 @@ class MachineMonitor(Protocol):
     def snapshot(self) -> Optional[MachineReading]: ...
 
 
+class LocalServerReading(Protocol):
+    """The local model server's own load (``exporter.local_server.LocalServerLoad``, the simulator's).
+
+    None where the server does not say (llama.cpp has no KV-cache gauge, no
+    server exports its slots: they are declared)."""
+
+    @property
+    def queue_depth(self) -> Optional[float]: ...
+
+    @property
+    def running(self) -> Optional[float]: ...
+
+    @property
+    def slots(self) -> Optional[float]: ...
+
+    @property
+    def kv_cache_usage_ratio(self) -> Optional[float]: ...
+
+    @property
+    def preemptions_per_second(self) -> Optional[float]: ...
+
+
+#: Where the embedded source reads the local server's load: None when it exports none.
+LocalServerProbe = Callable[[], Optional[LocalServerReading]]
+
+
 def _request_signals(records: Sequence[RequestRecord], span: float) -> Dict[str, Optional[float]]:
     """Every request signal over one window of records (``span`` seconds long)."""
     decided = [r for r in records if r.outcome != "cancelled"]
@@ -105,11 +131,14 @@ class EmbeddedSource:
 
     def __init__(self, config: OptimizationConfig, collector: RequestWindows,
                  snapshot: Callable[[], Optional[MachineReading]], *, in_flight: Callable[[], int] = lambda: 0,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, local_server: Optional[LocalServerProbe] = None,
+                 local_in_flight: Optional[Callable[[], Optional[int]]] = None) -> None:
         self.config = config
         self.collector = collector
         self._snapshot = snapshot
         self._in_flight = in_flight
+        self._local_server = local_server
+        self._local_in_flight = local_in_flight
         self.clock = clock
 
     def _span(self, window: Sequence[RequestRecord], kept: Sequence[RequestRecord], now: float) -> float:
@@ -168,6 +197,7 @@ class EmbeddedSource:
         violated = values.series("constraint_violated")
         if violated:
             values.set("constraint_violated", {}, max(violated.values()))
+        self._server_signals(values)
         if snap is not None:
             values.set("cpu_usage_ratio", {}, snap.cpu_ratio)
             values.set("memory_used_bytes", {}, snap.process_memory_bytes)
@@ -183,6 +213,19 @@ class EmbeddedSource:
                 if snap.battery.power_plugged is not None:
                     values.set("battery_discharging", {}, 0.0 if snap.battery.power_plugged else 1.0)
         return values
+
+    def _server_signals(self, values: SignalValues) -> None:
+        """The ``local_server_*`` signals from the last scrape, and the local calls in flight."""
+        if self._local_in_flight is not None:
+            values.set("local_calls_in_flight", {}, self._local_in_flight())
+        server = self._local_server() if self._local_server is not None else None
+        if server is None:
+            return
+        values.set("local_server_queue_depth", {}, server.queue_depth)
+        values.set("local_server_running", {}, server.running)
+        values.set("local_server_slots", {}, server.slots)
+        values.set("local_server_kv_cache_usage_ratio", {}, server.kv_cache_usage_ratio)
+        values.set("local_server_preemptions_per_second", {}, server.preemptions_per_second)
 
     def _interval_counts(self, values: SignalValues, now: float) -> None:
         """The ``interval_*`` signals: the last adaptation interval's counts per path and class."""
@@ -261,14 +304,16 @@ class AdaptiveOptimizer:
     def __init__(self, config: OptimizationConfig, metrics_collector: RequestWindows,
                  resource_monitor: Optional[MachineMonitor], *, clock: Clock = SYSTEM_CLOCK,
                  strategies: Optional[StrategySet] = None,
-                 in_flight: Callable[[], int] = lambda: 0) -> None:
+                 in_flight: Callable[[], int] = lambda: 0, local_server: Optional[LocalServerProbe] = None,
+                 local_in_flight: Optional[Callable[[], Optional[int]]] = None) -> None:
         self.config = config
         self.clock = clock
         self.strategies = strategies or load_strategies(config.rules_path or bundled_dir("rules"))
         self.engine = RuleEngine(self.strategies, config.strategy.value, query_classes=config.query_classes,
                                  interval_seconds=config.adaptation_interval_seconds)
         snapshot = resource_monitor.snapshot if resource_monitor is not None else (lambda: None)
-        self.source = EmbeddedSource(config, metrics_collector, snapshot, in_flight=in_flight, clock=clock)
+        self.source = EmbeddedSource(config, metrics_collector, snapshot, in_flight=in_flight, clock=clock,
+                                     local_server=local_server, local_in_flight=local_in_flight)
         base = self.engine.routing
         self.routing_preferences: Dict[str, float] = dict(base)
         self.history: Deque[Dict[str, Any]] = deque(maxlen=config.history_size)

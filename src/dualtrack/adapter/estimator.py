@@ -22,6 +22,18 @@ traffic would use more. A slower model (thermal throttling) shows as a longer
 base service time at low load, not as less capacity. Memory against local
 load is fitted with a line, which says at how many busy slots memory reaches
 its limit.
+
+Where the local model server exports its own load (``local_server_*``
+signals: vLLM, llama.cpp, SGLang, TGI through ``local_server_rules.yml``, or
+the server's ``/metrics`` scraped in embedded mode), the estimator does not
+wait for finished calls to show queueing: a queue beyond what the planned
+load explains (Erlang C at the server's slots) means the local track took
+more than it can carry *now*, and a server capacity is cut to what was sent,
+one interval after the queue formed instead of after the queued calls
+finished. The server's slots replace the ones inferred from waits. The
+scraped gauges lag (one scrape interval, seconds); the routers' own count of
+local calls in flight does not, so the queue is taken as the larger of the
+server's and ``calls in flight - slots``.
 """
 
 from __future__ import annotations
@@ -135,6 +147,9 @@ class EstimatorSettings:
     spend_learning_rate: float = 0.3  # how fast the spend bias follows measured over planned spend
     quality_shift: float = 0.25  # the useful-rate shift the quality CUSUM looks for
     quality_alarm: float = 2.5  # its alarm threshold (log-likelihood ratio)
+    server_queue_margin: float = 2.0  # a server queue beyond this x the expected one (and 1 + 1/4 slot): full
+    kv_cache_full: float = 0.98  # KV-cache usage at which a server with a queue is full
+    preemptions_full: float = 0.1  # preemptions per second at which a server is full
 
 
 @dataclass
@@ -179,6 +194,11 @@ class Estimator:
         # and the budget is judged on what was really spent.
         self.spend_bias = 1.0
         self.planned_spend: Optional[float] = None  # set by the split: $/h it planned
+        # The local server's own signals, when it exports them (None: it does not).
+        self.planned_load: Optional[float] = None  # set by the split: local Erlangs it planned
+        self.server_queue: Optional[float] = None  # requests waiting (server's gauge or calls in flight - slots)
+        self.server_capacity: Optional[float] = None  # Erlangs the server was seen to carry without a queue
+        self.server_full = False  # the last reading showed the server over what the plan explains
 
     def tally(self, track: str, query_class: str) -> Tally:
         return self.tracks[track].tallies.get(query_class, Tally())
@@ -220,7 +240,47 @@ class Estimator:
         memory = max((v for v in (values.get("memory_used_ratio", {}), values.get("gpu_memory_used_ratio", {}))
                       if v is not None), default=None)
         self._update_local_capacity(fresh["local"], interval_seconds, memory)
+        self._update_from_server(values)
         return events
+
+    def _update_from_server(self, values: SignalValues) -> None:
+        """Fold in the local server's own load signals (nothing when it exports none)."""
+        s = self.settings
+        queue = values.get("local_server_queue_depth", {})
+        if queue is None:
+            self.server_queue = None
+            return
+        running = values.get("local_server_running", {})
+        slots = values.get("local_server_slots", {})
+        if slots is None and running is not None and queue >= 1:
+            slots = max(running, self.slots or 0.0)  # something waits: every slot is busy
+        mine = values.get("local_calls_in_flight", {})
+        if slots is not None and mine is not None:
+            # The scraped queue is a scrape interval old; this router's own count is not.
+            queue = max(queue, mine - slots)
+        self.server_queue = queue
+        # The queue is judged against the slots the server says it has; the planning keeps
+        # the slots inferred from the waits (a server slows as it batches: its declared slots
+        # overstate what it carries at the base service times).
+        k = max(1, int(round(slots))) if slots is not None and slots >= 1 else (
+            max(1, int(round(self.slots))) if self.slots else None)
+        planned = self.planned_load
+        expected = queue_length(k, planned) if k is not None and planned is not None else 0.0
+        kv = values.get("local_server_kv_cache_usage_ratio", {})
+        preempting = values.get("local_server_preemptions_per_second", {})
+        full = (queue >= 1.0 + 0.25 * (k or 0) and queue > s.server_queue_margin * expected
+                or kv is not None and kv >= s.kv_cache_full and queue >= 1.0
+                or preempting is not None and preempting >= s.preemptions_full)
+        self.server_full = full
+        if full and planned is not None and planned > 0:
+            cut = s.capacity_cut * planned
+            self.server_capacity = max(0.5, cut if self.server_capacity is None else min(self.server_capacity, cut))
+        elif not full and self.server_capacity is not None and queue < 1.0:
+            wanted = self.wanted_load
+            if wanted is not None and wanted > self.server_capacity and (planned or 0.0) >= 0.8 * self.server_capacity:
+                self.server_capacity *= s.capacity_growth
+            elif wanted is not None and wanted <= self.server_capacity:
+                self.server_capacity = None  # the load is back under what was seen to queue
 
     def _detect_track_change(self, track: str, fresh: Mapping[str, Tally]) -> Optional[str]:
         s = self.settings

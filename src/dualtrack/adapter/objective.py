@@ -375,6 +375,10 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         for k in MEMORY_LEVELS:
             cap = k * slots
             local_caps.append(cap if base_cap is None else min(cap, base_cap))
+    if estimator.server_capacity is not None:
+        # The local server's queue says what it carries now: no plan goes beyond it.
+        server_cap = estimator.server_capacity
+        local_caps = [server_cap if c is None else min(c, server_cap) for c in local_caps]
     budget_caps: List[Optional[float]] = [None]
     if budget_per_hour is not None and budget_per_hour > 0:
         budget_caps += [k * budget_per_hour for k in BUDGET_LEVELS]
@@ -386,6 +390,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     split.capacity_bound = best.local_cap is not None and wanted > best.local_cap + 1e-9
     split.budget_bound = best.budget_cap is not None and any(best.shares[c] > preferred[c] + 1e-9 for c in gains)
     estimator.planned_spend = best.spend
+    estimator.planned_load = best.load
     for v in valuations:
         c = v.query_class
         if c in gains:
@@ -394,6 +399,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     if split.capacity_bound and best.local_cap is not None:
         reasons.append(f"local load kept to {best.local_cap:.1f} busy slots (the classes' choice: {wanted:.1f}); "
                        f"memory over its limit {best.p_memory:.0%} of the time")
+    if split.capacity_bound and estimator.server_queue is not None and estimator.server_capacity is not None:
+        reasons.append(f"the local server queues {estimator.server_queue:.0f} requests: local load kept to "
+                       f"{estimator.server_capacity:.1f} busy slots before latency shows it")
     if split.budget_bound and best.budget_cap is not None and best.spend is not None:
         reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
                        f"(over it {best.p_budget:.0%} of the time)")

@@ -213,6 +213,21 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                     "min(dualtrack_battery_ratio)"),
     _machine_signal("battery_discharging", "1 while on battery power, 0 when plugged in.", "bool",
                     "max(1 - dualtrack_battery_power_plugged)"),
+    # The local model server's own load (local_server_rules.yml normalizes vLLM,
+    # llama.cpp, SGLang and TGI; embedded mode scrapes the server's /metrics):
+    # requests add up over the local track's servers, the fullest KV cache counts.
+    _machine_signal("local_server_queue_depth", "Requests waiting for a slot on the local model server(s).",
+                    "requests", "sum(dualtrack:local_server_queue_depth)"),
+    _machine_signal("local_server_running", "Requests being served by the local model server(s).", "requests",
+                    "sum(dualtrack:local_server_running)"),
+    _machine_signal("local_server_slots", "Requests the local model server(s) serve at once (declared).",
+                    "requests", "sum(dualtrack:local_server_slots)"),
+    _machine_signal("local_server_kv_cache_usage_ratio", "KV-cache usage (0..1) of the fullest local server.",
+                    "ratio", "max(dualtrack:local_server_kv_cache_usage_ratio)"),
+    _machine_signal("local_server_preemptions_per_second", "Requests preempted by the local server(s), per second.",
+                    "1/s", "sum(dualtrack:local_server_preemptions:rate1m)"),
+    _machine_signal("local_calls_in_flight", "Calls on the local track in flight, as the routers count them.",
+                    "requests", 'sum(dualtrack_calls_in_flight{track="local"})'),
     _machine_signal("concurrency_used_ratio", "Requests in flight as a fraction of max_concurrent_requests.",
                     "ratio", "max(dualtrack_requests_in_flight / dualtrack_concurrency_limit)"),
     # Constraint limits, so rules need no hard-coded thresholds.

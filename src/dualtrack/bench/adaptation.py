@@ -82,9 +82,22 @@ SCHEMA = "dualtrack.bench.adaptation/1"
 SUITES = ("shipped", "random")
 
 
+#: A strategy policy with this suffix reads the simulated local server's load gauges
+#: (queue depth, running, slots) besides the request metrics: what they buy is measured.
+SERVER_SIGNALS = "+server"
+
+
 def check_bench_policy(policy: str) -> str:
-    """A policy the benchmark can run: a simulation policy, ``perclass_steady`` or ``perclass_hindsight``."""
+    """A policy the benchmark can run: a simulation policy, ``perclass_steady`` or ``perclass_hindsight``;
+    ``strategy:<name>+server``: the strategy reading the local server's own load gauges too."""
     if policy in (PERCLASS_STEADY, PERCLASS_HINDSIGHT):
+        return policy
+    if policy.endswith(SERVER_SIGNALS):
+        base = policy[:-len(SERVER_SIGNALS)]
+        if not base.startswith(STRATEGY_PREFIX):
+            raise ValueError(f"policy {policy!r}: {SERVER_SIGNALS} goes after a strategy (strategy:adaptive"
+                             f"{SERVER_SIGNALS})")
+        check_policy(base)
         return policy
     return check_policy(policy)
 
@@ -258,8 +271,10 @@ def run_suite(scenarios: Optional[Iterable[str]] = None, policies: Optional[Iter
             from_baselines = policy in (PERCLASS_HINDSIGHT, ORACLE) or (policy in STATIC_POLICIES and need_baselines)
             if from_baselines or policy == PERCLASS_STEADY:
                 continue  # perclass_steady runs once the steady reference is known
+            server = policy.endswith(SERVER_SIGNALS)
             tasks.append(((item.key, policy), run_policy,
-                          PolicyJob(item.key, item.scenario, item.seed, policy, policy, rules_path, series)))
+                          PolicyJob(item.key, item.scenario, item.seed, policy.removesuffix(SERVER_SIGNALS),
+                                    policy, rules_path, series, server_signals=server)))
 
     def steady_tasks() -> List[Task]:
         out: List[Task] = []

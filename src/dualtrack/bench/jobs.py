@@ -57,6 +57,7 @@ class PolicyJob:
     label: str  # its name in the results
     rules_path: Optional[str] = None
     series: bool = False
+    server_signals: bool = False  # the strategy also reads the local server's load gauges
 
 
 def run_policy(job: PolicyJob) -> Dict[str, Any]:
@@ -64,7 +65,7 @@ def run_policy(job: PolicyJob) -> Dict[str, Any]:
     static = is_static(job.policy)
     strategies = strategy_set(job.rules_path) if not static else None
     sim = Simulation(job.scenario, job.policy, seed=job.seed, strategies=strategies,
-                     measure_reactions=not static, record_metrics=not static)
+                     measure_reactions=not static, record_metrics=not static, server_signals=job.server_signals)
     out = result_dict(sim.run(), series=job.series, policy=job.label)
     out["job_seconds"] = round(time.perf_counter() - started, 3)
     return out

@@ -43,6 +43,8 @@ class MachineUsage(MachineState, Protocol):
     @property
     def gpu_utilization_ratio(self) -> Optional[float]: ...
 
+#: An in-flight entry: (monotonic start, query class, track when the start named it).
+_Started = Tuple[float, str, Optional[str]]
 _NO_START_TIME = -1.0
 _MAX_TOKENS = 10**9  # per request and direction; more is a unit mistake
 _SWEEP_EVERY = 1024  # starts between sweeps of the in-flight table
@@ -91,13 +93,13 @@ class RequestRecorder:
         self.once = OnceLogger()
         self._errors = Counter("dualtrack_optimizer_errors", "Internal errors caught by the optimizer, by component.",
                                ["component"], registry=registry)
-        # In-flight tables: request id -> (monotonic start, query class), in
+        # In-flight tables: request id -> (monotonic start, query class, track), in
         # start order. ``_calls`` holds what counts as a model call (a
         # single-track request, a parallel request's legs), ``_parents`` the
         # parallel requests themselves (timed, not counted as calls). Bounded:
         # entries older than the TTL are swept out (and counted).
-        self._calls: Dict[Any, Tuple[float, str]] = {}
-        self._parents: Dict[Any, Tuple[float, str]] = {}
+        self._calls: Dict[Any, _Started] = {}
+        self._parents: Dict[Any, _Started] = {}
         self._sweep_lock = threading.Lock()  # one sweeper at a time; never taken per request
         self._starts_since_sweep = 0
         # Also sweep on time, not only every _SWEEP_EVERY starts: at low traffic
@@ -110,6 +112,15 @@ class RequestRecorder:
     def in_flight_count(self) -> int:
         """Model calls started and not completed (parallel requests count by their legs)."""
         return len(self._calls)
+
+    def calls_in_flight(self, track: str) -> int:
+        """Model calls in flight on ``track``, of those whose start named it (``context["track"]``:
+        the reference router names it). Counted when asked, once per cycle or scrape: free per request."""
+        try:
+            started = list(self._calls.values())
+        except RuntimeError:  # changed during iteration (free-threaded builds): try once more
+            started = list(self._calls.values())
+        return sum(1 for entry in started if entry[2] == track)
 
     def sweep_if_due(self, now: float) -> None:
         """Expire orphans past their TTL when a sweep is due (cheap when it is not)."""
@@ -136,7 +147,8 @@ class RequestRecorder:
             # pop, then insert: the table stays in start order for the sweep
             previous_call = calls.pop(request_id, None)
             previous = previous_call or parents.pop(request_id, None)
-            (calls if counted else parents)[request_id] = (now, qc)
+            track = context.get("track") if context else None
+            (calls if counted else parents)[request_id] = (now, qc, track)
             if previous is not None:
                 self.reject("start", "duplicate_request_id", request_id)
                 if previous_call is not None:
@@ -194,7 +206,7 @@ class RequestRecorder:
             else:
                 start = self._parents.pop(request_id, None)
         if start is not None:
-            started, qc = start
+            started, qc = start[0], start[1]
         else:
             metrics.completions_without_start.inc()
             started, qc = _NO_START_TIME, OTHER
@@ -333,7 +345,7 @@ class RequestRecorder:
                            "dualtrack: internal error in %s (counted, request unaffected): %r", component, err)
 
 
-def _expire(table: Dict[Any, Tuple[float, str]], deadline: float, overflow: int) -> Tuple[int, int]:
+def _expire(table: Dict[Any, _Started], deadline: float, overflow: int) -> Tuple[int, int]:
     """Drop the entries of ``table`` started before ``deadline``, and the
     ``overflow`` oldest ones; return (how many were dropped, overflow left).
 
@@ -351,7 +363,7 @@ def _expire(table: Dict[Any, Tuple[float, str]], deadline: float, overflow: int)
             return dropped, overflow
         if not head:
             return dropped, overflow
-        for rid, (started, _) in head:
+        for rid, (started, _, _) in head:
             if started >= deadline and overflow <= 0:
                 return dropped, overflow
             overflow -= 1

@@ -31,13 +31,14 @@ from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ..adapter.embedded import AdaptiveOptimizer, EmbeddedSource
+from ..adapter.embedded import AdaptiveOptimizer, EmbeddedSource, LocalServerProbe
 from ..adapter.strategy import StrategySet
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import OptimizationConfig
 from ..constraints import ConstraintCheck
 from ..exporter.collector import MetricsCollector
 from ..exporter.exposition import MetricsServer, serve_metrics
+from ..exporter.local_server import LocalServerScraper
 from ..exporter.metrics import RequestMetrics
 from ..exporter.monitor import ResourceMonitor
 from ..exporter.query_classes import QueryClassifier
@@ -77,7 +78,8 @@ class DualTrackOptimizer:
     def __init__(self, config: Optional[OptimizationConfig] = None, *,
                  registry: Optional[CollectorRegistry] = None, clock: Optional[Clock] = None,
                  resource_monitor: Optional[MachineMonitor] = None,
-                 strategies: Optional[StrategySet] = None) -> None:
+                 strategies: Optional[StrategySet] = None,
+                 local_server: Optional[LocalServerProbe] = None) -> None:
         self.config = config = config if config is not None else OptimizationConfig()
         self.clock = clock or SYSTEM_CLOCK
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -99,6 +101,14 @@ class DualTrackOptimizer:
                                         collector=self.collector, classifier=self.classifier,
                                         snapshot=self._snapshot)
 
+        # The local model server's own load: the simulator's, or its /metrics scraped.
+        self.local_server_scraper: Optional[LocalServerScraper] = None
+        if local_server is None and config.local_server_metrics_url:
+            self.local_server_scraper = LocalServerScraper(
+                config.local_server_metrics_url, slots=config.local_server_slots,
+                interval=config.monitor_interval_seconds, registry=self.registry, clock=self.clock)
+            local_server = self.local_server_scraper.reading
+
         self.reader: Optional[PreferencesReader] = None
         self.adaptive: Optional[AdaptiveOptimizer] = None
         self.preference_source: PreferenceSource
@@ -112,7 +122,8 @@ class DualTrackOptimizer:
                                            in_flight=self.in_flight_count, clock=self.clock)
         else:
             self.adaptive = AdaptiveOptimizer(config, self.collector, self.resource_monitor, clock=self.clock,
-                                              strategies=strategies, in_flight=self.in_flight_count)
+                                              strategies=strategies, in_flight=self.in_flight_count,
+                                              local_server=local_server, local_in_flight=self._local_in_flight)
             self.preference_source = self.adaptive
             self._signals = self.adaptive.source
 
@@ -123,6 +134,9 @@ class DualTrackOptimizer:
         self._server: Optional[MetricsServer] = None
         self._running = False
         self.registry.register(StateGauges(self))
+
+    def _local_in_flight(self) -> int:
+        return self.recorder.calls_in_flight("local")
 
     def _snapshot(self) -> Optional[MachineUsage]:
         monitor = self.resource_monitor
@@ -142,6 +156,8 @@ class DualTrackOptimizer:
         self._stop.clear()
         if self.resource_monitor is not None:
             self.resource_monitor.start_monitoring()
+        if self.local_server_scraper is not None:
+            self.local_server_scraper.start()
         if self.adaptive is not None:
             self._thread = threading.Thread(target=self._adapt_loop, name="dualtrack-adapter", daemon=True)
             self._thread.start()
@@ -157,6 +173,8 @@ class DualTrackOptimizer:
             self._thread = None
         if self.resource_monitor is not None:
             self.resource_monitor.stop_monitoring()
+        if self.local_server_scraper is not None:
+            self.local_server_scraper.stop()
         if self._server is not None:
             self._server.close()
             self._server = None

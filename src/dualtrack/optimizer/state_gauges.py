@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..constraints import CONSTRAINTS, MB
+from ..vocabulary import TRACKS
 
 if TYPE_CHECKING:  # pragma: no cover - the facade registers these gauges on itself
     from .facade import DualTrackOptimizer
@@ -69,6 +70,12 @@ class StateGauges(Collector):
             for path, value in prefs.timeouts_seconds.items():
                 timeouts.add_metric([path], value)
             yield timeouts
+            calls = GaugeMetricFamily("dualtrack_calls_in_flight",
+                                      "Model calls in flight per track, of those whose start named the track.",
+                                      labels=["track"])
+            for track in TRACKS:
+                calls.add_metric([track], o.recorder.calls_in_flight(track))
+            yield calls
             info = GaugeMetricFamily("dualtrack_optimizer_info",
                                      "The optimizer's strategy, mode and preference source.",
                                      labels=["strategy", "mode", "source"])

@@ -300,7 +300,10 @@ class DualTrackRouter:
 
     def _start(self, record_id: str, track: str, query: Prompt, text: str, context: Optional[Dict[str, Any]],
                timeout: float) -> _Leg:
-        self._safe("record_request_start", self.optimizer.record_request_start, record_id, text, context)
+        # The track goes with the start: the optimizer counts calls in flight per track
+        # (the local server's queue, seen without waiting for a scrape).
+        self._safe("record_request_start", self.optimizer.record_request_start, record_id, text,
+                   dict(context or {}, track=track))
         leg = _Leg(record_id, track, self.backends[track], timeout)
         with self._live_cond:
             self._live.add(leg)

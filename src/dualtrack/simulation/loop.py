@@ -53,7 +53,7 @@ from ..exporter.resources import register_resource_gauges
 from ..optimizer import DualTrackOptimizer
 from ..router.policy import fallback_track, race_failure_outcome, race_winner
 from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, ROUTING_NAMES, TRACKS
-from .machine import SimulatedMachine
+from .machine import SimulatedMachine, SimulatedServerMetrics
 from .models import INF, ApiModelSim, Call, LocalModelSim
 from .objective import OBJECTIVE, Objective
 from .oracle import BUDGET_WINDOW_SECONDS, OraclePlanner
@@ -128,7 +128,7 @@ class Simulation:
                  on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
                  objective: Objective = OBJECTIVE, measure_reactions: bool = False,
                  config_changes: Optional[Dict[str, Any]] = None, record_metrics: bool = True,
-                 tape: Optional[QueryTape] = None) -> None:
+                 tape: Optional[QueryTape] = None, server_signals: bool = False) -> None:
         self.scenario = scenario
         self.policy = check_policy(policy)
         self.seed = scenario.seed if seed is None else int(seed)
@@ -150,8 +150,11 @@ class Simulation:
         if strategies is None and not self.adaptive:
             strategies = strategy_set()  # unused by the policy: do not parse the rules for every run
         self.config = scenario.optimization_config(strategy, rules_path=rules_path, **(config_changes or {}))
-        self.optimizer = DualTrackOptimizer(self.config, registry=registry, clock=self.clock,
-                                            resource_monitor=self.machine, strategies=strategies)
+        # The local server's own load gauges (queue, running, slots), scraped with a lag.
+        self.server_metrics = SimulatedServerMetrics(self.local) if server_signals else None
+        self.optimizer = DualTrackOptimizer(
+            self.config, registry=registry, clock=self.clock, resource_monitor=self.machine, strategies=strategies,
+            local_server=self.server_metrics.reading if self.server_metrics is not None else None)
         if registry is not None:  # a served registry (the demo): export the simulated machine too
             register_resource_gauges(registry, self.machine)
         self.machine.start_monitoring()
@@ -322,7 +325,9 @@ class Simulation:
         req.calls.append(call)
         self.totals["calls"][track]["started"] += 1
         if self._record:
-            self.optimizer.record_request_start(call.record_id, "", req.context)
+            # As the router does: the track goes with the start (calls in flight per track).
+            context = dict(req.context, track=track) if req.context else {"track": track}
+            self.optimizer.record_request_start(call.record_id, "", context)
         model = self.local if track == "local" else self.api
         state = model.submit(call, now, spec.draws, spec.query_class, spec.complexity)
         if state == "queued" or call.end > call.deadline:
@@ -447,6 +452,8 @@ class Simulation:
         now = self.now
         dt = self.scenario.monitor_interval
         snap = self.machine.sample(now)
+        if self.server_metrics is not None:
+            self.server_metrics.sample(now)
         checks = resource_checks(self.config.constraints, snap)
         violated = [n for n in ("memory", "cpu", "gpu_memory", "battery") if checks[n].violated]
         budget = self.config.constraints.max_cost_per_hour
@@ -558,7 +565,7 @@ class Simulation:
             horizon = timeline[i + 1].at if i + 1 < len(timeline) else self.scenario.duration
             twin = Simulation(self.scenario.with_timeline(timeline[:i]), self.policy, seed=self.seed,
                               strategies=self.optimizer.adaptive.strategies if self.optimizer.adaptive else None,
-                              objective=self.objective)
+                              objective=self.objective, server_signals=self.server_metrics is not None)
             twin.run_until(horizon)
             actual = [r for r in self.series if event.at < r["t"] <= horizon]
             other = [r for r in twin.series if event.at < r["t"] <= horizon]

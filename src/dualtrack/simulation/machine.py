@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional
 from ..clock import Clock
 from ..config import ResourceConstraints
 from ..constraints import MB, ConstraintCheck, resource_checks
+from ..exporter.local_server import LocalServerLoad
 from ..exporter.resources import BatteryReading, GpuReading, ResourceSnapshot
 from .models import LocalModelSim
 
@@ -158,3 +159,36 @@ class SimulatedMachine:
 
 
 __all__ = ["SimulatedMachine"]
+
+
+#: How often the simulated local server's /metrics is read: its gauges are this old at worst.
+SERVER_SCRAPE_SECONDS = 5.0
+
+
+class SimulatedServerMetrics:
+    """The simulated local model server's load gauges, as a scrape of its /metrics sees them.
+
+    It stands in for :class:`~dualtrack.exporter.local_server.LocalServerScraper`
+    (a vLLM-like server: queue depth, running requests, declared slots). A
+    reading is taken at most every ``scrape_seconds`` (the runner calls
+    :meth:`sample` on its monitor ticks) and ``reading()`` returns the latest,
+    so the gauges lag the real queue by up to a scrape interval, as scraped
+    gauges do.
+    """
+
+    def __init__(self, local: LocalModelSim, *, scrape_seconds: float = SERVER_SCRAPE_SECONDS) -> None:
+        self.local = local
+        self.scrape_seconds = scrape_seconds
+        self._last: Optional[LocalServerLoad] = None
+        self._at = -float("inf")
+
+    def sample(self, t: float) -> None:
+        if t - self._at < self.scrape_seconds - 1e-9:
+            return
+        local = self.local
+        self._at = t
+        self._last = LocalServerLoad("simulated", float(local.queued), float(local.active),
+                                     float(local.p["concurrency"]), None, None, t)
+
+    def reading(self) -> Optional[LocalServerLoad]:
+        return self._last
