@@ -34,7 +34,8 @@ def test_every_exported_metric_is_documented(tmp_path):
     monitor.sample_now()
     monitor.sample_now()
     optimizer.record_request_start("a", "q")
-    optimizer.record_request_completion("a", "api", {"tokens_in": 1, "quality_score": 0.5})
+    optimizer.record_request_completion("a", "api", {"tokens_in": 1, "quality_score": 0.5,
+                                                     "time_to_first_token_ms": 120.0})
     optimizer.adapt_now()
     AdapterMetrics(registry)
     file = tmp_path / "p.json"
