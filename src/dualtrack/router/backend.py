@@ -35,6 +35,7 @@ function) and ``fake_backend`` (a simulated model in real time).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
@@ -152,8 +153,16 @@ class Backend(Protocol):
 
 
 def reports_first_token(backend: Any) -> bool:
-    """Whether ``backend`` declares that it signals its first token (``reports_first_token = True``)."""
-    return getattr(backend, "reports_first_token", False) is True
+    """Whether ``backend`` signals its first token: it declares ``reports_first_token = True``
+    and its ``generate`` takes ``first_token`` (a subclass that overrides
+    ``generate`` without it inherits the declaration but not the ability)."""
+    if getattr(backend, "reports_first_token", False) is not True:
+        return False
+    try:
+        params = inspect.signature(backend.generate).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "first_token" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def estimate_tokens(text: str) -> int:
