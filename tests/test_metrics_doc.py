@@ -12,6 +12,7 @@ from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, Resour
 from dualtrack.adapter.loop import AdapterMetrics
 from dualtrack.integrations.litellm import LiteLLMMetrics
 from dualtrack.preferences import Preferences, PreferencesReader, write_preferences
+from dualtrack.router.hedging import HedgeMetrics
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
 
@@ -42,6 +43,7 @@ def test_every_exported_metric_is_documented(tmp_path):
     write_preferences(file, Preferences.defaults())
     PreferencesReader(file, registry=registry).current()
     LiteLLMMetrics.for_registry(registry)  # the LiteLLM integration's own series
+    HedgeMetrics.for_registry(registry)  # the router's, when it hedges
 
     names = _names(registry)
     assert len(names) > 60
