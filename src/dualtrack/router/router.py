@@ -22,6 +22,12 @@ policy the simulator uses, so benchmarks measure this router's behaviour):
   wins and the other call's ``cancel`` event is set; without preemption the
   router waits for both and takes the better quality (unknown quality counts
   as exactly the threshold). The ``parallel`` timeout bounds the whole race.
+- **hedged** (with ``hedge=HedgePolicy(...)``): a single-track call with no
+  first token by its track's recent p95 gets a second call on the other
+  track, within a budget; the first acceptable answer wins and the other is
+  cancelled. A call that fails fast falls back instead. With
+  ``first_token_deadline``, a call with no first token by ``factor × p95``
+  is abandoned and falls back. See :mod:`~dualtrack.router.hedging`.
 
 Which track is the fallback, which answer wins a race and how a race
 without an answer ended are :mod:`~dualtrack.router.policy`'s pure
@@ -31,7 +37,9 @@ deadlines and cancellation around them.
 Recording (binding; the simulator records the same way) — every model call
 is recorded once, under its track, so nothing is counted twice:
 
-- a single-track call as ``<rid>``, its fallback as ``<rid>/fallback``;
+- a single-track call as ``<rid>``, its fallback as ``<rid>/fallback``,
+  its hedge as ``<rid>/hedge`` (under the other track; the loser of the
+  hedged race is ``cancelled``); a hedged request has no record of its own;
 - a parallel request's legs as ``<rid>/local`` and ``<rid>/api`` with their
   tokens and cost; a leg the router stopped waiting for is ``cancelled``
   (preempted) or ``timeout`` (out of time), with whatever it incurred;
