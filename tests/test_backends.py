@@ -483,3 +483,63 @@ def test_fake_backend_parameters_are_validated() -> None:
         backend.set(error_kind="cancelled")
     with pytest.raises(ValueError, match="track"):
         FakeBackend("cloud")
+
+
+# =========================================================================== first token
+
+
+def test_a_stream_signals_its_first_token_before_the_answer_ends() -> None:
+    with StreamServer(stream_events(5), hold_after=1) as server:
+        backend = OpenAICompatibleBackend(server.url, "m", stream=True)
+        assert backend.reports_first_token
+        first_token = threading.Event()
+        started = time.monotonic()
+        call = run_in_thread(lambda: backend.generate("q", timeout=10.0, cancel=threading.Event(),
+                                                      first_token=first_token))
+        assert first_token.wait(5), "the first token was never signalled"
+        assert call["thread"].is_alive()  # the rest of the answer is held by the server
+        server.proceed.set()
+        call["thread"].join(5)
+        elapsed = time.monotonic() - started
+    completion = call["value"]
+    assert completion.text.startswith("tok0 ") and completion.first_token_seconds is not None
+    assert 0 <= completion.first_token_seconds < elapsed
+
+
+def test_a_non_streaming_backend_does_not_report_a_first_token(fake_http: FakeHTTPServer) -> None:
+    fake_http.respond(200, chat_answer(), headers={"Content-Type": "application/json"})
+    backend = OpenAICompatibleBackend(fake_http.url, "m")
+    assert not backend.reports_first_token
+    assert generate(backend).first_token_seconds is None
+
+
+def test_fake_backend_first_token_then_the_rest_of_the_answer() -> None:
+    backend = FakeBackend("local", first_token_latency=0.05, latency=0.05)
+    first_token = threading.Event()
+    started = time.monotonic()
+    completion = backend.generate("q", timeout=5.0, cancel=threading.Event(), first_token=first_token)
+    assert first_token.is_set() and time.monotonic() - started >= 0.1
+    assert completion.first_token_seconds is not None and 0.05 <= completion.first_token_seconds < 0.1
+    # By default the first token comes with the whole answer.
+    whole = FakeBackend("local", latency=0.02).generate("q", timeout=5.0, cancel=threading.Event())
+    assert whole.first_token_seconds is not None and whole.first_token_seconds >= 0.02
+    # A distribution: a function of the backend's rng.
+    drawn = FakeBackend("api", first_token_latency=lambda rng: 0.01 + 0.01 * rng.random())
+    assert 0.01 <= drawn.generate("q", timeout=5.0, cancel=threading.Event()).first_token_seconds < 0.05
+
+
+def test_a_callable_reports_its_first_token_only_when_it_takes_the_parameter() -> None:
+    def streaming(prompt: Any, *, first_token: Optional[threading.Event] = None) -> str:
+        if first_token is not None:
+            first_token.set()
+        return "ok"
+
+    def plain(prompt: Any, **kwargs: Any) -> str:
+        return "ok"
+
+    backend = CallableBackend(streaming, "local", "m")
+    assert backend.reports_first_token
+    first_token = threading.Event()
+    assert backend.generate("q", timeout=1.0, cancel=threading.Event(), first_token=first_token).text == "ok"
+    assert first_token.is_set()
+    assert not CallableBackend(plain, "local", "m").reports_first_token

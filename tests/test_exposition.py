@@ -63,7 +63,8 @@ def busy_optimizer(registry: CollectorRegistry) -> DualTrackOptimizer:
         outcome = ("success", "success", "error", "timeout", "cancelled")[i % 5]
         optimizer.record_request_completion(
             rid, paths[i % 3], {"tokens_in": 10 + i, "tokens_out": 5, "quality_score": (i % 10) / 10,
-                                "model": "api" if i % 3 == 1 else None, "outcome": outcome},
+                                "model": "api" if i % 3 == 1 else None, "outcome": outcome,
+                                "time_to_first_token_ms": 20.0 * (i % 7) if i % 3 != 2 else None},
             success=outcome == "success", error_type=None if outcome == "success" else "x")
     optimizer.record_request_completion("no-start", "gpu-farm", {"tokens_in": -1})  # folded + rejected
     optimizer.record_request_start("still-running", "q")

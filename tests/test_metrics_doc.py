@@ -13,6 +13,7 @@ from dualtrack.adapter.loop import AdapterMetrics
 from dualtrack.exporter.local_server import LocalServerScraper
 from dualtrack.integrations.litellm import LiteLLMMetrics
 from dualtrack.preferences import Preferences, PreferencesReader, write_preferences
+from dualtrack.router.hedging import HedgeMetrics
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import FakeProc, FakePsutil, sbattery, shwtemp
 
@@ -35,7 +36,8 @@ def test_every_exported_metric_is_documented(tmp_path):
     monitor.sample_now()
     monitor.sample_now()
     optimizer.record_request_start("a", "q")
-    optimizer.record_request_completion("a", "api", {"tokens_in": 1, "quality_score": 0.5})
+    optimizer.record_request_completion("a", "api", {"tokens_in": 1, "quality_score": 0.5,
+                                                     "time_to_first_token_ms": 120.0})
     optimizer.adapt_now()
     AdapterMetrics(registry)
     file = tmp_path / "p.json"
@@ -43,6 +45,7 @@ def test_every_exported_metric_is_documented(tmp_path):
     PreferencesReader(file, registry=registry).current()
     LiteLLMMetrics.for_registry(registry)  # the LiteLLM integration's own series
     LocalServerScraper("http://127.0.0.1:9/metrics", registry=registry)  # embedded scraping of a local server
+    HedgeMetrics.for_registry(registry)  # the router's, when it hedges
 
     names = _names(registry)
     assert len(names) > 60

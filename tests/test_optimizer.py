@@ -18,7 +18,7 @@ from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, Resour
 from dualtrack.clock import VirtualClock
 from dualtrack.constraints import MB
 from dualtrack.exporter.collector import PerformanceMetrics
-from dualtrack.exporter.metrics import LATENCY_BUCKETS
+from dualtrack.exporter.metrics import LATENCY_BUCKETS, TTFT_BUCKETS
 from dualtrack.optimizer import facade
 from fakes.fake_nvml import FakeGpu, FakeNvml
 from fakes.fake_psutil import MISSING, POWER_TIME_UNLIMITED, FakeProc, FakePsutil, sbattery
@@ -291,6 +291,9 @@ BAD_RESULTS = [
     ({"latency_ms": NAN}, "bad_latency_ms"),
     ({"latency_ms": INF}, "bad_latency_ms"),
     ({"latency_ms": "fast"}, "bad_latency_ms"),
+    ({"time_to_first_token_ms": -1}, "bad_time_to_first_token_ms"),
+    ({"time_to_first_token_ms": NAN}, "bad_time_to_first_token_ms"),
+    ({"time_to_first_token_ms": "soon"}, "bad_time_to_first_token_ms"),
     ({"outcome": "exploded"}, "bad_outcome"),
     ({"outcome": ["success"]}, "bad_outcome"),
     ("oops", "not_a_mapping"),
@@ -929,6 +932,28 @@ def test_battery_readings_flow_into_the_battery_override():
 def test_histogram_buckets_cover_llm_latencies():
     assert LATENCY_BUCKETS[0] == 0.01 and LATENCY_BUCKETS[-1] == 120.0
     assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))
+
+
+def test_time_to_first_token_is_observed_only_when_given():
+    env = Env()
+    env.request("plain", "api", 0.5, {"tokens_out": 3})
+    # No call reported a first token: no series at all (absent, not zero).
+    assert not [s for f in env.registry.collect() if f.name == "dualtrack_time_to_first_token_seconds"
+                for s in f.samples]
+    env.request("s1", "local", 0.9, {"time_to_first_token_ms": 150})
+    env.request("s2", "local", 0.9, {"time_to_first_token_ms": 30.0, "outcome": "cancelled"}, success=False)
+    labels = {"path": "local", "query_class": "short"}
+    assert env.get("dualtrack_time_to_first_token_seconds_count", **labels) == 2
+    assert env.get("dualtrack_time_to_first_token_seconds_sum", **labels) == pytest.approx(0.18)
+    assert env.get("dualtrack_time_to_first_token_seconds_bucket", le="0.04", **labels) == 1
+    assert env.get("dualtrack_time_to_first_token_seconds_bucket", le="0.16", **labels) == 2
+    assert env.get("dualtrack_time_to_first_token_seconds_count", path="api", query_class="short") is None
+
+
+def test_time_to_first_token_buckets_are_the_opentelemetry_genai_ones():
+    # gen_ai.server.time_to_first_token's advisory buckets: 10 ms doubling, 14 of them.
+    assert TTFT_BUCKETS == tuple(round(0.01 * 2 ** i, 2) for i in range(14))
+    assert TTFT_BUCKETS[-1] == 81.92
 
 
 # ------------------------------------------------------------------ parallel requests and timeouts

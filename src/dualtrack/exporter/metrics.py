@@ -31,6 +31,12 @@ LATENCY_BUCKETS: Tuple[float, ...] = (
 )
 #: Buckets for quality scores in 0..1.
 QUALITY_BUCKETS: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+#: Buckets for time to first token: the OpenTelemetry GenAI client's
+#: (``gen_ai.server.time_to_first_token``), 10 ms doubling to 82 s, so the
+#: series lines up with OTel-instrumented clients.
+TTFT_BUCKETS: Tuple[float, ...] = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
 
 OTHER = "other"
 
@@ -111,6 +117,11 @@ class RequestMetrics:
         self.cost = Counter(
             "dualtrack_cost_dollars", "Estimated cost of requests in US dollars.",
             ["path", "query_class", "model"], registry=registry)
+        self.time_to_first_token = Histogram(
+            "dualtrack_time_to_first_token_seconds",
+            "Time from the start of a model call to its first token, by path and query class "
+            "(streaming backends only).",
+            ["path", "query_class"], buckets=TTFT_BUCKETS, registry=registry)
         self.quality = Histogram(
             "dualtrack_response_quality_ratio", "Quality score (0..1) of successful responses.",
             ["path", "query_class"], buckets=QUALITY_BUCKETS, registry=registry)
@@ -160,6 +171,9 @@ class RequestMetrics:
                 for outcome in OUTCOMES:
                     self.requests.labels(path, qc, outcome)
         self._model_children: Dict[Tuple[str, str, str], Tuple[object, object, object]] = {}
+        # Bound on first use, not in _bind: only streaming backends report a
+        # first token, and a path that never does should export no series.
+        self._ttft_children: Dict[Tuple[str, str], object] = {}
 
     def _count_fold(self, label: str) -> None:
         self.labels_folded.labels(label).inc()
@@ -189,11 +203,14 @@ class RequestMetrics:
 
     def observe(self, path: str, query_class: str, outcome: str, duration_seconds: Optional[float],
                 tokens_in: int, tokens_out: int, model: str, cost: Optional[float],
-                quality: Optional[float], request_id: Optional[str] = None) -> None:
+                quality: Optional[float], request_id: Optional[str] = None,
+                first_token_seconds: Optional[float] = None) -> None:
         """Record one completed request. Labels must already be folded.
 
         ``duration_seconds`` is None when unknown (a completion without a
         start and without ``latency_ms``): counted, not observed.
+        ``first_token_seconds`` is observed whatever the outcome when given
+        (a cancelled stream's first token is a true measurement of its track).
         """
         bound = self._bound.get((path, query_class))
         if bound is None:
@@ -220,3 +237,10 @@ class RequestMetrics:
                 t_out.inc(tokens_out)  # type: ignore[attr-defined]
             if cost:
                 c.inc(cost)  # type: ignore[attr-defined]
+        if first_token_seconds is not None:
+            ttft_child = self._ttft_children.get((path, query_class))
+            if ttft_child is None:
+                with self._bind_lock:
+                    ttft_child = self._ttft_children.setdefault(
+                        (path, query_class), self.time_to_first_token.labels(path, query_class))
+            ttft_child.observe(first_token_seconds)  # type: ignore[attr-defined]

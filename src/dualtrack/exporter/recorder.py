@@ -275,6 +275,10 @@ class RequestRecorder:
                 self.reject("result", "bad_quality_score", quality)
                 quality = None
 
+        first_token_ms = get("time_to_first_token_ms")
+        if first_token_ms is not None:
+            first_token_ms = self._non_negative("time_to_first_token_ms", first_token_ms)
+
         if isinstance(error_type, str):
             error_type = error_type[:64]
         elif error_type is not None:
@@ -282,7 +286,8 @@ class RequestRecorder:
 
         metrics.observe(path, qc, outcome, latency_ms / 1000.0 if latency_ms is not None else None,
                         tokens_in, tokens_out, model, cost, quality,
-                        request_id if isinstance(request_id, str) else None)
+                        request_id if isinstance(request_id, str) else None,
+                        first_token_ms / 1000.0 if first_token_ms is not None else None)
         if latency_ms is None:
             return  # no start and no latency: counted, but nothing for the windows
         snap = self._snapshot()

@@ -231,7 +231,9 @@ class DualTrackOptimizer:
         ``result`` keys (all optional): ``tokens_in``, ``tokens_out`` (or
         ``tokens_processed``, counted as output), ``cost`` (dollars; from the
         price table per ``model`` when absent), ``quality_score`` (0..1),
-        ``latency_ms`` (overrides the measured time), ``model``,
+        ``latency_ms`` (overrides the measured time),
+        ``time_to_first_token_ms`` (a streamed call's first token, observed in
+        ``dualtrack_time_to_first_token_seconds``), ``model``,
         ``outcome`` (success, error, timeout, cancelled; otherwise derived
         from ``success`` and ``error_type``). Bad values are dropped and
         counted; this method never raises.

@@ -16,6 +16,15 @@ failure raises :class:`BackendError`, whose ``kind`` says what went wrong:
 it also carries the tokens (and cost) the call incurred before it stopped,
 so a cancelled API call is still paid for in the metrics.
 
+A backend that streams may also report its **first token**: it says so with
+``reports_first_token = True`` and then accepts a ``first_token`` keyword
+(a ``threading.Event``, or ``None``) that it sets the moment the first piece
+of the answer arrives, and puts the time from the start of the call to that
+moment on :attr:`Completion.first_token_seconds`. The router passes
+``first_token`` only to backends that declare it, so a backend written
+before this (or one that cannot tell) keeps working; it then has no
+first-token deadline, and its hedge delay is learnt from whole-answer times.
+
 This module holds the contract (:class:`Completion`, :class:`BackendError`,
 the :class:`Backend` protocol, :data:`KINDS`) and the helpers every
 implementation uses: token estimates, prompt handling, argument checks and
@@ -26,10 +35,11 @@ function) and ``fake_backend`` (a simulated model in real time).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 from ..errors import DualTrackError
@@ -48,6 +58,7 @@ __all__ = [
     "check_track",
     "estimate_tokens",
     "prompt_text",
+    "reports_first_token",
     "score_quality",
 ]
 
@@ -68,7 +79,10 @@ class Completion:
     """One answer. ``quality_score`` is 0..1 or ``None`` (unknown); ``cost``
     is dollars or ``None`` (the optimizer prices it from ``model``).
     ``usage_estimated`` is True when the token counts are estimates
-    (characters / 4) because the server reported no usage."""
+    (characters / 4) because the server reported no usage.
+    ``first_token_seconds`` is the time from the start of the call to the
+    first piece of the answer, for a backend that streams; ``None``: not
+    reported."""
 
     text: str
     tokens_in: int = 0
@@ -77,6 +91,8 @@ class Completion:
     model: str = ""
     cost: Optional[float] = None
     usage_estimated: bool = False
+    # A timing, not content: two answers with the same text and usage are equal.
+    first_token_seconds: Optional[float] = field(default=None, compare=False)
 
 
 class BackendError(DualTrackError):
@@ -134,6 +150,19 @@ class Backend(Protocol):
 
 
 # --------------------------------------------------------------------------- helpers for implementations
+
+
+def reports_first_token(backend: Any) -> bool:
+    """Whether ``backend`` signals its first token: it declares ``reports_first_token = True``
+    and its ``generate`` takes ``first_token`` (a subclass that overrides
+    ``generate`` without it inherits the declaration but not the ability)."""
+    if getattr(backend, "reports_first_token", False) is not True:
+        return False
+    try:
+        params = inspect.signature(backend.generate).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "first_token" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def estimate_tokens(text: str) -> int:

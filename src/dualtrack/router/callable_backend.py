@@ -38,6 +38,13 @@ class CallableBackend:
     :class:`BackendError`; ``TimeoutError`` becomes ``timeout``, any other
     exception ``error`` (its type named, its message not, as client errors
     can quote credentials).
+
+    A function that streams can report its first token: give it a
+    ``first_token`` parameter (a ``threading.Event``, or ``None``) and set
+    it when the first piece of the answer arrives; the backend then declares
+    ``reports_first_token`` and the router can hedge and apply first-token
+    deadlines to it. (``**kwargs`` alone does not count: a function that
+    never sets the event would look stuck.)
     """
 
     def __init__(self, fn: Callable[..., Any], track: str, model: str, *, name: Optional[str] = None,
@@ -55,14 +62,18 @@ class CallableBackend:
             params = {}  # type: ignore[assignment]
         varkw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         self._pass = tuple(k for k in ("timeout", "cancel") if varkw or k in params)
+        self.reports_first_token = "first_token" in params
+        if self.reports_first_token:
+            self._pass += ("first_token",)
 
     def __repr__(self) -> str:
         return f"CallableBackend(name={self.name!r}, track={self.track!r}, model={self.model!r})"
 
-    def generate(self, prompt: Prompt, *, timeout: float, cancel: threading.Event) -> Completion:
+    def generate(self, prompt: Prompt, *, timeout: float, cancel: threading.Event,
+                 first_token: Optional[threading.Event] = None) -> Completion:
         if cancel.is_set():
             raise BackendError("cancelled before the call", "cancelled", backend=self.name, model=self.model)
-        kwargs = {"timeout": timeout, "cancel": cancel}
+        kwargs = {"timeout": timeout, "cancel": cancel, "first_token": first_token}
         try:
             value = self.fn(prompt, **{k: kwargs[k] for k in self._pass})
         except BackendError:

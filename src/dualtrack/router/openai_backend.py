@@ -197,8 +197,14 @@ class OpenAICompatibleBackend:
                 self._own_sessions.append(session)
         return session
 
+    @property
+    def reports_first_token(self) -> bool:
+        """A streaming backend sees its first token arrive; a non-streaming one only the whole answer."""
+        return self.stream
+
     def generate(self, prompt: Prompt, *, timeout: Optional[float] = None,
-                 cancel: Optional[threading.Event] = None) -> Completion:
+                 cancel: Optional[threading.Event] = None,
+                 first_token: Optional[threading.Event] = None) -> Completion:
         budget = self.timeout if timeout is None else float(timeout)
         started = time.monotonic()
         deadline = started + budget
@@ -237,8 +243,9 @@ class OpenAICompatibleBackend:
             failure = _ReadFailure(self._error, tokens_in_estimate)
             reader = BodyReader(resp, failure, limit=self.max_response_bytes, deadline=deadline, budget=budget,
                                 cancel=cancel, guard_each_read=True, report_undecodable=False)
+            first_token_at: List[float] = []  # set by _read_stream at the first piece of the answer
             if self.stream:
-                text, usage = self._read_stream(reader, failure, tokens_in_estimate)
+                text, usage = self._read_stream(reader, failure, tokens_in_estimate, first_token, first_token_at)
             else:
                 text, usage = self._read_whole(reader)
         estimated = usage is None
@@ -250,7 +257,8 @@ class OpenAICompatibleBackend:
                             self.name)
         quality = score_quality(self.quality_scorer, prompt, text, self.name)
         return Completion(text=text, tokens_in=usage[0], tokens_out=usage[1], quality_score=quality,
-                          model=self.model, cost=None, usage_estimated=estimated)
+                          model=self.model, cost=None, usage_estimated=estimated,
+                          first_token_seconds=first_token_at[0] - started if first_token_at else None)
 
     def _http_error(self, resp: requests.Response, deadline: float) -> BackendError:
         status = resp.status_code
@@ -293,8 +301,9 @@ class OpenAICompatibleBackend:
         text = content if isinstance(content, str) else ""
         return text, _usage(body.get("usage"))
 
-    def _read_stream(self, reader: BodyReader, failure: _ReadFailure,
-                     tokens_in_estimate: int) -> Tuple[str, Optional[Tuple[int, int]]]:
+    def _read_stream(self, reader: BodyReader, failure: _ReadFailure, tokens_in_estimate: int,
+                     first_token: Optional[threading.Event] = None,
+                     first_token_at: Optional[List[float]] = None) -> Tuple[str, Optional[Tuple[int, int]]]:
         parts: List[str] = []
         usage: Optional[Tuple[int, int]] = None
         chars = 0
@@ -323,6 +332,11 @@ class OpenAICompatibleBackend:
                 delta = choices[0].get("delta")
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str) and content:
+                    if not parts:  # the first token: the moment a hedge or deadline waits for
+                        if first_token_at is not None:
+                            first_token_at.append(time.monotonic())
+                        if first_token is not None:
+                            first_token.set()
                     parts.append(content)
                     chars += len(content)
         return "".join(parts), usage

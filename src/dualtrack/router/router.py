@@ -22,6 +22,12 @@ policy the simulator uses, so benchmarks measure this router's behaviour):
   wins and the other call's ``cancel`` event is set; without preemption the
   router waits for both and takes the better quality (unknown quality counts
   as exactly the threshold). The ``parallel`` timeout bounds the whole race.
+- **hedged** (with ``hedge=HedgePolicy(...)``): a single-track call with no
+  first token by its track's recent p95 gets a second call on the other
+  track, within a budget; the first acceptable answer wins and the other is
+  cancelled. A call that fails fast falls back instead. With
+  ``first_token_deadline``, a call with no first token by ``factor × p95``
+  is abandoned and falls back. See :mod:`~dualtrack.router.hedging`.
 
 Which track is the fallback, which answer wins a race and how a race
 without an answer ended are :mod:`~dualtrack.router.policy`'s pure
@@ -31,7 +37,9 @@ deadlines and cancellation around them.
 Recording (binding; the simulator records the same way) — every model call
 is recorded once, under its track, so nothing is counted twice:
 
-- a single-track call as ``<rid>``, its fallback as ``<rid>/fallback``;
+- a single-track call as ``<rid>``, its fallback as ``<rid>/fallback``,
+  its hedge as ``<rid>/hedge`` (under the other track; the loser of the
+  hedged race is ``cancelled``); a hedged request has no record of its own;
 - a parallel request's legs as ``<rid>/local`` and ``<rid>/api`` with their
   tokens and cost; a leg the router stopped waiting for is ``cancelled``
   (preempted) or ``timeout`` (out of time), with whatever it incurred;
@@ -59,6 +67,7 @@ An asyncio application can call ``route`` through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -69,8 +78,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from ..preferences import Routing
-from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, other_track
+from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, TRACKS, other_track
+from .backend import reports_first_token
 from .backends import Backend, BackendError, Completion, Prompt
+from .hedging import FirstTokenDeadline, FirstTokenTimes, HedgeBudget, HedgeMetrics, HedgePolicy
 from .policy import RoutePlan, RoutingPolicy, fallback_track, race_failure_outcome, race_winner
 
 __all__ = ["DualTrackRouter", "RouterResult"]
@@ -93,6 +104,8 @@ class RouterResult:
     ``fell_back`` is True when the planned track failed and the other one
     answered (or was tried). ``error`` is the last failure when ``ok`` is
     False. ``completion`` carries the tokens, model and cost of the answer.
+    ``hedged`` is True when a second call was started on the other track
+    because the first had no first token by the hedge delay.
     """
 
     text: Optional[str]
@@ -105,30 +118,53 @@ class RouterResult:
     plan: RoutePlan
     error: Optional[BackendError] = None
     completion: Optional[Completion] = None
+    hedged: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.text is not None
 
 
+class _FirstToken(threading.Event):
+    """The ``first_token`` event a backend sets; remembers when it was first set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: Optional[float] = None
+
+    def set(self) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+        super().set()
+
+
 class _Leg:
     """One model call: what is needed to record it exactly once."""
 
-    __slots__ = ("record_id", "track", "backend", "cancel", "started", "deadline", "future",
-                 "abandoned", "abandoned_at", "recorded", "lock")
+    __slots__ = ("record_id", "track", "backend", "cancel", "first_token", "started", "deadline", "future",
+                 "abandoned", "abandoned_at", "recorded", "sampled", "lock")
 
-    def __init__(self, record_id: str, track: str, backend: Backend, timeout: float) -> None:
+    def __init__(self, record_id: str, track: str, backend: Backend, timeout: float,
+                 reports_first_token: bool = False) -> None:
         self.record_id = record_id
         self.track = track
         self.backend = backend
         self.cancel = threading.Event()
+        # Only for a backend that reports its first token; others get no such argument.
+        self.first_token: Optional[_FirstToken] = _FirstToken() if reports_first_token else None
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.future: "Future[_Status]" = Future()
         self.abandoned: Optional[str] = None  # "cancelled" or "timeout" once the router gave up on it
         self.abandoned_at = 0.0
         self.recorded = False
+        self.sampled = False  # its first-token time has gone into the track's samples
         self.lock = threading.Lock()
+
+    def first_token_seconds(self) -> Optional[float]:
+        """Seconds from the start of the call to its first token, if it has come."""
+        at = self.first_token.at if self.first_token is not None else None
+        return None if at is None else max(0.0, at - self.started)
 
 
 class DualTrackRouter:
@@ -144,7 +180,8 @@ class DualTrackRouter:
     """
 
     def __init__(self, optimizer: Any, local: Backend, api: Backend, *, policy: Optional[RoutingPolicy] = None,
-                 max_workers: int = 8, rng: Optional[random.Random] = None) -> None:
+                 max_workers: int = 8, rng: Optional[random.Random] = None, hedge: Optional[HedgePolicy] = None,
+                 first_token_deadline: Optional[FirstTokenDeadline] = None) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers: expected an integer >= 1, got {max_workers!r}")
         for expected, backend in (("local", local), ("api", api)):
@@ -156,14 +193,32 @@ class DualTrackRouter:
                                  f"{track!r}; pass it as {track}= (arguments swapped?)")
         if policy is not None and rng is not None:
             raise ValueError("policy and rng: give the rng to the policy you pass")
+        if hedge is not None and not isinstance(hedge, HedgePolicy):
+            raise ValueError(f"hedge: expected a HedgePolicy or None, got {hedge!r}")
+        if first_token_deadline is not None and not isinstance(first_token_deadline, FirstTokenDeadline):
+            raise ValueError(f"first_token_deadline: expected a FirstTokenDeadline or None, "
+                             f"got {first_token_deadline!r}")
         self.optimizer = optimizer
         self.backends: Dict[str, Backend] = {"local": local, "api": api}
+        # Checked once: whether each backend takes a first_token event.
+        self._reports_first_token = {track: reports_first_token(b) for track, b in self.backends.items()}
         self.policy = policy if policy is not None else RoutingPolicy(optimizer, rng=rng)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dualtrack-router")
         self._live: Set[_Leg] = set()  # started, not yet recorded
         self._live_cond = threading.Condition()
         self._closed = False
         self._warned: Set[Tuple[str, str]] = set()
+        self.hedge = hedge
+        self.first_token_deadline = first_token_deadline
+        self.first_token_times: Dict[str, FirstTokenTimes] = {track: FirstTokenTimes() for track in TRACKS}
+        self._hedge_budget = HedgeBudget(hedge.budget, hedge.burst) if hedge is not None else None
+        self._hedge_metrics: Optional[HedgeMetrics] = None
+        registry = getattr(optimizer, "registry", None)
+        if hedge is not None and registry is not None:
+            try:
+                self._hedge_metrics = HedgeMetrics.for_registry(registry)
+            except Exception as err:  # a registry that refuses the series: hedge anyway, uncounted
+                self._warn("hedge metrics", err)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -225,7 +280,10 @@ class DualTrackRouter:
                       plan: RoutePlan, started: float) -> RouterResult:
         track = plan.tracks[0]
         leg = self._start(rid, track, query, text, context, _timeout(plan, track))
-        status = self._await(leg)
+        watched = self._watch(leg, plan)
+        if watched == "hedge":
+            return self._route_hedged(rid, query, text, context, plan, started, leg)
+        status = watched if isinstance(watched, BackendError) else self._await(leg)
         fell_back = False
         fallback = fallback_track(plan, fell_back=False) if isinstance(status, BackendError) else None
         if fallback is not None:
@@ -246,37 +304,11 @@ class DualTrackRouter:
         parent_context = dict(context or {}, path="parallel")
         self._safe("record_request_start", self.optimizer.record_request_start, rid, text, parent_context)
         race_deadline = time.monotonic() + _timeout(plan, "parallel")
-        pending: Dict["Future[_Status]", _Leg] = {}
+        legs = []
         for track in plan.tracks:
             leg_timeout = min(_timeout(plan, track), _timeout(plan, "parallel"))
-            leg = self._start(f"{rid}/{track}", track, query, text, context, leg_timeout)
-            pending[leg.future] = leg
-        answers: List[Tuple[_Leg, Completion]] = []
-        errors: List[BackendError] = []
-        winner: Optional[Tuple[_Leg, Completion]] = None
-        while pending and winner is None:
-            wake = min(min(leg.deadline for leg in pending.values()), race_deadline) + GRACE_SECONDS
-            done, _ = wait(list(pending), timeout=max(0.0, wake - time.monotonic()), return_when=FIRST_COMPLETED)
-            for future in done:
-                leg = pending.pop(future)
-                status = self._result(leg)
-                self._record(leg, status)
-                if isinstance(status, Completion):
-                    answers.append((leg, status))
-                else:
-                    errors.append(status)
-            winner = race_winner(answers, _quality, plan.quality_threshold, preempt=plan.preempt, settled=False)
-            if winner is not None:
-                break
-            now = time.monotonic()
-            for future, leg in list(pending.items()):
-                if now >= min(leg.deadline, race_deadline) + GRACE_SECONDS:
-                    del pending[future]
-                    errors.append(self._abandon(leg, "timeout"))
-        for leg in pending.values():  # the losers of a preempted race
-            self._abandon(leg, "cancelled")
-        if winner is None:  # every call has ended or been given up on
-            winner = race_winner(answers, _quality, plan.quality_threshold, preempt=plan.preempt, settled=True)
+            legs.append(self._start(f"{rid}/{track}", track, query, text, context, leg_timeout))
+        winner, errors, _ = self._race(legs, plan, race_deadline, preempt=plan.preempt)
 
         latency = time.monotonic() - started
         if winner is not None:
@@ -296,6 +328,120 @@ class DualTrackRouter:
                    rid, "parallel", {"outcome": outcome}, False, kind)
         return RouterResult(None, "parallel", None, latency, None, False, rid, plan, error, None)
 
+    def _watch(self, leg: _Leg, plan: RoutePlan) -> Union[None, str, BackendError]:
+        """Watch a single-track call while it has no first token (see ``router.hedging``).
+
+        Returns ``"hedge"`` when a second call should start now, a
+        ``BackendError`` when the call missed its first-token deadline (it is
+        abandoned as a timeout; fall back), or ``None``: wait for it as usual.
+        Both need somewhere else to go: a plan with a fallback and no
+        immediate override (a machine limit that forced this track must not
+        be undone by a hedge).
+        """
+        if plan.fallback is None or (self.hedge is None and self.first_token_deadline is None):
+            return None
+        times = self.first_token_times[leg.track]
+        moments: List[Tuple[float, str]] = []
+        budget = self._hedge_budget
+        if self.hedge is not None and budget is not None and not _has_overrides(plan):
+            budget.earn()
+            delay = self.hedge.delay_seconds(times)
+            if delay is not None:
+                moments.append((leg.started + delay, "hedge"))
+        if self.first_token_deadline is not None and leg.first_token is not None:
+            limit = self.first_token_deadline.seconds(times)
+            if limit is not None:
+                moments.append((leg.started + limit, "deadline"))
+        for at, what in sorted(moments):
+            if at >= leg.deadline:
+                return None  # the whole-answer timeout comes first
+            wait([leg.future], timeout=max(0.0, at - time.monotonic()))
+            if leg.future.done() or (leg.first_token is not None and leg.first_token.is_set()):
+                return None  # answered, failed fast (the usual fallback) or alive
+            if what == "hedge":
+                if budget is not None and budget.spend():
+                    return "hedge"
+                self._count_hedge("throttled")
+            else:
+                self._sample_unfinished(leg)
+                return self._abandon(leg, "timeout", f"no first token within {at - leg.started:.3f} s")
+        return None
+
+    def _route_hedged(self, rid: str, query: Prompt, text: str, context: Optional[Dict[str, Any]],
+                      plan: RoutePlan, started: float, first: _Leg) -> RouterResult:
+        """Race ``first`` against a second call on the other track; the first acceptable answer wins."""
+        self._count_hedge("fired")
+        track = other_track(first.track)
+        second = self._start(rid + "/hedge", track, query, text, context, _timeout(plan, track))
+        # Always preempt: the hedge is there to cut the wait, not to compare answers.
+        winner, errors, losers = self._race([first, second], plan, math.inf, preempt=True)
+        if first in losers:
+            self._sample_unfinished(first)
+        latency = time.monotonic() - started
+        if winner is not None:
+            leg, completion = winner
+            self._count_hedge("won" if leg is second else "wasted")
+            return RouterResult(completion.text, plan.path, leg.track, latency, completion.quality_score, False,
+                                rid, plan, None, completion, hedged=True)
+        error = errors[-1] if errors else BackendError("no answer", "error")
+        return RouterResult(None, plan.path, None, latency, None, False, rid, plan, error, None, hedged=True)
+
+    def _race(self, legs: List[_Leg], plan: RoutePlan, race_deadline: float, *, preempt: bool
+              ) -> Tuple[Optional[Tuple[_Leg, Completion]], List[BackendError], List[_Leg]]:
+        """Wait for running calls until one wins (:func:`race_winner`) or all have
+        ended or run out of time; cancel the rest. Returns the winner (or
+        ``None``), the failures, and the calls cancelled as losers."""
+        pending: Dict["Future[_Status]", _Leg] = {leg.future: leg for leg in legs}
+        answers: List[Tuple[_Leg, Completion]] = []
+        errors: List[BackendError] = []
+        winner: Optional[Tuple[_Leg, Completion]] = None
+        while pending and winner is None:
+            wake = min(min(leg.deadline for leg in pending.values()), race_deadline) + GRACE_SECONDS
+            done, _ = wait(list(pending), timeout=max(0.0, wake - time.monotonic()), return_when=FIRST_COMPLETED)
+            for future in done:
+                leg = pending.pop(future)
+                status = self._result(leg)
+                self._record(leg, status)
+                if isinstance(status, Completion):
+                    answers.append((leg, status))
+                else:
+                    errors.append(status)
+            winner = race_winner(answers, _quality, plan.quality_threshold, preempt=preempt, settled=False)
+            if winner is not None:
+                break
+            now = time.monotonic()
+            for future, leg in list(pending.items()):
+                if now >= min(leg.deadline, race_deadline) + GRACE_SECONDS:
+                    del pending[future]
+                    errors.append(self._abandon(leg, "timeout"))
+        losers = list(pending.values())
+        for leg in losers:  # the losers of a preempted race
+            self._abandon(leg, "cancelled")
+        if winner is None:  # every call has ended or been given up on
+            winner = race_winner(answers, _quality, plan.quality_threshold, preempt=preempt, settled=True)
+        return winner, errors, losers
+
+    def _count_hedge(self, outcome: str) -> None:
+        if self._hedge_metrics is not None:
+            self._safe("count hedge", self._hedge_metrics.count, outcome)
+
+    # ------------------------------------------------------------ first-token samples
+
+    def _sample(self, leg: _Leg, seconds: float) -> None:
+        """Add one call's first-token time to its track's samples, once per call."""
+        with leg.lock:
+            if leg.sampled:
+                return
+            leg.sampled = True
+        self.first_token_times[leg.track].add(seconds)
+
+    def _sample_unfinished(self, leg: _Leg) -> None:
+        """A call given up on for want of a first token: the time it waited is a
+        lower bound of its first-token time. Without it, giving up on slow
+        calls would hide them and the estimate would drift down."""
+        if leg.first_token_seconds() is None:
+            self._sample(leg, time.monotonic() - leg.started)
+
     # ------------------------------------------------------------ calls
 
     def _start(self, record_id: str, track: str, query: Prompt, text: str, context: Optional[Dict[str, Any]],
@@ -304,7 +450,7 @@ class DualTrackRouter:
         # (the local server's queue, seen without waiting for a scrape).
         self._safe("record_request_start", self.optimizer.record_request_start, record_id, text,
                    dict(context or {}, track=track))
-        leg = _Leg(record_id, track, self.backends[track], timeout)
+        leg = _Leg(record_id, track, self.backends[track], timeout, self._reports_first_token[track])
         with self._live_cond:
             self._live.add(leg)
         try:
@@ -324,7 +470,12 @@ class DualTrackRouter:
         if remaining <= 0:
             return BackendError("queued past its deadline (all router workers busy)", "timeout", backend=name)
         try:
-            completion = leg.backend.generate(query, timeout=remaining, cancel=leg.cancel)
+            if leg.first_token is not None:  # the backend declared reports_first_token
+                backend: Any = leg.backend
+                completion = backend.generate(query, timeout=remaining, cancel=leg.cancel,
+                                              first_token=leg.first_token)
+            else:
+                completion = leg.backend.generate(query, timeout=remaining, cancel=leg.cancel)
         except BackendError as err:
             return err
         except Exception as err:  # a backend bug is that call's error, not the router's
@@ -351,7 +502,7 @@ class DualTrackRouter:
         self._record(leg, status)
         return status
 
-    def _abandon(self, leg: _Leg, why: str) -> BackendError:
+    def _abandon(self, leg: _Leg, why: str, message: Optional[str] = None) -> BackendError:
         """Stop waiting for ``leg``: tell it to cancel, record it when it returns."""
         with leg.lock:
             if leg.abandoned is None and not leg.recorded:
@@ -360,7 +511,7 @@ class DualTrackRouter:
         leg.cancel.set()
         leg.future.add_done_callback(lambda future: self._record(leg, self._result(leg)))
         if why == "timeout":
-            return BackendError(f"no answer within {leg.deadline - leg.started:.3f} s", "timeout",
+            return BackendError(message or f"no answer within {leg.deadline - leg.started:.3f} s", "timeout",
                                 backend=_name(leg.backend))
         return BackendError("cancelled: the other track won", "cancelled", backend=_name(leg.backend))
 
@@ -378,6 +529,15 @@ class DualTrackRouter:
                       "model": model or getattr(leg.backend, "model", None) or leg.track}
             if status.cost is not None:
                 result["cost"] = status.cost
+            first_token = leg.first_token_seconds()
+            if first_token is None and isinstance(status, Completion) and abandoned is None:
+                first_token = status.first_token_seconds  # the backend's own measure
+            if first_token is not None:
+                result["time_to_first_token_ms"] = first_token * 1000.0
+                self._sample(leg, first_token)
+            elif abandoned is None and isinstance(status, Completion) and leg.first_token is None:
+                # A backend that does not report its first token shows life with its answer.
+                self._sample(leg, time.monotonic() - leg.started)
             if abandoned is not None:
                 # The router stopped waiting; that decides the outcome, whatever
                 # the backend did afterwards.
@@ -422,6 +582,11 @@ def _timeout(plan: RoutePlan, path: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return DEFAULT_TIMEOUTS_SECONDS[path]
+
+
+def _has_overrides(plan: RoutePlan) -> bool:
+    rec = plan.recommendation
+    return bool(rec.get("overrides")) if isinstance(rec, Mapping) else False
 
 
 def _quality(answer: Tuple[_Leg, Completion]) -> Optional[float]:
