@@ -304,6 +304,25 @@ def test_a_budget_not_worth_keeping_is_not() -> None:
     assert not split.budget_bound and split.shares["long"] == 0.0
 
 
+def test_a_budget_kept_by_swapping_which_class_runs_local() -> None:
+    """short gains a little on local and costs $3.6/h on the API; long is better on the API but
+    costs $72/h there, over the $30/h budget. Moving long to local on top of short would take 5
+    of the 4 slots (Erlang C: an unbounded wait); keeping the budget means short gives its slots
+    to long. Adding classes to local in the order of their gains alone never finds that."""
+    est = Estimator(("short", "long"))
+    est.update(interval({**steady(calls(30, latency=1.0), calls(30, cost=0.0005, useful=0.9), "short"),
+                         **steady(calls(15, latency=3.0, useful=0.6), calls(15, cost=0.02), "long")}), INTERVAL)
+    est.slots = 4.0
+    w = {"useful": 0.35, "within_target": 0.25, "quality": 0.15, "savings": 0.0, "compliance": 0.15}
+    spec = ObjectiveSpec(weights=w, value_noise=0.0, probe=0.0, probe_calls=0.0, spend_error=0.0)
+    split = choose_split(est, spec, budget_per_hour=30.0, interval_seconds=INTERVAL, latency_target=5.0)
+    assert split.preferred == {"short": 1.0, "long": 0.0}  # what each class would choose alone
+    assert split.budget_bound
+    assert est.planned_spend is not None and est.planned_spend <= 30.0
+    assert split.shares["long"] > 0.5 and split.shares["short"] < 0.5
+    assert est.planned_load is not None and est.planned_load < 4.0  # within the slots
+
+
 def test_the_spend_measured_corrects_the_spend_planned() -> None:
     est, spec = long_on_the_api()
     split = choose_split(est, spec, budget_per_hour=100.0)

@@ -38,6 +38,13 @@ shares of the budget are scored as
 (busy slots Poisson around the planned load; the budget's 5-minute window of
 calls around the planned spend) and the best is kept: a constraint is kept
 when keeping it is worth what it costs in answers.
+
+When every such split is over budget, splits built budget first are tried
+too: the classes that cost most on the API per busy local slot go local
+until the spend fits, and only the capacity left goes to the classes'
+own preferences. Keeping a budget with a small local server can mean that
+a class which gains a little on local gives its slots to one that costs a
+lot on the API, which adding classes in the order of their gains never finds.
 """
 
 from __future__ import annotations
@@ -319,7 +326,35 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         within = _within_at(parts["within"], latency, max(new_latency, 1e-3), latency_target)
         return v.value["local"] + parts["success"] * spec.weights["within_target"] * (within - parts["within"])
 
-    def plan(local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
+    def budget_first(local_cap: Optional[float], budget_cap: float) -> Dict[str, float]:
+        """Shares that keep the budget with the fewest busy local slots: the classes that
+        cost most on the API per busy slot they would take go local first; what capacity is
+        left goes to the classes' own preference, most gain per busy slot first."""
+        shares = {c: probe[c] for c in gains}
+        planned = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
+        for c in sorted((c for c in gains if spend_rate[c] > 0),
+                        key=lambda c: -spend_rate[c] / marginal[c] if marginal[c] > 0 else -math.inf):
+            if planned <= budget_cap:
+                break
+            take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
+            shares[c] += take / spend_rate[c]
+            planned -= take
+        room = (math.inf if local_cap is None else local_cap) - fallback_load - sum(
+            marginal[c] * shares[c] for c in gains)
+        for c in sorted(gains, key=lambda c: -gains[c] * arrivals.get(c, 0.0) / marginal[c]
+                        if marginal[c] > 0 else -math.inf):
+            if room <= 0:
+                break
+            if gains[c] > 0 and preferred[c] > shares[c]:
+                add = preferred[c] - shares[c] if marginal[c] <= 0 else min(preferred[c] - shares[c],
+                                                                            room / marginal[c])
+                shares[c] += add
+                room -= add * marginal[c]
+        return shares
+
+    def plan(local_cap: Optional[float], budget_cap: Optional[float], first: bool = False) -> _Plan:
+        if first and budget_cap is not None:
+            return score(budget_first(local_cap, budget_cap), local_cap, budget_cap)
         shares = dict(preferred)
         wanted = fallback_load + sum(marginal[c] * shares[c] for c in gains)
         if local_cap is not None and wanted > local_cap:
@@ -344,6 +379,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
                 take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
                 shares[c] += take / spend_rate[c]
                 planned -= take
+        return score(shares, local_cap, budget_cap)
+
+    def score(shares: Dict[str, float], local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
         busy = fallback_load + sum(marginal[c] * shares[c] for c in gains)
         value = sum(arrivals.get(c, 0.0) * (shares[c] * local_value(c, busy)
                                             + (1.0 - shares[c]) * by_class[c].value["api"]) for c in gains)
@@ -383,6 +421,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     if budget_per_hour is not None and budget_per_hour > 0:
         budget_caps += [k * budget_per_hour for k in BUDGET_LEVELS]
     plans = [plan(lc, bc) for lc in local_caps for bc in budget_caps]
+    if max(plans, key=lambda p: p.score).p_budget > 0.5:
+        # Over budget whatever the split of the local load: try keeping the budget first.
+        plans += [plan(lc, bc, first=True) for lc in local_caps for bc in budget_caps if bc is not None]
     best = max(plans, key=lambda p: p.score)
     shares = {**fixed, **best.shares}
     wanted = fallback_load + sum(marginal[c] * preferred[c] for c in gains)
