@@ -310,3 +310,40 @@ def test_credentials_never_reach_logs_or_files(fake_http, tmp_path):
     assert token not in proc.stderr and token not in proc.stdout
     assert fake_http.requests and fake_http.requests[0].headers.get("Authorization") == f"Bearer {token}"
     assert not output.exists()
+
+
+def test_the_prometheus_path_and_the_embedded_path_decide_the_same(shared_stack):
+    """Both paths, one engine: the router's in-process windows (embedded mode) and the same
+    router's metrics read back through a real Prometheus (the adapter process) give the
+    objective-driven strategy the same evidence, and it decides the same from either."""
+    from dualtrack.adapter.engine import RuleEngine
+    from dualtrack.adapter.strategy import load_strategies
+
+    workload, prom = shared_stack
+    optimizer = workload.optimizer
+    assert optimizer.adaptive is not None
+    embedded = optimizer.adaptive.source
+    config = optimizer.config
+    interval = f"{int(config.adaptation_interval_seconds)}s"
+    window = f"{int(config.signal_window_seconds)}s"
+    promql = PrometheusSource(PromQLClient(prom.url, timeout=5.0, retries=0), window=window, interval=interval)
+    # Both paths need a full interval of evidence behind them (the stack may have just started).
+    prom.wait_for(f"sum(increase(dualtrack_requests_total[{interval}])) > 0 and "
+                  f"sum(count_over_time(dualtrack_requests_total{{path=\"api\",outcome=\"success\"}}[{interval}])) "
+                  f">= {int(config.adaptation_interval_seconds) - 2}", timeout=90)
+    strategies = load_strategies(bundled_dir("rules"))
+    for name in strategies.names():
+        by_path = {}
+        for path, source in (("embedded", embedded), ("prometheus", promql)):
+            engine = RuleEngine(strategies, name, query_classes=config.query_classes,
+                                interval_seconds=config.adaptation_interval_seconds)
+            decisions = [engine.evaluate(source.fetch(strategies.catalog), now=30.0 * i) for i in range(3)]
+            by_path[path] = decisions[-1]
+        e, p = by_path["embedded"], by_path["prometheus"]
+        assert set(e.fired) == set(p.fired), (name, e.fired, p.fired)
+        for qc in config.query_classes:
+            pe, pp = e.query_classes[qc], p.query_classes[qc]
+            # The same side for every class; shares differ only by the probe, which follows the
+            # arrival rate each path measured (Prometheus extrapolates increase() to its range).
+            assert abs(pe["local_bias"] - pp["local_bias"]) <= 0.05, (name, qc, pe, pp)
+            assert pe["parallel_threshold"] == pytest.approx(pp["parallel_threshold"]), (name, qc)
