@@ -11,6 +11,7 @@ modes are equal, level by level, at an evaluation instant of the rules.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Iterator
@@ -103,6 +104,26 @@ def test_each_recorded_input_equals_its_raw_input(client, evaluated):
             assert recorded[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
         keep = {"path", "query_class"} | ({extra} if extra else set())
         assert all({k for k, _ in key} == keep for key in recorded), name
+
+
+@pytest.mark.prometheus
+def test_recorded_interval_counts_give_the_raw_modes(client, stack):
+    """The objective's interval_* counts: rate1m from the interval group times the interval
+    equals the raw mode's increase over half the window scaled to one interval."""
+    from dualtrack.adapter.estimator import INTERVAL_SIGNALS
+
+    series = "path_query_class_outcome:dualtrack_requests:rate1m"
+    at = max(value for _, value in stack.prom.wait_for(f"timestamp({series})", timeout=30))
+    for name in INTERVAL_SIGNALS:
+        form = BUILTIN_CATALOG[name].recorded
+        assert form is not None and "rate(" not in form, name
+        (read,) = re.findall(r"[a-z_]+:[a-z_]+:rate1m", form)
+        assert f"record: {read}\n" in RECORDING.read_text(), f"{name} reads {read}, which no rule records"
+    raw = PrometheusSource(client, window="2m", interval="30s").fetch(BUILTIN_CATALOG, at=at)
+    recorded = PrometheusSource(client, window="2m", interval="30s", recorded=True).fetch(BUILTIN_CATALOG, at=at)
+    compared = assert_same_series(raw, recorded, INTERVAL_SIGNALS)
+    assert compared >= len(INTERVAL_SIGNALS) * 3, compared  # not vacuous
+    assert "increase(" not in PrometheusSource(client, window="2m", recorded=True).batch_query(BUILTIN_CATALOG)
 
 
 def test_the_recorded_queries_read_only_recorded_series():

@@ -140,6 +140,7 @@ class PrometheusSource:
         self.window = window
         self.interval = interval  # the adaptation interval, what the interval_* signals count over
         self._interval_range, self._interval_scale = interval_range(interval, window)
+        self._interval_seconds = parse_duration(interval)
         self.batch = batch
         self.aggregates = aggregates
         self.recorded = recorded
@@ -148,6 +149,10 @@ class PrometheusSource:
         self.last_query_count = 0
 
     def _branch(self, signal: Signal, level: Tuple[str, ...]) -> str:
+        if self.recorded:
+            query = signal.recorded_query(level, self._interval_seconds)
+            if query is not None:
+                return f'label_replace({query}, "{SIGNAL_LABEL}", "{escape_label_value(signal.name)}", "", "")'
         return _branch(signal, level, self.window, self._interval_range, self._interval_scale)
 
     def _input_queries(self) -> Dict[str, str]:

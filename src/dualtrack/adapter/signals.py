@@ -94,6 +94,10 @@ class Signal:
     builtin: bool = True
     allowed: Mapping[str, Optional[Sequence[str]]] = field(default_factory=dict)
     every_level: bool = True
+    #: The form reading recording_rules.yml's series instead of the raw metrics
+    #: (``PrometheusSource(recorded=True)``): ``{interval_seconds}`` becomes the
+    #: adaptation interval in seconds.
+    recorded: Optional[str] = None
 
     def levels(self) -> List[Tuple[str, ...]]:
         """Every subset of the signal's labels (``()`` first)."""
@@ -115,6 +119,12 @@ class Signal:
         # Plain replacement, not str.format: PromQL selectors are full of braces.
         return (self.promql.replace("{by_le}", by_le).replace("{by}", by).replace("{window}", window)
                 .replace("{interval_scale}", scale).replace("{interval}", interval))
+
+    def recorded_query(self, level: Tuple[str, ...], interval_seconds: float) -> Optional[str]:
+        """The PromQL reading the recorded series, or None when the signal has no recorded form."""
+        if self.recorded is None:
+            return None
+        return self.recorded.replace("{by}", ", ".join(level)).replace("{interval_seconds}", f"{interval_seconds:g}")
 
     def info(self) -> SignalInfo:
         return SignalInfo(self.dims, self.allowed)
@@ -140,9 +150,15 @@ def _request_signal(name: str, help: str, unit: str, promql: str) -> Signal:
     return Signal(name, help, unit, _PATH_CLASS, promql, allowed=_PATHS_ALLOWED)
 
 
-def _interval_signal(name: str, help: str, series: str) -> Signal:
+def _interval_signal(name: str, help: str, series: str, recorded: str) -> Signal:
+    """A count over the last adaptation interval; ``recorded`` is the recording rule's
+    series (a rate over 1m, recording_rules.yml) that times the interval gives the same."""
     promql = f"sum by ({{by}}) (increase({series}[{{interval}}])){{interval_scale}}"
-    return Signal(name, help, "count", _PATH_CLASS, promql, allowed=_PATHS_ALLOWED, every_level=False)
+    return Signal(name, help, "count", _PATH_CLASS, promql, allowed=_PATHS_ALLOWED, every_level=False,
+                  recorded=f"sum by ({{by}}) ({recorded}) * {{interval_seconds}}")
+
+
+_RECORDED_REQUESTS = "path_query_class_outcome:dualtrack_requests:rate1m"
 
 
 def _machine_signal(name: str, help: str, unit: str, promql: str) -> Signal:
@@ -175,25 +191,31 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                     "sum by ({by}) (rate(dualtrack_tokens_total[{window}]))"),
     # The last adaptation interval's counts, per path and query class: the
     # evidence the objective-driven strategies estimate from (adapter.estimator).
-    _interval_signal("interval_calls", "Calls decided in the last interval (cancelled excluded).", _DECIDED),
+    _interval_signal("interval_calls", "Calls decided in the last interval (cancelled excluded).", _DECIDED,
+                     f'{_RECORDED_REQUESTS}{{outcome!="cancelled"}}'),
     _interval_signal("interval_successes", "Successful calls in the last interval.",
-                     f'{_REQUESTS}{{outcome="success"}}'),
+                     f'{_REQUESTS}{{outcome="success"}}', f'{_RECORDED_REQUESTS}{{outcome="success"}}'),
     _interval_signal("interval_timeouts", "Timed-out calls in the last interval.",
-                     f'{_REQUESTS}{{outcome="timeout"}}'),
+                     f'{_REQUESTS}{{outcome="timeout"}}', f'{_RECORDED_REQUESTS}{{outcome="timeout"}}'),
     _interval_signal("interval_within_target", "Successful calls within the latency target in the last interval.",
-                     "dualtrack_requests_within_target_total"),
+                     "dualtrack_requests_within_target_total",
+                     "path_query_class:dualtrack_requests_within_target:rate1m"),
     _interval_signal("interval_useful", "Answers at or above the quality floor in the last interval.",
-                     "dualtrack_responses_useful_total"),
+                     "dualtrack_responses_useful_total", "path_query_class:dualtrack_responses_useful:rate1m"),
     _interval_signal("interval_quality_sum", "Sum of the quality scores of the last interval's answers.",
-                     "dualtrack_response_quality_ratio_sum"),
+                     "dualtrack_response_quality_ratio_sum",
+                     "path_query_class:dualtrack_response_quality_ratio_sum:rate1m"),
     _interval_signal("interval_quality_count", "Scored answers in the last interval.",
-                     "dualtrack_response_quality_ratio_count"),
+                     "dualtrack_response_quality_ratio_count",
+                     "path_query_class:dualtrack_response_quality_ratio_count:rate1m"),
     _interval_signal("interval_cost_dollars", "Cost of the last interval's calls, in dollars.",
-                     "dualtrack_cost_dollars_total"),
+                     "dualtrack_cost_dollars_total", "path_query_class:dualtrack_cost_dollars:rate1m"),
     _interval_signal("interval_latency_sum", "Sum of the latencies of the last interval's decided calls, seconds.",
-                     "dualtrack_request_duration_seconds_sum"),
+                     "dualtrack_request_duration_seconds_sum",
+                     "path_query_class:dualtrack_request_duration_seconds_sum:rate1m"),
     _interval_signal("interval_latency_count", "Decided calls with a latency in the last interval.",
-                     "dualtrack_request_duration_seconds_count"),
+                     "dualtrack_request_duration_seconds_count",
+                     "path_query_class:dualtrack_request_duration_seconds_count:rate1m"),
     _machine_signal("in_flight_requests", "Requests in flight.", "requests",
                     "sum(dualtrack_requests_in_flight)"),
     _machine_signal("cpu_usage_ratio", "System CPU utilisation (0..1).", "ratio",
