@@ -111,6 +111,9 @@ def openmetrics(instances: int, end: float, seed: int = 1) -> Iterable[str]:
                                                ("outcome=timeout", 0.01), ("outcome=cancelled", 0.01)])
     yield from counters("dualtrack_cost_dollars", [("", 0.002)])
     yield from counters("dualtrack_tokens", [("", 400.0)])
+    # The objective's evidence (the interval_* signals): answers within target, useful answers.
+    yield from counters("dualtrack_requests_within_target", [("", 0.9)])
+    yield from counters("dualtrack_responses_useful", [("", 0.85)])
     for name, buckets, centre in (("dualtrack_request_duration_seconds", LATENCY_BUCKETS, None),
                                   ("dualtrack_response_quality_ratio", QUALITY_BUCKETS, 0.8)):
         yield f"# TYPE {name} histogram"
