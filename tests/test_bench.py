@@ -211,3 +211,28 @@ def test_random_targets_are_shares_over_the_scenarios() -> None:
     assert t["share_events_reacted_within_2"]["value"] == 0.5 and t["share_events_reacted_within_2"]["over"] == 4
     assert len(summary["misses"]) == 5
     assert summary["reactions_by_kind"]["onset"] == {"events": 4, "in_time": 1, "within_2": 2, "limit_intervals": 1}
+
+
+def test_an_event_is_material_when_the_best_split_in_hindsight_moves_its_way() -> None:
+    """``material``: the split schedule's local share (weighted by the classes' shares) across
+    the event, against the direction the event's ``expect`` gives."""
+    from dualtrack.bench.adaptation import material
+    from dualtrack.bench.verdicts import material_events
+    from dualtrack.simulation import load_scenario
+
+    scenario = load_scenario("api_outage")  # 15m outage (local_bias up), 27m recovered (down)
+    shares = scenario.class_shares
+    assert set(shares) == {"short", "medium", "long"}
+    outage, recovered = scenario.timeline[0].at, scenario.timeline[1].at
+    segments = [{"from_seconds": 0.0, "split": {"short": 1.0, "medium": 0.5, "long": 0.0}},
+                {"from_seconds": outage, "split": {"short": 1.0, "medium": 1.0, "long": 0.0}},
+                {"from_seconds": recovered, "split": {"short": 1.0, "medium": 1.0, "long": 0.0}}]
+    assert material(scenario, segments, {"t": outage}) is True  # more local at the outage, as expected
+    assert material(scenario, segments, {"t": recovered}) is False  # kept: reacting was worth nothing
+    segments[2]["split"] = {"short": 0.5, "medium": 0.5, "long": 0.0}
+    assert material(scenario, segments, {"t": recovered}) is True
+    assert material(scenario, segments, {"t": 123.0}) is None  # no such event
+    summary = material_events({"s": {"reactions": [
+        {"applied_intervals": 1, "material": True}, {"applied_intervals": 5, "material": True},
+        {"applied_intervals": None, "material": False}, {"applied_intervals": 1, "material": None}]}})
+    assert summary == {"events": 4, "judged": 3, "material": 2, "within_2": 1, "share_within_2": 0.5}

@@ -37,7 +37,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..simulation import (
     OBJECTIVE,
@@ -161,6 +161,33 @@ def _info(item: _Item) -> Dict[str, Any]:
     }
     info.update(item.info)
     return info
+
+
+def material(scenario: Scenario, segments: Sequence[Mapping[str, Any]], reaction: Mapping[str, Any]) -> Optional[bool]:
+    """Did the best split in hindsight move the way an event's ``local_bias`` expectation says?
+
+    The split schedule (:func:`~dualtrack.simulation.hindsight.search_schedule`) picks the
+    best per-class split for each segment between regime changes. If it keeps local's share
+    where it was across an event, or moves it the other way, then moving as the event's
+    ``expect`` says was worth nothing in this scenario: the event is not *material*, and an
+    objective-driven strategy that does not react to it is right. None for expectations on
+    other preferences (the schedule only splits traffic)."""
+    event = next((e for e in scenario.timeline if abs(e.at - reaction["t"]) < 1e-6 and e.expect), None)
+    if event is None or event.expect is None or event.expect.preference != "local_bias":
+        return None
+    before = [seg for seg in segments if seg["from_seconds"] < event.at - 1e-6]
+    after = [seg for seg in segments if seg["from_seconds"] <= event.at + 1e-6]
+    if not before or not after:
+        return None
+    weights = scenario.class_shares
+    classes = [event.expect.query_class] if event.expect.query_class else list(weights)
+
+    def local_share(split: Mapping[str, float]) -> float:
+        total = sum(weights[c] for c in classes)
+        return sum(weights[c] * split.get(c, 0.0) for c in classes) / total if total > 0 else 0.0
+
+    moved = local_share(after[-1]["split"]) - local_share(before[-1]["split"])
+    return moved > 1e-9 if event.expect.direction == "up" else moved < -1e-9
 
 
 def _inapplicable_reactions(scenario: Scenario) -> List[Dict[str, Any]]:
@@ -383,6 +410,10 @@ def _assemble(item: _Item, chosen: Sequence[str], steady_split: Dict[str, Any]) 
         item.info["oracle"] = {"source": source, "candidates": candidates,
                                "schedule": schedule["segments"] if schedule is not None else None}
         item.info["baselines_job_seconds"] = base["job_seconds"]
+        if schedule is not None:
+            for run in runs.values():
+                for reaction in run.get("reactions") or []:
+                    reaction["material"] = material(item.scenario, schedule["segments"], reaction)
     for run in runs.values():
         if not run.get("reactions") and inapplicable:
             run["reactions"] = copy.deepcopy(inapplicable)

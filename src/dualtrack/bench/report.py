@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Sequence
 
 from ..simulation import ORACLE
-from .verdicts import REACTION_LIMIT_INTERVALS
+from .verdicts import RANDOM_REACTION_LIMIT, REACTION_LIMIT_INTERVALS
 
 _PLURAL = {"onset": "onsets", "recovery": "recoveries"}
 _COLUMNS = ("policy", "p95 s", "in target", "cost $", "quality", "useful", "viol s", "failed", "J", "vs oracle",
@@ -165,6 +165,12 @@ def verdict_lines(results: Dict[str, Any]) -> List[str]:
         lines.append("  applied reactions: " + "; ".join(
             f"{k['in_time']} of {k['events']} {_PLURAL[kind]} within {k['limit_intervals']} interval"
             f"{'s' if k['limit_intervals'] > 1 else ''}" for kind, k in kinds.items()))
+    m = s.get("material_events")
+    if m and m["judged"]:
+        share = "-" if m["share_within_2"] is None else f"{m['share_within_2']:.0%}"
+        lines.append(f"  (not a target: {m['material']} of the {m['judged']} local_bias events were material -- the "
+                     f"best split in hindsight moved that way -- and {share} of those were reacted to within "
+                     f"{RANDOM_REACTION_LIMIT} intervals, applied)")
     lines.append("verdict: " + ("all targets met" if not s["misses"] else
                                 f"{len(s['misses'])} target{'s' if len(s['misses']) > 1 else ''} missed"))
     return lines

@@ -122,7 +122,8 @@ def adaptive_figures(scores: Mapping[str, float], adaptive_run: Mapping[str, Any
         target["hindsight_lead_captured"] = capture(a, hindsight, oracle)
     reactions = _applied_reactions(adaptive_run)
     target["reactions"] = [{"t": r["t"], "label": r["label"], "expect": r["expect"], "kind": r.get("kind", "onset"),
-                            "intervals": r["published_intervals"], "applied_intervals": r["intervals"]}
+                            "intervals": r["published_intervals"], "applied_intervals": r["intervals"],
+                            "material": r.get("material")}
                            for r in reactions]
     target["reacts_in_time"] = all(r["published_intervals"] is not None
                                    and r["published_intervals"] <= REACTION_LIMIT_INTERVALS for r in reactions)
@@ -177,6 +178,7 @@ def overall(scenarios: Mapping[str, Mapping[str, Any]], suite: str) -> Dict[str,
                     "limit_intervals": APPLIED_LIMITS[kind]}
              for kind in APPLIED_LIMITS}
     out["reactions_by_kind"] = kinds
+    out["material_events"] = material_events(with_adaptive)
     if suite == "random":
         out["random"] = random_targets(with_adaptive)
         misses = [f"{name}: {t['text']}" for name, t in out["random"].items() if t["met"] is False]
@@ -185,6 +187,20 @@ def overall(scenarios: Mapping[str, Mapping[str, Any]], suite: str) -> Dict[str,
         misses = out["shipped"]["misses"]
     out["misses"] = sorted(misses)
     return out
+
+
+def material_events(adaptive: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+    """Reactions to the events the best split in hindsight moved for (``material``), not a target:
+    the events' ``expect`` is the generator's guess, and an event the hindsight schedule did not
+    move for is one the objective is right to leave alone (``adaptation.material``)."""
+    reactions = [r for t in adaptive.values() for r in t["reactions"]]
+    judged = [r for r in reactions if r.get("material") is not None]
+    chosen = [r for r in judged if r["material"]]
+    within = [r for r in chosen if r["applied_intervals"] is not None
+              and r["applied_intervals"] <= RANDOM_REACTION_LIMIT]
+    share = len(within) / len(chosen) if chosen else None
+    return {"events": len(reactions), "judged": len(judged), "material": len(chosen), "within_2": len(within),
+            "share_within_2": share}
 
 
 def shipped_targets(adaptive: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
@@ -261,5 +277,5 @@ def _random_text(name: str, value: Optional[float], goal: float, n: int) -> str:
 __all__ = [
     "ADAPTIVE", "APPLIED_LIMITS", "MIN_ORACLE_LEAD", "ORACLE_GAP_LIMIT", "RANDOM_TARGETS", "REACTION_LIMIT_INTERVALS",
     "SIMPLE_STATICS", "STEADY_TOLERANCE", "adaptive_figures", "analyse_scenario", "capture", "overall",
-    "random_targets", "reactions_by_kind", "shipped_targets",
+    "material_events", "random_targets", "reactions_by_kind", "shipped_targets",
 ]
