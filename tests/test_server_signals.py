@@ -110,6 +110,14 @@ def test_a_full_kv_cache_or_preemptions_mean_full_too() -> None:
     assert est.server_full
 
 
+def test_losing_the_server_signals_drops_their_cap() -> None:
+    est = _warm()
+    _cycle(est, local_server_queue_depth=12, local_server_running=8, local_server_slots=8)
+    assert est.server_capacity is not None
+    _cycle(est)  # the scrapes stopped: no local_server_* at all
+    assert est.server_capacity is None and est.server_queue is None and not est.server_full
+
+
 def test_the_server_capacity_is_released_once_the_queue_is_gone_and_the_load_fits() -> None:
     est = _warm()
     _cycle(est, local_server_queue_depth=12, local_server_running=8, local_server_slots=8)

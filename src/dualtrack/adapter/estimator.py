@@ -248,7 +248,11 @@ class Estimator:
         s = self.settings
         queue = values.get("local_server_queue_depth", {})
         if queue is None:
+            # No reading (never, or the scrapes stopped): plan as without the server's signals,
+            # not on a cap the last reading left behind.
             self.server_queue = None
+            self.server_capacity = None
+            self.server_full = False
             return
         running = values.get("local_server_running", {})
         slots = values.get("local_server_slots", {})
