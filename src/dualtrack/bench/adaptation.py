@@ -109,6 +109,9 @@ def check_bench_policy(policy: str) -> str:
     if policy in (PERCLASS_STEADY, PERCLASS_HINDSIGHT):
         return policy
     base, server, hedge = split_bench_policy(policy)
+    if "+" in base:
+        raise ValueError(f"policy {policy!r}: unknown suffix {base[base.index('+'):]!r}; expected {SERVER_SIGNALS} "
+                         f"or {HEDGE}, each at most once")
     if server and not base.startswith(STRATEGY_PREFIX):
         raise ValueError(f"policy {policy!r}: {SERVER_SIGNALS} goes after a strategy (strategy:adaptive"
                          f"{SERVER_SIGNALS})")
