@@ -8,7 +8,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from dualtrack.bench.adaptation import QUICK_POLICIES, check_bench_policy, format_report, run_suite
+from dualtrack.bench.adaptation import (
+    QUICK_POLICIES,
+    check_bench_policy,
+    format_report,
+    run_suite,
+    split_bench_policy,
+)
 from dualtrack.bench.verdicts import (
     ADAPTIVE,
     adaptive_figures,
@@ -114,6 +120,39 @@ def test_seeds_and_policies_are_checked(capsys: pytest.CaptureFixture) -> None:
     assert check_bench_policy("perclass_steady") == "perclass_steady"
     assert main(["bench", "adaptation", "--quick", "--seed", "1", "--seeds", "2"]) == 2
     assert "--seed and --seeds" in capsys.readouterr().err
+
+
+def test_hedge_and_server_suffixes_are_checked_and_split() -> None:
+    assert split_bench_policy("strategy:adaptive+hedge") == ("strategy:adaptive", False, True)
+    assert split_bench_policy("strategy:adaptive+hedge+server") == ("strategy:adaptive", True, True)
+    assert split_bench_policy("strategy:adaptive+server+hedge") == ("strategy:adaptive", True, True)
+    assert split_bench_policy("all_local") == ("all_local", False, False)
+    for good in ("strategy:adaptive+hedge", "all_local+hedge", "perclass:short=1,medium=0,long=0+hedge",
+                 "strategy:cost+server+hedge"):
+        assert check_bench_policy(good) == good
+    for bad, message in (("oracle+hedge", "not after oracle"), ("all_api+server", "goes after a strategy"),
+                         ("strategy:adaptive+hedge+hedge", "unknown suffix '\\+hedge'"), ("always+hedge", "unknown policy")):
+        with pytest.raises(ValueError, match=message):
+            check_bench_policy(bad)
+
+
+def test_a_hedged_policy_is_compared_with_the_plain_one() -> None:
+    results = run_suite(["burst_load"], ["strategy:adaptive", "strategy:adaptive+hedge", "fixed_50_50+hedge"],
+                        quick=True)
+    runs = results["scenarios"]["burst_load"]["policies"]
+    assert "hedges" not in runs["strategy:adaptive"]["summary"]
+    for hedged in ("strategy:adaptive+hedge", "fixed_50_50+hedge"):
+        hedges = runs[hedged]["summary"]["hedges"]
+        assert hedges["fired"] > 0 and hedges["won"] + hedges["wasted"] <= hedges["fired"]
+        # the default budget: a tenth of the requests, plus the burst
+        assert hedges["fired"] <= 1 + 0.1 * runs[hedged]["summary"]["requests"]
+    assert runs["strategy:adaptive+hedge"]["summary"] != runs["strategy:adaptive"]["summary"]
+    report = format_report(results)
+    means = report[report.index("means over the suite"):].splitlines()
+    assert means[1].split()[:2] == ["policy", "scenarios"]
+    hedged_line = next(line for line in means if line.startswith("adaptive+hedge "))
+    plain_line = next(line for line in means if line.startswith("adaptive "))
+    assert hedged_line.split()[6].endswith("%") and plain_line.split()[6] == "-"  # hedged share
 
 
 def test_bad_arguments_exit_2_with_a_message(capsys: pytest.CaptureFixture) -> None:

@@ -85,21 +85,41 @@ SUITES = ("shipped", "random")
 #: A strategy policy with this suffix reads the simulated local server's load gauges
 #: (queue depth, running, slots) besides the request metrics: what they buy is measured.
 SERVER_SIGNALS = "+server"
+#: A strategy or static policy with this suffix hedges slow single-track calls as the router does
+#: (:class:`~dualtrack.router.hedging.HedgePolicy` with its defaults: p95 delay, 10% budget).
+HEDGE = "+hedge"
+
+
+def split_bench_policy(policy: str) -> Tuple[str, bool, bool]:
+    """``(simulation policy, server signals, hedge)`` of a bench policy name, its suffixes in any order."""
+    base, server, hedge = policy, False, False
+    while True:
+        if base.endswith(SERVER_SIGNALS) and not server:
+            base, server = base[:-len(SERVER_SIGNALS)], True
+        elif base.endswith(HEDGE) and not hedge:
+            base, hedge = base[:-len(HEDGE)], True
+        else:
+            return base, server, hedge
 
 
 def check_bench_policy(policy: str) -> str:
     """A policy the benchmark can run: a simulation policy, ``perclass_steady`` or ``perclass_hindsight``;
-    ``strategy:<name>+server``: the strategy reading the local server's own load gauges too."""
+    ``strategy:<name>+server``: the strategy reading the local server's own load gauges too;
+    ``<policy>+hedge``: a strategy or a static policy hedging slow calls (both: ``strategy:adaptive+server+hedge``)."""
     if policy in (PERCLASS_STEADY, PERCLASS_HINDSIGHT):
         return policy
-    if policy.endswith(SERVER_SIGNALS):
-        base = policy[:-len(SERVER_SIGNALS)]
-        if not base.startswith(STRATEGY_PREFIX):
-            raise ValueError(f"policy {policy!r}: {SERVER_SIGNALS} goes after a strategy (strategy:adaptive"
-                             f"{SERVER_SIGNALS})")
-        check_policy(base)
-        return policy
-    return check_policy(policy)
+    base, server, hedge = split_bench_policy(policy)
+    if "+" in base:
+        raise ValueError(f"policy {policy!r}: unknown suffix {base[base.index('+'):]!r}; expected {SERVER_SIGNALS} "
+                         f"or {HEDGE}, each at most once")
+    if server and not base.startswith(STRATEGY_PREFIX):
+        raise ValueError(f"policy {policy!r}: {SERVER_SIGNALS} goes after a strategy (strategy:adaptive"
+                         f"{SERVER_SIGNALS})")
+    if hedge and (base == ORACLE or base in (PERCLASS_STEADY, PERCLASS_HINDSIGHT)):
+        raise ValueError(f"policy {policy!r}: {HEDGE} goes after a strategy or a static policy (strategy:adaptive"
+                         f"{HEDGE}, all_local{HEDGE}, perclass:...{HEDGE}), not after {base}")
+    check_policy(base)
+    return policy
 
 
 @dataclass
@@ -298,10 +318,10 @@ def run_suite(scenarios: Optional[Iterable[str]] = None, policies: Optional[Iter
             from_baselines = policy in (PERCLASS_HINDSIGHT, ORACLE) or (policy in STATIC_POLICIES and need_baselines)
             if from_baselines or policy == PERCLASS_STEADY:
                 continue  # perclass_steady runs once the steady reference is known
-            server = policy.endswith(SERVER_SIGNALS)
+            base, server, hedge = split_bench_policy(policy)
             tasks.append(((item.key, policy), run_policy,
-                          PolicyJob(item.key, item.scenario, item.seed, policy.removesuffix(SERVER_SIGNALS),
-                                    policy, rules_path, series, server_signals=server)))
+                          PolicyJob(item.key, item.scenario, item.seed, base, policy, rules_path, series,
+                                    server_signals=server, hedge=hedge)))
 
     def steady_tasks() -> List[Task]:
         out: List[Task] = []
@@ -422,6 +442,6 @@ def _assemble(item: _Item, chosen: Sequence[str], steady_split: Dict[str, Any]) 
 
 __all__ = [
     "ADAPTIVE", "ALL_POLICIES", "BASELINE_POLICIES", "DEFAULT_POLICIES", "FIXED_STRATEGIES",
-    "FIXED_STRATEGY_POLICIES", "QUICK_LEVELS", "QUICK_POLICIES", "SUITES", "check_bench_policy", "format_report",
-    "format_scenario", "run_suite",
+    "FIXED_STRATEGY_POLICIES", "HEDGE", "QUICK_LEVELS", "QUICK_POLICIES", "SERVER_SIGNALS", "SUITES",
+    "check_bench_policy", "format_report", "format_scenario", "run_suite", "split_bench_policy",
 ]

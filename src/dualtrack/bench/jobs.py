@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from ..router.hedging import HedgePolicy
 from ..simulation import (
     GRID_LEVELS,
     OBJECTIVE,
@@ -58,6 +59,7 @@ class PolicyJob:
     rules_path: Optional[str] = None
     series: bool = False
     server_signals: bool = False  # the strategy also reads the local server's load gauges
+    hedge: bool = False  # slow single-track calls are hedged (HedgePolicy's defaults)
 
 
 def run_policy(job: PolicyJob) -> Dict[str, Any]:
@@ -65,7 +67,8 @@ def run_policy(job: PolicyJob) -> Dict[str, Any]:
     static = is_static(job.policy)
     strategies = strategy_set(job.rules_path) if not static else None
     sim = Simulation(job.scenario, job.policy, seed=job.seed, strategies=strategies,
-                     measure_reactions=not static, record_metrics=not static, server_signals=job.server_signals)
+                     measure_reactions=not static, record_metrics=not static, server_signals=job.server_signals,
+                     hedge=HedgePolicy() if job.hedge else None)
     out = result_dict(sim.run(), series=job.series, policy=job.label)
     out["job_seconds"] = round(time.perf_counter() - started, 3)
     return out

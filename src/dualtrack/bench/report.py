@@ -127,6 +127,33 @@ def format_random_table(results: Dict[str, Any]) -> List[str]:
     return _table(columns, rows)
 
 
+def format_policy_means(results: Dict[str, Any]) -> List[str]:
+    """One line per policy, over every scenario it ran on: mean J, mean p95 latency, total cost, the share
+    of queries raced on both tracks, and hedges (fired / won by the hedge) where the policy hedges."""
+    columns = ("policy", "scenarios", "mean J", "mean p95 s", "cost $", "parallel", "hedged", "hedge won")
+    rows: List[Sequence[str]] = []
+    for policy in results["policies"]:
+        summaries = [data["policies"][policy]["summary"] for data in results["scenarios"].values()
+                     if policy in data["policies"]]
+        if not summaries:
+            continue
+        n = len(summaries)
+        p95s = [s["p95_latency_seconds"] for s in summaries if s["p95_latency_seconds"] is not None]
+        requests = sum(s["requests"] for s in summaries)
+        hedges = [s["hedges"] for s in summaries if "hedges" in s]
+        fired = sum(h["fired"] for h in hedges)
+        rows.append((
+            policy.replace("strategy:", ""), str(n),
+            f"{sum(s['objective'] for s in summaries) / n:.4f}",
+            f"{sum(p95s) / len(p95s):.2f}" if p95s else "-",
+            f"{sum(s['total_cost'] for s in summaries):.2f}",
+            f"{sum(s['paths']['parallel'] for s in summaries) / requests * 100:.1f}%" if requests else "-",
+            f"{fired / requests * 100:.1f}%" if hedges and requests else "-",
+            f"{sum(h['won'] for h in hedges) / fired * 100:.0f}%" if hedges and fired else "-",
+        ))
+    return _table(columns, rows)
+
+
 def _seeds_line(results: Dict[str, Any]) -> str:
     seeds = results["seeds"]
     if results["suite"] == "random":
@@ -186,6 +213,11 @@ def format_report(results: Dict[str, Any]) -> str:
         for name, data in results["scenarios"].items():
             out.append(format_scenario(name, data))
             out.append("")
+    if sum(1 for p in results["policies"] if p.startswith("strategy:")) > 1:
+        out.append("means over the suite (parallel: queries raced on both tracks; hedged: queries given a "
+                   "hedge; hedge won: hedges that gave the answer):")
+        out.extend(format_policy_means(results))
+        out.append("")
     out.append("J = 0.35*useful + 0.25*in-target + 0.15*quality + 0.10*savings + 0.15*compliance (higher is "
                "better). reaction: per event, adaptation intervals until the published preferences moved as "
                "expected (vs the same run without the event; x = not before the next event); applied: the same "
@@ -203,4 +235,4 @@ def format_report(results: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["format_random_table", "format_report", "format_scenario", "verdict_lines"]
+__all__ = ["format_policy_means", "format_random_table", "format_report", "format_scenario", "verdict_lines"]

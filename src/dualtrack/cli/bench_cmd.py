@@ -7,6 +7,7 @@
     dualtrack bench adaptation --quick                  timelines compressed to 15 min, coarse split grid
     dualtrack bench adaptation --scenario api_outage --policy strategy:adaptive --policy all_api
     dualtrack bench adaptation --all-strategies --json out.json
+    dualtrack bench adaptation --policy strategy:adaptive --policy strategy:adaptive+hedge   hedging, compared
 
 Prints a table per scenario (p95 latency, share within the latency target,
 cost, quality, useful answers, constraint-violation time, failures, the
@@ -51,7 +52,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     adaptation.add_argument("--policy", action="append", metavar="POLICY",
                             help="strategy:<name>, all_local, all_api, fixed_50_50, perclass_steady, "
                                  "perclass_hindsight, perclass:<class>=<share>,... or oracle (repeatable; default: "
-                                 "the adaptive strategy and every baseline)")
+                                 "the adaptive strategy and every baseline); a strategy +server reads the local "
+                                 "server's load gauges too, a strategy or static policy +hedge hedges slow calls "
+                                 "(e.g. strategy:adaptive+hedge)")
     adaptation.add_argument("--all-strategies", action="store_true",
                             help="also run each fixed strategy (balanced, latency_focused, resource_efficient, "
                                  "quality_focused, cost)")

@@ -18,8 +18,9 @@ is what the router does.
 How a plan's calls end in an answer is decided here too, by pure functions
 that the live router and the simulator both call (each with its own threads
 or events around them): :func:`fallback_track` (the other track, once),
-:func:`race_winner` (which answer wins a parallel race) and
-:func:`race_failure_outcome` (how a race without an answer ended).
+:func:`race_winner` (which answer wins a parallel race or a hedged one),
+:func:`race_failure_outcome` (how a race without an answer ended) and
+:func:`hedgeable` (whether a slow call may get a hedge at all).
 """
 
 from __future__ import annotations
@@ -109,6 +110,21 @@ def fallback_track(plan: RoutePlan, *, fell_back: bool) -> Optional[str]:
     return plan.fallback
 
 
+def hedgeable(plan: RoutePlan) -> bool:
+    """A slow call of this plan may get a second call on the other track (a hedge).
+
+    Only a single-track plan with somewhere else to go (a fallback) and no
+    immediate override: when a machine limit, the battery or the cost cap
+    forced the track, a slow call must not undo that by starting the other
+    one. Whether a hedge then fires is the delay's and the budget's call
+    (:class:`~dualtrack.router.hedging.HedgePolicy`).
+    """
+    if plan.fallback not in TRACKS:
+        return False
+    rec = plan.recommendation
+    return not (isinstance(rec, Mapping) and rec.get("overrides"))
+
+
 def acceptable(quality: Optional[float], threshold: float) -> bool:
     """An answer may preempt a race: its quality is unknown or at least ``threshold``."""
     return quality is None or quality >= threshold
@@ -152,4 +168,5 @@ def race_failure_outcome(failures: Iterable[str]) -> str:
     return "timeout" if kinds and all(kind == "timeout" for kind in kinds) else "error"
 
 
-__all__ = ["RoutePlan", "RoutingPolicy", "acceptable", "fallback_track", "race_failure_outcome", "race_winner"]
+__all__ = ["RoutePlan", "RoutingPolicy", "acceptable", "fallback_track", "hedgeable", "race_failure_outcome",
+           "race_winner"]

@@ -82,7 +82,7 @@ from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, TRACKS, other_track
 from .backend import reports_first_token
 from .backends import Backend, BackendError, Completion, Prompt
 from .hedging import FirstTokenDeadline, FirstTokenTimes, HedgeBudget, HedgeMetrics, HedgePolicy
-from .policy import RoutePlan, RoutingPolicy, fallback_track, race_failure_outcome, race_winner
+from .policy import RoutePlan, RoutingPolicy, fallback_track, hedgeable, race_failure_outcome, race_winner
 
 __all__ = ["DualTrackRouter", "RouterResult"]
 
@@ -343,7 +343,7 @@ class DualTrackRouter:
         times = self.first_token_times[leg.track]
         moments: List[Tuple[float, str]] = []
         budget = self._hedge_budget
-        if self.hedge is not None and budget is not None and not _has_overrides(plan):
+        if self.hedge is not None and budget is not None and hedgeable(plan):
             budget.earn()
             delay = self.hedge.delay_seconds(times)
             if delay is not None:
@@ -582,11 +582,6 @@ def _timeout(plan: RoutePlan, path: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return DEFAULT_TIMEOUTS_SECONDS[path]
-
-
-def _has_overrides(plan: RoutePlan) -> bool:
-    rec = plan.recommendation
-    return bool(rec.get("overrides")) if isinstance(rec, Mapping) else False
 
 
 def _quality(answer: Tuple[_Leg, Completion]) -> Optional[float]:

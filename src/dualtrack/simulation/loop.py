@@ -22,11 +22,24 @@ plans start both tracks, the first answer with quality at or above the
 plan's threshold wins (with preemption), otherwise the better of the two
 (:func:`race_winner`), and the other call is cancelled at that moment.
 
+With ``hedge=HedgePolicy(...)`` a single-track call that has shown no first
+token by its track's hedge delay gets a second call on the other track, as
+the router does it (:mod:`dualtrack.router.hedging`, the same classes): the
+delay is the policy's quantile of the track's recent first-token times
+(:class:`FirstTokenTimes`, fed by every call as the router feeds it), the
+budget the same token bucket (:class:`HedgeBudget`), earned by each
+hedgeable request (:func:`hedgeable`); a call that failed, answered or
+showed its first token before the delay is not hedged. The two calls race
+with preemption, whatever the plan says; the loser is cancelled, and a
+failure of either leaves the other to answer (no fallback after a hedge).
+
 Recording follows the router's conventions (``docs/router.md``): every model
 call is recorded once under its track -- a single-track call as ``<rid>``,
-its fallback as ``<rid>/fallback``, parallel legs as ``<rid>/local`` and
-``<rid>/api`` (a cancelled leg with outcome ``cancelled`` and the tokens and
-cost it incurred so far) -- and a parallel request also as ``<rid>`` on path
+its fallback as ``<rid>/fallback``, its hedge as ``<rid>/hedge`` (the
+loser of a hedged race as ``cancelled``; a hedged request has no record of
+its own), parallel legs as ``<rid>/local`` and ``<rid>/api`` (a cancelled
+leg with outcome ``cancelled`` and the tokens and cost it incurred so far)
+-- and a parallel request also as ``<rid>`` on path
 ``parallel`` with its end-to-end latency and the winner's quality but no
 tokens, cost or model.
 
@@ -51,8 +64,9 @@ from ..clock import VirtualClock
 from ..constraints import resource_checks
 from ..exporter.resources import register_resource_gauges
 from ..optimizer import DualTrackOptimizer
-from ..router.policy import fallback_track, race_failure_outcome, race_winner
-from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, ROUTING_NAMES, TRACKS
+from ..router.hedging import HEDGE_OUTCOMES, FirstTokenTimes, HedgeBudget, HedgePolicy
+from ..router.policy import RoutePlan, fallback_track, hedgeable, race_failure_outcome, race_winner
+from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, ROUTING_NAMES, TRACKS, other_track
 from .machine import SimulatedMachine, SimulatedServerMetrics
 from .models import INF, ApiModelSim, Call, LocalModelSim
 from .objective import OBJECTIVE, Objective
@@ -80,8 +94,10 @@ REACTION_EPSILON = 0.02
 # Event kinds, in the order they are handled at the same virtual time: an
 # adaptation cycle first (it sees the interval that just ended, not a regime
 # change made at the same instant), then regime changes, machine readings,
-# call ends (an answer exactly at its deadline is in time), timeouts, arrivals.
-_ADAPT, _REGIME, _SAMPLE, _END, _TIMEOUT, _ARRIVAL = range(6)
+# call ends (an answer exactly at its deadline is in time), timeouts, hedge
+# moments (a call that answers or fails exactly at its hedge delay is not
+# hedged), arrivals.
+_ADAPT, _REGIME, _SAMPLE, _END, _TIMEOUT, _HEDGE, _ARRIVAL = range(7)
 
 
 def _quality(call: Call) -> Optional[float]:
@@ -116,6 +132,10 @@ class Simulation:
     the same figures, faster), and ``tape`` (a :class:`QueryTape` of this
     scenario and seed) replays queries drawn once instead of drawing them.
 
+    ``hedge`` (a :class:`~dualtrack.router.hedging.HedgePolicy`, default
+    ``None``: off) hedges slow single-track calls as the router does; the
+    summary then counts ``hedges`` by outcome (fired, won, wasted, throttled).
+
     ``run()`` runs to the end and returns a :class:`SimulationResult`;
     ``run_until(t)`` advances to simulation time ``t`` (seconds from the
     start) and may be called repeatedly, e.g. paced against the wall clock.
@@ -128,7 +148,10 @@ class Simulation:
                  on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
                  objective: Objective = OBJECTIVE, measure_reactions: bool = False,
                  config_changes: Optional[Dict[str, Any]] = None, record_metrics: bool = True,
-                 tape: Optional[QueryTape] = None, server_signals: bool = False) -> None:
+                 tape: Optional[QueryTape] = None, server_signals: bool = False,
+                 hedge: Optional[HedgePolicy] = None) -> None:
+        if hedge is not None and not isinstance(hedge, HedgePolicy):
+            raise ValueError(f"hedge: expected a HedgePolicy or None, got {hedge!r}")
         self.scenario = scenario
         self.policy = check_policy(policy)
         self.seed = scenario.seed if seed is None else int(seed)
@@ -198,6 +221,15 @@ class Simulation:
         # totals
         self.latencies: List[float] = []
         self.totals: Dict[str, Any] = new_totals()
+
+        # Hedging, as the router does it: per-track first-token times and one budget.
+        self.hedge = hedge
+        self.first_token_times: Optional[Dict[str, FirstTokenTimes]] = None
+        self._hedge_budget: Optional[HedgeBudget] = None
+        if hedge is not None:
+            self.first_token_times = {track: FirstTokenTimes() for track in TRACKS}
+            self._hedge_budget = HedgeBudget(hedge.budget, hedge.burst)
+            self.totals["hedges"] = {outcome: 0 for outcome in HEDGE_OUTCOMES}
         self.series: List[Dict[str, Any]] = []
         self.events: List[Dict[str, Any]] = []
         self._interval = IntervalTotals()
@@ -225,6 +257,9 @@ class Simulation:
         shares the optimizer, which such runs never touch, and the scenario, config and tape."""
         if self._record:
             raise ValueError("fork: only a run with record_metrics=False can be forked")
+        if self.hedge is not None:
+            # its first-token times and budget hold locks, which do not copy
+            raise ValueError("fork: a run with hedge cannot be forked")
         clock = VirtualClock(start=self.clock.time() - self.clock.monotonic())
         clock.advance(self.clock.monotonic())  # the same monotonic time to the last bit
         memo: Dict[int, Any] = {id(self.clock): clock, id(self.scenario): self.scenario, id(self.config): self.config,
@@ -262,6 +297,9 @@ class Simulation:
             elif kind == _TIMEOUT:
                 if not obj.done:
                     self._close(obj, "timeout")
+            elif kind == _HEDGE:
+                if not obj.done:
+                    self._hedge_due(obj)
             elif kind == _ARRIVAL:
                 self._arrive(obj)
             elif kind == _SAMPLE:
@@ -306,7 +344,10 @@ class Simulation:
             for track in TRACKS:
                 self._start_call(req, track, min(timeouts.get(track, limit), limit), f"{req.rid}/{track}")
         else:
-            self._start_call(req, plan.path, timeouts.get(plan.path, DEFAULT_TIMEOUTS_SECONDS[plan.path]), req.rid)
+            call = self._start_call(req, plan.path, timeouts.get(plan.path, DEFAULT_TIMEOUTS_SECONDS[plan.path]),
+                                    req.rid)
+            if self.hedge is not None:
+                self._watch(call, plan)
 
     def _note_applied(self, iv: IntervalTotals, query_class: str, rec: Any) -> None:
         """Add the preferences the router applied to one query: the optimizer's
@@ -318,7 +359,7 @@ class Simulation:
             bias = floor if bias < floor else 1.0 - floor if bias > 1.0 - floor else bias
         iv.note_applied(query_class, bias, routing)
 
-    def _start_call(self, req: Request, track: str, timeout: float, record_id: str) -> None:
+    def _start_call(self, req: Request, track: str, timeout: float, record_id: str) -> Call:
         now = self.now
         spec = req.spec
         call = Call(req, track, record_id, now, now + timeout, spec.tokens_in, spec.tokens_out)
@@ -334,6 +375,53 @@ class Simulation:
             self._push(call.deadline, _TIMEOUT, call)
         if state != "queued" and call.end <= call.deadline:
             self._push(call.end, _END, call)
+        return call
+
+    # -------------------------------------------------------------- hedging
+
+    def _watch(self, call: Call, plan: RoutePlan) -> None:
+        """A single-track call just started: set its hedge moment, as the router's ``_watch`` does.
+
+        Every hedgeable request earns budget; the delay is read now, from
+        the track's first-token times so far; a moment at or after the
+        call's deadline is none (the timeout comes first).
+        """
+        assert self.hedge is not None and self._hedge_budget is not None and self.first_token_times is not None
+        if not hedgeable(plan):
+            return
+        self._hedge_budget.earn()
+        delay = self.hedge.delay_seconds(self.first_token_times[call.track])
+        if delay is not None and call.start + delay < call.deadline:
+            self._push(call.start + delay, _HEDGE, call)
+
+    def _hedge_due(self, call: Call) -> None:
+        """The hedge delay of a call still running has passed: hedge it unless it showed its first token."""
+        if call.first_token <= self.now:
+            return  # alive: it will answer (or fail) by itself
+        assert self._hedge_budget is not None
+        req: Request = call.request
+        hedges = self.totals["hedges"]
+        if not self._hedge_budget.spend():
+            hedges["throttled"] += 1
+            return
+        hedges["fired"] += 1
+        req.hedged = True
+        track = other_track(call.track)
+        plan = req.plan
+        assert plan is not None
+        self._start_call(req, track, plan.timeouts_seconds.get(track, DEFAULT_TIMEOUTS_SECONDS[track]),
+                         f"{req.rid}/hedge")
+
+    def _sample_first_token(self, call: Call, outcome: str) -> None:
+        """Add a call's first-token time to its track's, as the router does: every call that showed
+        one (an error shows none), and the first call of a hedged race that lost without one,
+        with the time it waited (a lower bound)."""
+        assert self.first_token_times is not None
+        now = self.now
+        if call.first_token <= now and outcome != "error":
+            self.first_token_times[call.track].add(call.first_token - call.start)
+        elif outcome == "cancelled" and call.request.hedged and call is call.request.calls[0]:
+            self.first_token_times[call.track].add(now - call.start)
 
     def _close(self, call: Call, outcome: str, notify: bool = True) -> None:
         now = self.now
@@ -354,6 +442,8 @@ class Simulation:
             self._spend_sum += call.cost
         if outcome != "cancelled":
             self._interval.leg_latency[call.track].append(now - call.start)
+        if self.first_token_times is not None:
+            self._sample_first_token(call, outcome)
         if self._record:
             result: Dict[str, Any] = {
                 "tokens_in": call.tokens_in_done, "tokens_out": call.tokens_out_done, "cost": call.cost,
@@ -373,6 +463,9 @@ class Simulation:
             return
         plan = req.plan
         assert plan is not None
+        if req.hedged:
+            self._hedged_leg_done(req, call)
+            return
         if req.path != "parallel":
             if call.outcome == "success":
                 self._finish(req, "success", call)
@@ -398,6 +491,23 @@ class Simulation:
         elif other.done:
             self._finish(req, race_failure_outcome(c.outcome for c in req.calls), None)
         # else: wait for the other track
+
+    def _hedged_leg_done(self, req: Request, call: Call) -> None:
+        """One call of a hedged race ended: the first acceptable answer wins (always preempting, as the
+        router's hedge does); a failure leaves the other call to answer; no third call."""
+        plan = req.plan
+        assert plan is not None
+        first, second = req.calls
+        other = second if call is first else first
+        answers = [c for c in req.calls if c.outcome == "success"]
+        winner = race_winner(answers, _quality, plan.quality_threshold, preempt=True, settled=other.done)
+        if winner is not None:
+            if not other.done:
+                self._close(other, "cancelled", notify=False)
+            self.totals["hedges"]["won" if winner is second else "wasted"] += 1
+            self._finish(req, "success", winner)
+        elif other.done:
+            self._finish(req, race_failure_outcome(c.outcome for c in req.calls), None)
 
     def _finish(self, req: Request, outcome: str, winner: Optional[Call]) -> None:
         now = self.now
@@ -565,7 +675,8 @@ class Simulation:
             horizon = timeline[i + 1].at if i + 1 < len(timeline) else self.scenario.duration
             twin = Simulation(self.scenario.with_timeline(timeline[:i]), self.policy, seed=self.seed,
                               strategies=self.optimizer.adaptive.strategies if self.optimizer.adaptive else None,
-                              objective=self.objective, server_signals=self.server_metrics is not None)
+                              objective=self.objective, server_signals=self.server_metrics is not None,
+                              hedge=self.hedge)
             twin.run_until(horizon)
             actual = [r for r in self.series if event.at < r["t"] <= horizon]
             other = [r for r in twin.series if event.at < r["t"] <= horizon]

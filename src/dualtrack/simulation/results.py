@@ -113,6 +113,8 @@ def build_summary(totals: Dict[str, Any], latencies: List[float], *, duration: f
         "fallback_rescued": t["fallback_rescued"],
         "adaptation_cycles": t["adaptation_cycles"],
     }
+    if "hedges" in t:  # a run with hedging: by outcome; absent otherwise
+        summary["hedges"] = dict(t["hedges"])
     summary["objective"] = round(objective.score(summary), 6)
     return summary
 

@@ -178,7 +178,7 @@ class TapeReader:
 class Request:
     """One query being served: its plan, its calls and how it ended."""
 
-    __slots__ = ("rid", "spec", "arrival", "plan", "path", "calls", "fallback_used", "done", "outcome",
+    __slots__ = ("rid", "spec", "arrival", "plan", "path", "calls", "fallback_used", "hedged", "done", "outcome",
                  "latency", "quality", "cost", "answered_by", "context")
 
     def __init__(self, rid: str, spec: QuerySpec, arrival: float) -> None:
@@ -189,6 +189,7 @@ class Request:
         self.path = ""
         self.calls: List[Call] = []
         self.fallback_used = False
+        self.hedged = False  # a second call was started on the other track (a hedge)
         self.done = False
         self.outcome = ""
         self.latency = 0.0
