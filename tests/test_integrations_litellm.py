@@ -350,6 +350,38 @@ def test_a_stream_records_its_time_to_first_token(setup: Setup) -> None:
                        query_class="short") == 2
 
 
+def test_a_stream_records_its_time_to_first_token_in_the_common_histogram(setup: Setup) -> None:
+    # The local deployment's first chunk comes after mock_delay; the preferences send every call there.
+    router = Router(model_list=chat_group(mock_delay=0.05))
+    handle = setup.instrument(router)
+    assert list(router.completion(model="chat", messages=MESSAGES, stream=True))
+
+    async def stream() -> None:
+        async for _ in await router.acompletion(model="chat", messages=MESSAGES, stream=True):
+            pass
+        assert await handle.adrain(5)
+
+    asyncio.run(stream())
+    setup.drain()
+    assert setup.calls("local") == 2
+
+    def common(suffix: str, path: str) -> float:
+        return setup.value(f"dualtrack_time_to_first_token_seconds_{suffix}", path=path, query_class="short")
+
+    assert common("count", "local") == 2
+    assert common("count", "api") == 0
+    assert 2 * 0.05 <= common("sum", "local") < 10
+    # the same figure as the integration's own histogram, and only for streams
+    assert common("sum", "local") == pytest.approx(setup.value(
+        "dualtrack_litellm_time_to_first_token_seconds_sum", path="local", query_class="short"))
+    [first, *_] = [r for r in setup.records if r[1] == "local"]
+    assert first[2]["time_to_first_token_ms"] > 0
+    router.completion(model="chat", messages=MESSAGES)
+    setup.drain()
+    assert setup.calls("local") == 3
+    assert common("count", "local") == 2
+
+
 def test_litellm_completion_without_a_router_is_recorded(setup: Setup, fake_http: Any) -> None:
     setup.instrument(None)
     litellm.completion(model="ollama/llama3.1:8b", messages=MESSAGES, mock_response="a")

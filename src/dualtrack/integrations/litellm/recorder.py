@@ -14,7 +14,9 @@ deployment that served it, with the reference router's conventions
    ``error``/``rate_limited``, timeouts -> ``timeout``, 5xx and connection
    failures -> ``error``/``unavailable``, the rest -> ``error``);
 3. a stream's time to first token (``completionStartTime - startTime``) goes
-   to ``dualtrack_litellm_time_to_first_token_seconds``; a call LiteLLM made
+   to the completion (``time_to_first_token_ms``: the common
+   ``dualtrack_time_to_first_token_seconds``) and to
+   ``dualtrack_litellm_time_to_first_token_seconds``; a call LiteLLM made
    as a retry or on a fallback model group is counted in
    ``dualtrack_litellm_retries_total`` / ``dualtrack_litellm_fallbacks_total``.
 
@@ -338,6 +340,8 @@ class DualTrackRecorder(CustomLogger):
         if slo.get("stream"):
             first = _seconds(slo.get("startTime"), slo.get("completionStartTime"))
             if first is not None and first > 0:
+                # The common histogram (dualtrack_time_to_first_token_seconds), as every integration records it.
+                result["time_to_first_token_ms"] = first * 1000.0
                 query_class = self.optimizer.get_optimization_recommendations(call.text, call.context)["query_class"]
                 key = (call.track, query_class)
                 child = self._ttft.get(key)
