@@ -44,6 +44,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from dualtrack.router.hedging import FirstTokenTimes
 from dualtrack.vocabulary import TRACKS
 
 from .._prompt import prompt_text
@@ -190,6 +191,9 @@ class DualTrackRecorder(CustomLogger):
         self._warned: Set[Tuple[str, str]] = set()
         self._ttft: Dict[Tuple[str, str], Any] = {}
         self.failures = 0  # failed calls recorded so far (the routing strategy's cooldown cache reads it)
+        # Per track, the recent first-token times of successful calls (hedging's delay); None until a
+        # hedging handle asks for them (sample_first_tokens), so calls without hedging pay nothing.
+        self.first_token_times: Optional[Dict[str, FirstTokenTimes]] = None
 
     # ------------------------------------------------------------ set-up
 
@@ -199,6 +203,14 @@ class DualTrackRecorder(CustomLogger):
             if not any(r is router for r in self._routers):
                 self._routers.append(router)
             self._tracks.update(tracks)
+
+    def sample_first_tokens(self) -> Dict[str, FirstTokenTimes]:
+        """Start keeping each track's recent first-token times (a stream's first chunk, else the whole
+        answer's time, as the reference router counts a backend without first tokens); returns them."""
+        with self._lock:
+            if self.first_token_times is None:
+                self.first_token_times = {t: FirstTokenTimes() for t in TRACKS}
+            return self.first_token_times
 
     def detach(self, router: Any) -> None:
         with self._lock:
@@ -306,6 +318,11 @@ class DualTrackRecorder(CustomLogger):
             result["latency_ms"] = seconds * 1000.0
         if exc is None:
             self._success(call, kwargs, slo, response, result)
+            times = self.first_token_times
+            if times is not None:
+                first_ms = result.get("time_to_first_token_ms", result.get("latency_ms"))
+                if first_ms is not None:
+                    times[call.track].add(first_ms / 1000.0)
             self.optimizer.record_request_completion(call_id, call.track, result, True, None)
         else:
             self.failures += 1
