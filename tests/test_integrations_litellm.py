@@ -481,6 +481,23 @@ def test_the_hedge_delay_follows_the_track_and_waits_for_data(setup: Setup, fake
     assert hedges(setup) == {"fired": 1, "won": 1, "wasted": 0, "throttled": 0}
 
 
+def test_a_fallback_is_not_hedged(setup: Setup) -> None:
+    # The local call fails at once; LiteLLM's retry goes to the API track, which is slow: that is the
+    # fallback, not a slow first call, and it gets no hedge (the hedge would be on its own track).
+    router = Router(model_list=chat_group(local="litellm.InternalServerError", api="api answer"),
+                    num_retries=1, retry_after=0)
+    router.set_model_list([*router.get_model_list()[:1], {**router.get_model_list()[1], "litellm_params": {
+        **router.get_model_list()[1]["litellm_params"], "mock_delay": 0.4}}])
+    handle = setup.instrument(router, hedge=HedgePolicy(delay=0.2))
+    timed_calls(handle, 1)  # a warm-up: LiteLLM's first call is slow to fail (its client is built)
+    setup.records.clear()
+    before = hedges(setup)
+    [(text, seconds)] = timed_calls(handle, 1)
+    assert (text, seconds >= 0.4) == ("api answer", True)
+    assert outcomes(setup) == [("api", "success"), ("local", "error")]
+    assert hedges(setup) == before
+
+
 def test_hedging_needs_routing(setup: Setup) -> None:
     with pytest.raises(ValueError, match="hedge: needs a Router and routing"):
         instrument(Router(model_list=chat_group()), setup.optimizer, routing=None, hedge=HedgePolicy())

@@ -316,6 +316,11 @@ class DualTrackLiteLLM:
                 done, pending = await asyncio.wait(pending, timeout=delay)
             if delay is None or not pending:
                 return await first  # answered or failed before the delay (a failure fell back as usual)
+            state = self._chooser.planned(trace, model)
+            if state is not None and state.track != first_track:
+                # Its first attempt failed and LiteLLM's retry is on the other track already (or a
+                # cooldown sent it there): a fallback is not hedged, as in the reference router.
+                return await first
             if not budget.spend():
                 self._count_hedge("throttled")
                 return await first
