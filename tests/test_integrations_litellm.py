@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ipaddress
 import json
@@ -34,6 +35,7 @@ from dualtrack import (  # noqa: E402
     Routing,
 )
 from dualtrack.integrations.litellm import (  # noqa: E402
+    TRACK_KEY,
     DualTrackLiteLLM,
     deployment_track,
     infer_track,
@@ -45,6 +47,7 @@ from dualtrack.preferences import write_preferences  # noqa: E402
 from dualtrack.router.hedging import HedgePolicy  # noqa: E402
 from dualtrack.router.policy import RoutingPolicy  # noqa: E402
 from dualtrack.vocabulary import PARALLEL_NEVER  # noqa: E402
+from support.fakehttp import FakeHTTPServer  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 OPENAI_ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
@@ -418,14 +421,26 @@ def outcomes(setup: Setup) -> List[Tuple[str, str]]:
     return sorted((path, result["outcome"]) for _, path, result, _, _ in setup.records)
 
 
+def warm_up(setup: Setup, router: Any, handle: DualTrackLiteLLM, *tracks: str) -> None:
+    """One call per track through the Router itself (never hedged, no budget spent): LiteLLM builds a
+    deployment's client on its first call, which can take longer than a hedge delay. Then no records."""
+    async def calls() -> None:
+        for track in tracks:
+            with contextlib.suppress(Exception):
+                await router.acompletion(model="chat", messages=MESSAGES, metadata={TRACK_KEY: track})
+        assert await handle.adrain(5)
+    asyncio.run(calls())
+    setup.records.clear()
+
+
 def test_a_slow_call_is_hedged_after_the_delay_and_the_loser_cancelled(setup: Setup, fake_http: Any) -> None:
     # Every call is planned local (the preferences). The local server answers the first call at once
     # (a warm-up: LiteLLM's first call to a deployment builds its client) and holds the next 5 s.
     fake_http.respond(200, OPENAI_ANSWER)
     fake_http.respond(200, OPENAI_ANSWER, delay=5)
-    handle = setup.instrument(Router(model_list=slow_local_group(fake_http.url)), hedge=HedgePolicy(delay=0.3))
-    assert [text for text, _ in timed_calls(handle, 1)] == ["served here"]
-    setup.records.clear()
+    router = Router(model_list=slow_local_group(fake_http.url))
+    handle = setup.instrument(router, hedge=HedgePolicy(delay=0.3))
+    warm_up(setup, router, handle, "local", "api")
     fake_http.requests.clear()
     [(text, seconds)] = timed_calls(handle, 1)
     assert text == "api answer"
@@ -447,12 +462,11 @@ def test_a_fast_answer_is_not_hedged(setup: Setup) -> None:
 
 def test_the_budget_caps_hedges(setup: Setup, fake_http: Any) -> None:
     # No credit earned (budget 0), one hedge of burst: the first slow call is hedged, the next two wait.
-    fake_http.respond(200, OPENAI_ANSWER)  # a warm-up call (the client is built), not slow: not hedged
+    fake_http.respond(200, OPENAI_ANSWER)  # the warm-up
     fake_http.respond(200, OPENAI_ANSWER, delay=0.4)
-    handle = setup.instrument(Router(model_list=slow_local_group(fake_http.url)),
-                              hedge=HedgePolicy(delay=0.1, budget=0.0, burst=1.0))
-    assert [text for text, _ in timed_calls(handle, 1)] == ["served here"]
-    setup.records.clear()
+    router = Router(model_list=slow_local_group(fake_http.url))
+    handle = setup.instrument(router, hedge=HedgePolicy(delay=0.1, budget=0.0, burst=1.0))
+    warm_up(setup, router, handle, "local", "api")
     results = timed_calls(handle, 3)
     assert [text for text, _ in results] == ["api answer", "served here", "served here"]
     assert all(seconds >= 0.4 for _, seconds in results[1:])
@@ -481,6 +495,44 @@ def test_the_hedge_delay_follows_the_track_and_waits_for_data(setup: Setup, fake
     assert hedges(setup) == {"fired": 1, "won": 1, "wasted": 0, "throttled": 0}
 
 
+def test_a_hedged_request_cancelled_by_its_caller_cancels_both_calls(setup: Setup, fake_http: Any) -> None:
+    # Both tracks on scripted loopback servers (the API one tagged): each answers a warm-up call at once
+    # and holds the next 5 s, so both calls are under way when the caller gives up.
+    fake_http.respond(200, OPENAI_ANSWER)
+    fake_http.respond(200, OPENAI_ANSWER, delay=5)
+    with FakeHTTPServer() as api_server:
+        api_server.respond(200, OPENAI_ANSWER)
+        api_server.respond(200, OPENAI_ANSWER, delay=5)
+        router = Router(model_list=[
+            slow_local_group(fake_http.url)[0],
+            {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                      "api_base": api_server.url + "/v1"},
+             "model_info": {"dualtrack_track": "api"}},
+        ])
+        handle = setup.instrument(router, hedge=HedgePolicy(delay=0.1))
+        warm_up(setup, router, handle, "local", "api")
+        api_server.requests.clear()
+
+        async def cancelled() -> None:
+            task = asyncio.ensure_future(handle.acompletion(model="chat", messages=MESSAGES))
+            deadline = time.monotonic() + 5
+            while not api_server.requests:  # the hedge has reached the API server: both calls are out
+                assert time.monotonic() < deadline, "the hedge never started"
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await handle.adrain(5)
+
+        started = time.monotonic()
+        asyncio.run(cancelled())
+        assert time.monotonic() - started < 3
+    assert outcomes(setup) == [("api", "cancelled"), ("local", "cancelled")]
+    assert len({rid for rid, *_ in setup.records}) == 2
+    assert hedges(setup)["fired"] == 1
+    assert setup.value("dualtrack_requests_in_flight") == 0
+
+
 def test_a_fallback_is_not_hedged(setup: Setup) -> None:
     # The local call fails at once; LiteLLM's retry goes to the API track, which is slow: that is the
     # fallback, not a slow first call, and it gets no hedge (the hedge would be on its own track).
@@ -489,13 +541,11 @@ def test_a_fallback_is_not_hedged(setup: Setup) -> None:
     router.set_model_list([*router.get_model_list()[:1], {**router.get_model_list()[1], "litellm_params": {
         **router.get_model_list()[1]["litellm_params"], "mock_delay": 0.4}}])
     handle = setup.instrument(router, hedge=HedgePolicy(delay=0.2))
-    timed_calls(handle, 1)  # a warm-up: LiteLLM's first call is slow to fail (its client is built)
-    setup.records.clear()
-    before = hedges(setup)
+    warm_up(setup, router, handle, "local", "api")
     [(text, seconds)] = timed_calls(handle, 1)
     assert (text, seconds >= 0.4) == ("api answer", True)
     assert outcomes(setup) == [("api", "success"), ("local", "error")]
-    assert hedges(setup) == before
+    assert hedges(setup) == {"fired": 0, "won": 0, "wasted": 0, "throttled": 0}
 
 
 def test_hedging_needs_routing(setup: Setup) -> None:

@@ -317,9 +317,10 @@ class DualTrackLiteLLM:
             if delay is None or not pending:
                 return await first  # answered or failed before the delay (a failure fell back as usual)
             state = self._chooser.planned(trace, model)
-            if state is not None and state.track != first_track:
+            if state is None or state.seeded or state.track != first_track:
                 # Its first attempt failed and LiteLLM's retry is on the other track already (or a
-                # cooldown sent it there): a fallback is not hedged, as in the reference router.
+                # cooldown sent it there): a fallback is not hedged, as in the reference router. Nor
+                # is a call the routing hook has not placed (yet), whose track is not known.
                 return await first
             if not budget.spend():
                 self._count_hedge("throttled")
@@ -355,7 +356,7 @@ class DualTrackLiteLLM:
             raise failures[-1]
         finally:
             for task in pending:  # the loser, or every call still out when this request was cancelled
-                if task.done():  # answered: LiteLLM's own events record it
+                if task.done() and not task.cancelled():  # it ended: LiteLLM's own events record it
                     continue
                 task.cancel()
                 recorder.abandon(legs[task], "cancelled")
