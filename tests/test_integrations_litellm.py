@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ipaddress
 import json
@@ -34,6 +35,7 @@ from dualtrack import (  # noqa: E402
     Routing,
 )
 from dualtrack.integrations.litellm import (  # noqa: E402
+    TRACK_KEY,
     DualTrackLiteLLM,
     deployment_track,
     infer_track,
@@ -42,8 +44,10 @@ from dualtrack.integrations.litellm import (  # noqa: E402
     outcome_of,
 )
 from dualtrack.preferences import write_preferences  # noqa: E402
+from dualtrack.router.hedging import HedgePolicy  # noqa: E402
 from dualtrack.router.policy import RoutingPolicy  # noqa: E402
 from dualtrack.vocabulary import PARALLEL_NEVER  # noqa: E402
+from support.fakehttp import FakeHTTPServer  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 OPENAI_ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
@@ -348,6 +352,207 @@ def test_a_stream_records_its_time_to_first_token(setup: Setup) -> None:
     assert setup.calls("local") == 2
     assert setup.value("dualtrack_litellm_time_to_first_token_seconds_count", path="local",
                        query_class="short") == 2
+
+
+def test_a_stream_records_its_time_to_first_token_in_the_common_histogram(setup: Setup) -> None:
+    # The local deployment's first chunk comes after mock_delay; the preferences send every call there.
+    router = Router(model_list=chat_group(mock_delay=0.05))
+    handle = setup.instrument(router)
+    assert list(router.completion(model="chat", messages=MESSAGES, stream=True))
+
+    async def stream() -> None:
+        async for _ in await router.acompletion(model="chat", messages=MESSAGES, stream=True):
+            pass
+        assert await handle.adrain(5)
+
+    asyncio.run(stream())
+    setup.drain()
+    assert setup.calls("local") == 2
+
+    def common(suffix: str, path: str) -> float:
+        return setup.value(f"dualtrack_time_to_first_token_seconds_{suffix}", path=path, query_class="short")
+
+    assert common("count", "local") == 2
+    assert common("count", "api") == 0
+    assert 2 * 0.05 <= common("sum", "local") < 10
+    # the same figure as the integration's own histogram, and only for streams
+    assert common("sum", "local") == pytest.approx(setup.value(
+        "dualtrack_litellm_time_to_first_token_seconds_sum", path="local", query_class="short"))
+    [first, *_] = [r for r in setup.records if r[1] == "local"]
+    assert first[2]["time_to_first_token_ms"] > 0
+    router.completion(model="chat", messages=MESSAGES)
+    setup.drain()
+    assert setup.calls("local") == 3
+    assert common("count", "local") == 2
+
+
+# --------------------------------------------------------------------------- hedging
+
+
+def slow_local_group(url: str) -> List[Dict[str, Any]]:
+    """``chat``: a local deployment on a scripted loopback server (inferred local), a mock API one."""
+    return [
+        {"model_name": "chat", "litellm_params": {"model": "openai/local-model", "api_key": "none",
+                                                  "api_base": url + "/v1"}},
+        {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                  "mock_response": "api answer"},
+         "model_info": {"dualtrack_track": "api"}},
+    ]
+
+
+def hedges(setup: Setup) -> Dict[str, float]:
+    return {o: setup.value("dualtrack_hedges_total", outcome=o) for o in ("fired", "won", "wasted", "throttled")}
+
+
+def timed_calls(handle: DualTrackLiteLLM, n: int) -> List[Tuple[str, float]]:
+    """``n`` hedgeable calls one after another: (answer, seconds) each; then every record written."""
+    async def calls() -> List[Tuple[str, float]]:
+        results = []
+        for _ in range(n):
+            started = time.monotonic()
+            text = answer(await handle.acompletion(model="chat", messages=MESSAGES))
+            results.append((text, time.monotonic() - started))
+        assert await handle.adrain(5)
+        return results
+    return asyncio.run(calls())
+
+
+def outcomes(setup: Setup) -> List[Tuple[str, str]]:
+    return sorted((path, result["outcome"]) for _, path, result, _, _ in setup.records)
+
+
+def warm_up(setup: Setup, router: Any, handle: DualTrackLiteLLM, *tracks: str) -> None:
+    """One call per track through the Router itself (never hedged, no budget spent): LiteLLM builds a
+    deployment's client on its first call, which can take longer than a hedge delay. Then no records."""
+    async def calls() -> None:
+        for track in tracks:
+            with contextlib.suppress(Exception):
+                await router.acompletion(model="chat", messages=MESSAGES, metadata={TRACK_KEY: track})
+        assert await handle.adrain(5)
+    asyncio.run(calls())
+    setup.records.clear()
+
+
+def test_a_slow_call_is_hedged_after_the_delay_and_the_loser_cancelled(setup: Setup, fake_http: Any) -> None:
+    # Every call is planned local (the preferences). The local server answers the first call at once
+    # (a warm-up: LiteLLM's first call to a deployment builds its client) and holds the next 5 s.
+    fake_http.respond(200, OPENAI_ANSWER)
+    fake_http.respond(200, OPENAI_ANSWER, delay=5)
+    router = Router(model_list=slow_local_group(fake_http.url))
+    handle = setup.instrument(router, hedge=HedgePolicy(delay=0.3))
+    warm_up(setup, router, handle, "local", "api")
+    fake_http.requests.clear()
+    [(text, seconds)] = timed_calls(handle, 1)
+    assert text == "api answer"
+    assert 0.3 <= seconds < 3, "the hedge started before its delay, or the slow call was waited for"
+    assert len(fake_http.requests) == 1  # the first call really went to the local server
+    assert outcomes(setup) == [("api", "success"), ("local", "cancelled")]
+    assert len({rid for rid, *_ in setup.records}) == 2  # each call recorded once, under its own id
+    assert hedges(setup) == {"fired": 1, "won": 1, "wasted": 0, "throttled": 0}
+    assert setup.value("dualtrack_requests_in_flight") == 0
+
+
+def test_a_fast_answer_is_not_hedged(setup: Setup) -> None:
+    handle = setup.instrument(Router(model_list=chat_group()), hedge=HedgePolicy(delay=0.5))
+    assert [text for text, _ in timed_calls(handle, 5)] == ["local answer"] * 5
+    assert outcomes(setup) == [("local", "success")] * 5
+    assert hedges(setup) == {"fired": 0, "won": 0, "wasted": 0, "throttled": 0}
+    assert setup.calls("api") == 0
+
+
+def test_the_budget_caps_hedges(setup: Setup, fake_http: Any) -> None:
+    # No credit earned (budget 0), one hedge of burst: the first slow call is hedged, the next two wait.
+    fake_http.respond(200, OPENAI_ANSWER)  # the warm-up
+    fake_http.respond(200, OPENAI_ANSWER, delay=0.4)
+    router = Router(model_list=slow_local_group(fake_http.url))
+    handle = setup.instrument(router, hedge=HedgePolicy(delay=0.1, budget=0.0, burst=1.0))
+    warm_up(setup, router, handle, "local", "api")
+    results = timed_calls(handle, 3)
+    assert [text for text, _ in results] == ["api answer", "served here", "served here"]
+    assert all(seconds >= 0.4 for _, seconds in results[1:])
+    assert hedges(setup) == {"fired": 1, "won": 1, "wasted": 0, "throttled": 2}
+    assert outcomes(setup) == [("api", "success"), ("local", "cancelled"), ("local", "success"), ("local", "success")]
+    assert len({rid for rid, *_ in setup.records}) == 4
+
+
+def test_the_hedge_delay_follows_the_track_and_waits_for_data(setup: Setup, fake_http: Any) -> None:
+    # Five quick local answers set the local p95; the sixth call is slow and is hedged at about that
+    # p95 (at least min_delay), far before its 5 s. With fewer samples than min_samples: no hedging.
+    for _ in range(5):
+        fake_http.respond(200, OPENAI_ANSWER)
+    fake_http.respond(200, OPENAI_ANSWER, delay=5)
+    handle = setup.instrument(Router(model_list=slow_local_group(fake_http.url)),
+                              hedge=HedgePolicy(min_samples=6, min_delay=0.1))
+    assert [text for text, _ in timed_calls(handle, 5)] == ["served here"] * 5
+    assert hedges(setup)["fired"] == 0
+    times = handle.recorder.first_token_times
+    assert times is not None and len(times["local"]) == 5 and len(times["api"]) == 0
+    fake_http.requests.clear()
+    handle.recorder.first_token_times["local"].add(0.001)  # the sixth sample: now there is data
+    [(text, seconds)] = timed_calls(handle, 1)
+    assert text == "api answer"
+    assert 0.1 <= seconds < 3
+    assert hedges(setup) == {"fired": 1, "won": 1, "wasted": 0, "throttled": 0}
+
+
+def test_a_hedged_request_cancelled_by_its_caller_cancels_both_calls(setup: Setup, fake_http: Any) -> None:
+    # Both tracks on scripted loopback servers (the API one tagged): each answers a warm-up call at once
+    # and holds the next 5 s, so both calls are under way when the caller gives up.
+    fake_http.respond(200, OPENAI_ANSWER)
+    fake_http.respond(200, OPENAI_ANSWER, delay=5)
+    with FakeHTTPServer() as api_server:
+        api_server.respond(200, OPENAI_ANSWER)
+        api_server.respond(200, OPENAI_ANSWER, delay=5)
+        router = Router(model_list=[
+            slow_local_group(fake_http.url)[0],
+            {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                      "api_base": api_server.url + "/v1"},
+             "model_info": {"dualtrack_track": "api"}},
+        ])
+        handle = setup.instrument(router, hedge=HedgePolicy(delay=0.1))
+        warm_up(setup, router, handle, "local", "api")
+        api_server.requests.clear()
+
+        async def cancelled() -> None:
+            task = asyncio.ensure_future(handle.acompletion(model="chat", messages=MESSAGES))
+            deadline = time.monotonic() + 5
+            while not api_server.requests:  # the hedge has reached the API server: both calls are out
+                assert time.monotonic() < deadline, "the hedge never started"
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await handle.adrain(5)
+
+        started = time.monotonic()
+        asyncio.run(cancelled())
+        assert time.monotonic() - started < 3
+    assert outcomes(setup) == [("api", "cancelled"), ("local", "cancelled")]
+    assert len({rid for rid, *_ in setup.records}) == 2
+    assert hedges(setup)["fired"] == 1
+    assert setup.value("dualtrack_requests_in_flight") == 0
+
+
+def test_a_fallback_is_not_hedged(setup: Setup) -> None:
+    # The local call fails at once; LiteLLM's retry goes to the API track, which is slow: that is the
+    # fallback, not a slow first call, and it gets no hedge (the hedge would be on its own track).
+    router = Router(model_list=chat_group(local="litellm.InternalServerError", api="api answer"),
+                    num_retries=1, retry_after=0)
+    router.set_model_list([*router.get_model_list()[:1], {**router.get_model_list()[1], "litellm_params": {
+        **router.get_model_list()[1]["litellm_params"], "mock_delay": 0.4}}])
+    handle = setup.instrument(router, hedge=HedgePolicy(delay=0.2))
+    warm_up(setup, router, handle, "local", "api")
+    [(text, seconds)] = timed_calls(handle, 1)
+    assert (text, seconds >= 0.4) == ("api answer", True)
+    assert outcomes(setup) == [("api", "success"), ("local", "error")]
+    assert hedges(setup) == {"fired": 0, "won": 0, "wasted": 0, "throttled": 0}
+
+
+def test_hedging_needs_routing(setup: Setup) -> None:
+    with pytest.raises(ValueError, match="hedge: needs a Router and routing"):
+        instrument(Router(model_list=chat_group()), setup.optimizer, routing=None, hedge=HedgePolicy())
+    with pytest.raises(ValueError, match="hedge: expected a dualtrack.router.hedging.HedgePolicy"):
+        instrument(Router(model_list=chat_group()), setup.optimizer, hedge=0.1)  # type: ignore[arg-type]
 
 
 def test_litellm_completion_without_a_router_is_recorded(setup: Setup, fake_http: Any) -> None:

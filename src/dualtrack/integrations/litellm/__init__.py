@@ -24,7 +24,8 @@ What it does, in three parts:
    the track of each request follows the optimizer's recommendation, its
    retry goes to the other track, its timeout is the recommended one;
    :meth:`DualTrackLiteLLM.acompletion` races both tracks for a ``parallel``
-   recommendation.
+   recommendation and, with ``instrument(..., hedge=HedgePolicy())``, hedges
+   a slow single-track call on the other track.
 
 Set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` on machines without Internet
 access: LiteLLM otherwise fetches its price list from GitHub when imported.

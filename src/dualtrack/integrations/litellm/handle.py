@@ -14,12 +14,14 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import litellm
 
+from dualtrack.router.hedging import HedgeBudget, HedgeMetrics, HedgePolicy
 from dualtrack.router.policy import RoutePlan, RoutingPolicy, race_failure_outcome, race_winner
-from dualtrack.vocabulary import TRACKS
+from dualtrack.vocabulary import TRACKS, other_track
 
 from .._prompt import prompt_text
 from .recorder import CONTEXT_KEY, LEG_KEY, DualTrackRecorder, LiteLLMMetrics, outcome_of
@@ -42,7 +44,7 @@ _recorders_lock = threading.Lock()
 def instrument(router: Any, optimizer: Any, *, routing: Optional[str] = "strategy",
                policy: Optional[RoutingPolicy] = None, rng: Optional[random.Random] = None,
                quality_scorer: Optional[QualityScorer] = None,
-               record_direct_calls: bool = True) -> "DualTrackLiteLLM":
+               record_direct_calls: bool = True, hedge: Optional[HedgePolicy] = None) -> "DualTrackLiteLLM":
     """Wire ``router`` (a ``litellm.Router``, or ``None`` to record ``litellm.completion`` calls only)
     to ``optimizer``.
 
@@ -52,11 +54,19 @@ def instrument(router: Any, optimizer: Any, *, routing: Optional[str] = "strateg
     preemption and whether a retry goes to the other track.
     ``quality_scorer(messages, text) -> 0..1 | None`` scores answers (quality
     is unknown without it). ``record_direct_calls``: also record calls made
-    without a Router. A deployment tag other than ``local``/``api`` is a
-    ``ValueError`` here. ``close()`` undoes it (the handle is a context manager).
+    without a Router. ``hedge`` (a :class:`~dualtrack.router.hedging.HedgePolicy`;
+    off by default): :meth:`DualTrackLiteLLM.acompletion` hedges a slow
+    single-track call on the other track. A deployment tag other than
+    ``local``/``api`` is a ``ValueError`` here. ``close()`` undoes it (the
+    handle is a context manager).
     """
     if routing not in ROUTING_MODES:
         raise ValueError(f"routing: expected one of {list(ROUTING_MODES)}, got {routing!r}")
+    if hedge is not None and not isinstance(hedge, HedgePolicy):
+        raise ValueError(f"hedge: expected a dualtrack.router.hedging.HedgePolicy or None, got {hedge!r}")
+    if hedge is not None and (router is None or routing is None):
+        raise ValueError("hedge: needs a Router and routing ('strategy' or 'filter'): the first call of a "
+                         "hedged request must go where dualtrack planned it")
     if router is None and routing is not None:
         routing = None  # nothing to route: record litellm.completion calls only
     if policy is not None and rng is not None:
@@ -87,7 +97,7 @@ def instrument(router: Any, optimizer: Any, *, routing: Optional[str] = "strateg
             recorder.detach(router)
         _release_recorder(optimizer)
         raise
-    return DualTrackLiteLLM(router, optimizer, recorder, chooser, routing, hook)
+    return DualTrackLiteLLM(router, optimizer, recorder, chooser, routing, hook, hedge)
 
 
 def _acquire_recorder(optimizer: Any, quality_scorer: Optional[QualityScorer],
@@ -131,13 +141,22 @@ class DualTrackLiteLLM:
     """
 
     def __init__(self, router: Any, optimizer: Any, recorder: DualTrackRecorder, chooser: Optional[TrackChooser],
-                 routing: Optional[str], hook: Any) -> None:
+                 routing: Optional[str], hook: Any, hedge: Optional[HedgePolicy] = None) -> None:
         self.router = router
         self.optimizer = optimizer
         self.recorder = recorder
         self.routing = routing
         self._chooser = chooser
         self.hook = hook
+        self.hedge = hedge
+        self._hedge_budget = HedgeBudget(hedge.budget, hedge.burst) if hedge is not None else None
+        self._hedge_metrics: Optional[HedgeMetrics] = None
+        if hedge is not None:
+            recorder.sample_first_tokens()
+            try:
+                self._hedge_metrics = HedgeMetrics.for_registry(optimizer.registry)
+            except Exception as err:  # a registry that refuses the series: hedge anyway, uncounted
+                recorder.warn_once("hedge metrics", err)
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -185,6 +204,14 @@ class DualTrackLiteLLM:
         (end-to-end latency, the winner's quality). When both legs fail, the
         last failure is raised. Streams are not raced (a stream is returned
         before its answer exists): they take one track like ``router.acompletion``.
+
+        With ``instrument(..., hedge=HedgePolicy())`` a single-track plan is
+        hedged: its call goes to the planned track (a retry to the other, as
+        usual); when it has not answered by the hedge delay (the track's recent
+        p95 time to an answer, or ``HedgePolicy.delay``) and the budget has
+        credit, a second call starts on the other track, the first acceptable
+        answer wins and the other call is cancelled (recorded ``cancelled``);
+        counted in ``dualtrack_hedges_total``.
         """
         chooser = self._chooser
         if chooser is None or not chooser.enabled or kwargs.get("stream") or not self._dual_track(model):
@@ -197,9 +224,12 @@ class DualTrackLiteLLM:
         context = dict(context) if isinstance(context, Mapping) else None
         text = prompt_text(messages)
         plan = chooser.policy.plan(text, context)
-        if plan.path != "parallel":
-            return await self.router.acompletion(model=model, messages=messages, **kwargs)
-        return await self._race(model, messages, kwargs, metadata, plan, text, context)
+        if plan.path == "parallel":
+            return await self._race(model, messages, kwargs, metadata, plan, text, context)
+        if self.hedge is not None and plan.fallback is not None and not plan.recommendation.get("overrides"):
+            # Not when an immediate override chose the track (a machine limit a hedge must not undo).
+            return await self._hedged(model, messages, kwargs, metadata, plan)
+        return await self.router.acompletion(model=model, messages=messages, **kwargs)
 
     def _dual_track(self, model: str) -> bool:
         assert self._chooser is not None
@@ -258,6 +288,84 @@ class DualTrackLiteLLM:
             raise failures[-1][1]
         raise litellm.Timeout(message=f"dualtrack: no answer from either track within {race_seconds:g} s",
                               model=model, llm_provider="dualtrack")
+
+    async def _hedged(self, model: str, messages: List[Dict[str, Any]], kwargs: Dict[str, Any],
+                      metadata: Dict[str, Any], plan: RoutePlan) -> Any:
+        """One call on the plan's track; a second on the other track if the first is slow (acompletion)."""
+        assert self.hedge is not None and self._hedge_budget is not None and self._chooser is not None
+        budget, recorder = self._hedge_budget, self.recorder
+        times = recorder.sample_first_tokens()
+        budget.earn()
+        rid = uuid.uuid4().hex
+        first_track = plan.path
+        trace = kwargs.get("litellm_trace_id")
+        trace = trace if isinstance(trace, str) and trace else rid
+        # The routing hook takes this plan for the first attempt (not a second draw), so the track
+        # is known; LiteLLM's retries still go to the other track.
+        self._chooser.seed(trace, model, plan, kwargs.get("timeout") is not None)
+        legs: Dict["asyncio.Task[Any]", str] = {}
+        first_kwargs = dict(kwargs, litellm_trace_id=trace, metadata=dict(metadata, **{LEG_KEY: f"{rid}/first"}))
+        started = time.monotonic()
+        first = asyncio.ensure_future(self.router.acompletion(model=model, messages=messages, **first_kwargs))
+        first.add_done_callback(_retrieve)
+        legs[first] = f"{rid}/first"
+        pending = {first}
+        try:
+            delay = self.hedge.delay_seconds(times[first_track])
+            if delay is not None:
+                done, pending = await asyncio.wait(pending, timeout=delay)
+            if delay is None or not pending:
+                return await first  # answered or failed before the delay (a failure fell back as usual)
+            state = self._chooser.planned(trace, model)
+            if state is None or state.seeded or state.track != first_track:
+                # Its first attempt failed and LiteLLM's retry is on the other track already (or a
+                # cooldown sent it there): a fallback is not hedged, as in the reference router. Nor
+                # is a call the routing hook has not placed (yet), whose track is not known.
+                return await first
+            if not budget.spend():
+                self._count_hedge("throttled")
+                return await first
+            self._count_hedge("fired")
+            second_track = other_track(first_track)
+            second_kwargs = dict(kwargs, metadata=dict(metadata, **{TRACK_KEY: second_track,
+                                                                    LEG_KEY: f"{rid}/hedge"}))
+            second_kwargs.pop("litellm_trace_id", None)  # a request of its own for LiteLLM's retries
+            if second_kwargs.get("timeout") is None:
+                second_kwargs["timeout"] = timeout_for(plan, second_track)
+            second = asyncio.ensure_future(self.router.acompletion(model=model, messages=messages, **second_kwargs))
+            second.add_done_callback(_retrieve)
+            legs[second] = f"{rid}/hedge"
+            pending = {first, second}
+            answers: List[Tuple["asyncio.Task[Any]", Any, Optional[float]]] = []
+            failures: List[BaseException] = []
+            winner: Optional[Tuple["asyncio.Task[Any]", Any, Optional[float]]] = None
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        answers.append((task, task.result(), recorder.score(messages, task.result())))
+                    else:
+                        failures.append(error)
+                # Always preempt: the hedge is there to cut the wait, not to compare answers.
+                winner = race_winner(answers, lambda a: a[2], plan.quality_threshold, preempt=True,
+                                     settled=not pending)
+            if winner is not None:
+                self._count_hedge("won" if winner[0] is second else "wasted")
+                return winner[1]
+            raise failures[-1]
+        finally:
+            for task in pending:  # the loser, or every call still out when this request was cancelled
+                if task.done() and not task.cancelled():  # it ended: LiteLLM's own events record it
+                    continue
+                task.cancel()
+                recorder.abandon(legs[task], "cancelled")
+                if task is first:  # how long it went without an answer: a lower bound, kept (hedging docs)
+                    times[first_track].add(time.monotonic() - started)
+
+    def _count_hedge(self, outcome: str) -> None:
+        if self._hedge_metrics is not None:
+            self._safe(self._hedge_metrics.count, outcome)
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> None:
         try:

@@ -14,7 +14,9 @@ deployment that served it, with the reference router's conventions
    ``error``/``rate_limited``, timeouts -> ``timeout``, 5xx and connection
    failures -> ``error``/``unavailable``, the rest -> ``error``);
 3. a stream's time to first token (``completionStartTime - startTime``) goes
-   to ``dualtrack_litellm_time_to_first_token_seconds``; a call LiteLLM made
+   to the completion (``time_to_first_token_ms``: the common
+   ``dualtrack_time_to_first_token_seconds``) and to
+   ``dualtrack_litellm_time_to_first_token_seconds``; a call LiteLLM made
    as a retry or on a fallback model group is counted in
    ``dualtrack_litellm_retries_total`` / ``dualtrack_litellm_fallbacks_total``.
 
@@ -33,14 +35,16 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from dualtrack.router.hedging import FirstTokenTimes
 from dualtrack.vocabulary import TRACKS
 
 from .._prompt import prompt_text
@@ -120,10 +124,13 @@ _EMPTY: Mapping[str, Any] = {}
 
 
 def as_mapping(value: Any) -> Mapping[str, Any]:
-    """``value`` when it is a mapping, else an empty one. LiteLLM passes dicts: checked first, as a
-    ``Mapping`` isinstance check costs more than the rest of a hook."""
+    """``value`` when it is a mapping, else an empty one. LiteLLM passes dicts or ``None``: both are
+    checked first, as a ``Mapping`` isinstance check costs more than the rest of a hook (the ABC's,
+    from ``collections.abc``: ``typing.Mapping``'s costs three times as much again)."""
     if type(value) is dict:
         return value
+    if value is None:
+        return _EMPTY
     return value if isinstance(value, Mapping) else _EMPTY
 
 
@@ -176,22 +183,37 @@ class DualTrackRecorder(CustomLogger):
         self._legs: Dict[str, str] = {}  # race leg -> call id in flight
         self._recent: Deque[str] = deque(maxlen=_RECENT)
         self._recent_set: Set[str] = set()
-        self._cond = threading.Condition(threading.Lock())
+        # The table's lock, taken bare on the hot path (a Condition's ``with`` runs Python code);
+        # the condition is only notified while someone drains.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._drainers = 0
         self._warned: Set[Tuple[str, str]] = set()
         self._ttft: Dict[Tuple[str, str], Any] = {}
         self.failures = 0  # failed calls recorded so far (the routing strategy's cooldown cache reads it)
+        # Per track, the recent first-token times of successful calls (hedging's delay); None until a
+        # hedging handle asks for them (sample_first_tokens), so calls without hedging pay nothing.
+        self.first_token_times: Optional[Dict[str, FirstTokenTimes]] = None
 
     # ------------------------------------------------------------ set-up
 
     def attach(self, router: Any, tracks: Mapping[str, str]) -> None:
         """Record ``router``'s calls; ``tracks`` maps its deployment ids to their tracks."""
-        with self._cond:
+        with self._lock:
             if not any(r is router for r in self._routers):
                 self._routers.append(router)
             self._tracks.update(tracks)
 
+    def sample_first_tokens(self) -> Dict[str, FirstTokenTimes]:
+        """Start keeping each track's recent first-token times (a stream's first chunk, else the whole
+        answer's time, as the reference router counts a backend without first tokens); returns them."""
+        with self._lock:
+            if self.first_token_times is None:
+                self.first_token_times = {t: FirstTokenTimes() for t in TRACKS}
+            return self.first_token_times
+
     def detach(self, router: Any) -> None:
-        with self._cond:
+        with self._lock:
             self._routers = [r for r in self._routers if r is not router]
             self._tracks.clear()  # rebuilt lazily from the Routers still attached
 
@@ -228,7 +250,7 @@ class DualTrackRecorder(CustomLogger):
         if track is None:
             return
         call = self._new_call(kwargs, metadata, track, messages)
-        with self._cond:
+        with self._lock:
             if call_id in self._calls or call_id in self._recent_set:
                 return
             if len(self._calls) >= _MAX_TRACKED:
@@ -245,17 +267,21 @@ class DualTrackRecorder(CustomLogger):
     def _new_call(self, kwargs: Mapping[str, Any], metadata: Mapping[str, Any], track: str, messages: Any) -> _Call:
         if messages is None:
             messages = kwargs.get("messages") if kwargs.get("messages") is not None else kwargs.get("input")
-        context = as_mapping(metadata.get(CONTEXT_KEY))
+        context = metadata.get(CONTEXT_KEY)
+        context = as_mapping(context) if context is not None else None
         leg = metadata.get(LEG_KEY)
         return _Call(track, prompt_text(messages), dict(context) if context else None,
-                     time.monotonic(), leg if isinstance(leg, str) else None)
+                     time.monotonic(), leg if type(leg) is str else None)
 
     def _count_attempt(self, metadata: Mapping[str, Any], track: str) -> None:
         # Read when the call starts: a sync call's metadata is shared with the attempts after it.
-        retries, fallbacks = _count(metadata.get("attempted_retries")), _count(metadata.get("attempted_fallbacks"))
-        if retries:
+        # Falsy on a first attempt (absent or 0): one lookup each, then nothing to count.
+        retries = metadata.get("attempted_retries")
+        if retries and _count(retries):
             self.metrics.retries_by_track[track].inc()
-        elif fallbacks:
+            return
+        fallbacks = metadata.get("attempted_fallbacks")
+        if fallbacks and _count(fallbacks):
             self.metrics.fallbacks_by_track[track].inc()
 
     def _finish_safely(self, kwargs: Any, response: Any, start_time: Any, end_time: Any, exc: Any) -> None:
@@ -273,7 +299,7 @@ class DualTrackRecorder(CustomLogger):
         params = as_mapping(kwargs.get("litellm_params"))
         metadata = as_mapping(params.get("metadata"))
         if call is None:
-            with self._cond:
+            with self._lock:
                 if call_id in self._recent_set:
                     return  # already recorded: a second event for the same call
                 self._remember(call_id)
@@ -292,6 +318,11 @@ class DualTrackRecorder(CustomLogger):
             result["latency_ms"] = seconds * 1000.0
         if exc is None:
             self._success(call, kwargs, slo, response, result)
+            times = self.first_token_times
+            if times is not None:
+                first_ms = result.get("time_to_first_token_ms", result.get("latency_ms"))
+                if first_ms is not None:
+                    times[call.track].add(first_ms / 1000.0)
             self.optimizer.record_request_completion(call_id, call.track, result, True, None)
         else:
             self.failures += 1
@@ -326,6 +357,8 @@ class DualTrackRecorder(CustomLogger):
         if slo.get("stream"):
             first = _seconds(slo.get("startTime"), slo.get("completionStartTime"))
             if first is not None and first > 0:
+                # The common histogram (dualtrack_time_to_first_token_seconds), as every integration records it.
+                result["time_to_first_token_ms"] = first * 1000.0
                 query_class = self.optimizer.get_optimization_recommendations(call.text, call.context)["query_class"]
                 key = (call.track, query_class)
                 child = self._ttft.get(key)
@@ -352,12 +385,13 @@ class DualTrackRecorder(CustomLogger):
 
         A leg cancelled before LiteLLM sent it made no model call and is not recorded.
         """
-        with self._cond:
+        with self._lock:
             call_id = self._legs.pop(leg, None)
             call = self._calls.pop(call_id, None) if call_id is not None else None
             if call_id is not None and call is not None:
                 self._remember(call_id)
-                self._cond.notify_all()
+                if self._drainers and not self._calls:
+                    self._cond.notify_all()
         if call_id is None or call is None:
             return
         result: Dict[str, Any] = {"outcome": outcome}
@@ -369,13 +403,14 @@ class DualTrackRecorder(CustomLogger):
             self.warn_once("abandon", err)
 
     def _pop(self, call_id: str) -> Optional[_Call]:
-        with self._cond:
+        with self._lock:
             call = self._calls.pop(call_id, None)
             if call is not None:
                 if call.leg is not None and self._legs.get(call.leg) == call_id:
                     del self._legs[call.leg]
                 self._remember(call_id)
-                self._cond.notify_all()
+                if self._drainers and not self._calls:  # drain() waits for an empty table, nothing less
+                    self._cond.notify_all()
             return call
 
     def _remember(self, call_id: str) -> None:
@@ -391,7 +426,11 @@ class DualTrackRecorder(CustomLogger):
         the call returns: tests and shutdown wait here.
         """
         with self._cond:
-            return self._cond.wait_for(lambda: not self._calls, timeout)
+            self._drainers += 1
+            try:
+                return self._cond.wait_for(lambda: not self._calls, timeout)
+            finally:
+                self._drainers -= 1
 
     async def adrain(self, timeout: Optional[float] = None) -> bool:
         """:meth:`drain` for a running event loop: LiteLLM records async calls from tasks on that loop."""
@@ -439,7 +478,7 @@ class DualTrackRecorder(CustomLogger):
             if deployment:
                 track = deployment_track(deployment)
                 break
-        with self._cond:
+        with self._lock:
             if len(self._tracks) < 65536:
                 self._tracks[deployment_id] = track
         return track

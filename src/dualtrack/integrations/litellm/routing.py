@@ -41,8 +41,9 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
@@ -83,6 +84,7 @@ class _Request:
     plan: RoutePlan
     caller_timeout: bool  # the caller passed its own timeout: leave it alone
     track: str  # the track of the latest attempt
+    seeded: bool = False  # planned by the caller (seed()): its first attempt is not a retry
 
 
 class TrackChooser:
@@ -197,6 +199,8 @@ class TrackChooser:
                     self._requests[key] = state
                     while len(self._requests) > _MAX_REQUESTS:
                         self._requests.popitem(last=False)
+        elif state.seeded:  # the first attempt of a request planned by seed()
+            state.seeded = False
         elif self.policy.fallback:
             state.track = other_track(state.track)
         if state.track not in available and other_track(state.track) in available:
@@ -204,6 +208,16 @@ class TrackChooser:
         if not state.caller_timeout and type(request) is dict:
             request["timeout"] = timeout_for(state.plan, state.track)
         return state.track
+
+    def seed(self, trace: str, model: str, plan: RoutePlan, caller_timeout: bool) -> None:
+        """Have request ``trace`` (its ``litellm_trace_id``) to group ``model`` follow ``plan``, made by
+        the caller, instead of planning again: its first attempt goes to ``plan.path``, a retry to the
+        other track as usual. (The hedged ``acompletion`` must know the track its first call is on.)"""
+        state = _Request(plan, caller_timeout, plan.path, seeded=True)
+        with self._lock:
+            self._requests[(trace, model)] = state
+            while len(self._requests) > _MAX_REQUESTS:
+                self._requests.popitem(last=False)
 
     def planned(self, trace: Any, model: Any) -> Optional[_Request]:
         """What the request ``trace`` decided for group ``model`` (the filter's pre-call hook reads it)."""

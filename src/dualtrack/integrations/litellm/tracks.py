@@ -18,7 +18,8 @@ on the LAN is "local" to you, but ``http://10.0.0.7`` does not say so).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from dualtrack.vocabulary import TRACKS
