@@ -31,7 +31,14 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 import pytest
 import yaml
 
-from support.model_servers import LlamaCppServer, ModelServerFake, SGLangServer, TGIServer, VLLMServer
+from support.model_servers import (
+    LlamaCppServer,
+    ModelServerFake,
+    SGLangServer,
+    TGIServer,
+    VLLMServer,
+    set_reference_load,
+)
 from support.prometheus import PrometheusServer, Samples, promtool
 
 pytestmark = pytest.mark.prometheus
@@ -192,13 +199,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         tgi = TGIServer(max_batch_total_tokens=16000)
         for fake in (vllm, vllm_old, llama, sglang, tgi):
             fakes.append(fake.start())
-        vllm.set(engine=0, waiting=2, running=5, kv_cache_usage=0.25)
-        vllm.set(engine=1, waiting=3, running=7, kv_cache_usage=0.625)
-        vllm_old.set(waiting=1, running=4, kv_cache_usage=0.5)
-        llama.set(deferred=2, processing=4)
-        sglang.set(dp_rank=0, queue=4, running=8, token_usage=0.5, queue_by_priority={0: 3, 1: 1})
-        sglang.set(dp_rank=1, queue=1, running=6, token_usage=0.75)
-        tgi.set(queue=3, batch_size=6, batch_max_tokens=4000)
+        set_reference_load(vllm, vllm_old, llama, sglang, tgi)
 
         workdir = tmp_path_factory.mktemp("local-servers")
         slots = workdir / "slots.yml"

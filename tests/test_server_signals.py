@@ -27,7 +27,7 @@ from dualtrack.adapter.objective import ObjectiveSpec, choose_split
 from dualtrack.adapter.signals import SignalValues
 from dualtrack.clock import VirtualClock
 from dualtrack.exporter.local_server import LocalServerScraper, normalize
-from support.model_servers import LlamaCppServer, SGLangServer, TGIServer, VLLMServer
+from support.model_servers import LlamaCppServer, SGLangServer, TGIServer, VLLMServer, set_reference_load
 from support.waiting import wait_until
 from test_objective import INTERVAL, calls, interval, steady
 
@@ -141,13 +141,7 @@ def servers() -> Iterator[Dict[str, object]]:
     sglang = SGLangServer(dp_ranks=2, tp_size=2, all_schedulers=True, priority_scheduling=True).start()
     tgi = TGIServer(max_batch_total_tokens=16000).start()
     try:
-        vllm.set(engine=0, waiting=2, running=5, kv_cache_usage=0.25)
-        vllm.set(engine=1, waiting=3, running=7, kv_cache_usage=0.625)
-        vllm_old.set(waiting=1, running=4, kv_cache_usage=0.5)
-        llama.set(deferred=2, processing=4)
-        sglang.set(dp_rank=0, queue=4, running=8, token_usage=0.5, queue_by_priority={0: 3, 1: 1})
-        sglang.set(dp_rank=1, queue=1, running=6, token_usage=0.75)
-        tgi.set(queue=3, batch_size=6, batch_max_tokens=4000)
+        set_reference_load(vllm, vllm_old, llama, sglang, tgi)
         yield {"vllm": vllm, "vllm_old": vllm_old, "llamacpp": llama, "sglang": sglang, "tgi": tgi}
     finally:
         for fake in (vllm, vllm_old, llama, sglang, tgi):

@@ -435,3 +435,23 @@ class TGIServer(ModelServerFake):
             lines += ["# TYPE tgi_batch_max_total_tokens gauge",
                       f"tgi_batch_max_total_tokens {_rust_number(self.max_batch_total_tokens)}"]
         return "\n".join(lines) + "\n"
+
+
+def set_reference_load(vllm: "VLLMServer", vllm_old: "VLLMServer", llama: "LlamaCppServer",
+                       sglang: "SGLangServer", tgi: "TGIServer") -> None:
+    """The load the local-server tests start from, one server of each kind.
+
+    Normalized (local_server_rules.yml, and the embedded scraper alike): queue depth
+    vLLM 5 (two engines), old vLLM 1, llama.cpp 2, SGLang 5 (DP ranks summed, not TP
+    ranks nor the priority breakdown), TGI 3; running 12, 4, 4, 14, 6; KV cache 0.625
+    (the fuller engine), 0.5, none, 0.75, 0.25 (4000 of 16000 batch tokens).
+    ``vllm`` has two engines, ``sglang`` two DP ranks with priority scheduling,
+    ``tgi`` a 16000-token budget.
+    """
+    vllm.set(engine=0, waiting=2, running=5, kv_cache_usage=0.25)
+    vllm.set(engine=1, waiting=3, running=7, kv_cache_usage=0.625)
+    vllm_old.set(waiting=1, running=4, kv_cache_usage=0.5)
+    llama.set(deferred=2, processing=4)
+    sglang.set(dp_rank=0, queue=4, running=8, token_usage=0.5, queue_by_priority={0: 3, 1: 1})
+    sglang.set(dp_rank=1, queue=1, running=6, token_usage=0.75)
+    tgi.set(queue=3, batch_size=6, batch_max_tokens=4000)

@@ -103,11 +103,13 @@ def interval_range(interval: str, window: str) -> Tuple[str, float]:
 
 
 def _branch(signal: Signal, level: Tuple[str, ...], window: str, interval: str = "30s",
-            interval_scale: float = 1.0) -> str:
+            interval_scale: float = 1.0, query: Optional[str] = None) -> str:
+    """One signal at one level, tagged with its name; ``query`` replaces the signal's own form."""
     # The name is validated ([a-zA-Z_][a-zA-Z0-9_]*) but escaped all the same:
     # nothing from configuration reaches PromQL as a raw string literal.
     name = escape_label_value(signal.name)
-    query = signal.query(level, window, interval, interval_scale)
+    if query is None:
+        query = signal.query(level, window, interval, interval_scale)
     return f'label_replace({query}, "{SIGNAL_LABEL}", "{name}", "", "")'
 
 
@@ -149,11 +151,8 @@ class PrometheusSource:
         self.last_query_count = 0
 
     def _branch(self, signal: Signal, level: Tuple[str, ...]) -> str:
-        if self.recorded:
-            query = signal.recorded_query(level, self._interval_seconds)
-            if query is not None:
-                return f'label_replace({query}, "{SIGNAL_LABEL}", "{escape_label_value(signal.name)}", "", "")'
-        return _branch(signal, level, self.window, self._interval_range, self._interval_scale)
+        recorded = signal.recorded_query(level, self._interval_seconds) if self.recorded else None
+        return _branch(signal, level, self.window, self._interval_range, self._interval_scale, recorded)
 
     def _input_queries(self) -> Dict[str, str]:
         if self.recorded:

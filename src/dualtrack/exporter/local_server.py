@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from .._http import connection_reason, short
+from .._once import OnceLogger
 from ..clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class LocalServerScraper:
         self._last: Optional[LocalServerLoad] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._warned: set = set()
+        self._once = OnceLogger(log)
         self.scrapes = Counter("dualtrack_local_server_scrapes", "Scrapes of the local model server's /metrics "
                                "(embedded mode), by result.", ["result"], registry=registry)
         for result in ("ok", "unreachable", "bad_status", "unparsable", "unknown_server"):
@@ -229,17 +230,14 @@ class LocalServerScraper:
                                   rate, now, total)
         self._last = reading
         self.scrapes.labels("ok").inc()
-        self._warned.clear()  # a later failure is news again
+        self._once.clear()  # a later failure is news again
         return reading
 
     def _fail(self, result: str, message: str) -> None:
         self.scrapes.labels(result).inc()
-        if result not in self._warned:
-            self._warned.add(result)
-            log.warning("dualtrack: local server scrape failed (counted in "
-                        "dualtrack_local_server_scrapes_total{result=%r}; last good reading kept): %s",
-                        result, message)
-        return None
+        self._once.warning(result, "dualtrack: local server scrape failed (counted in "
+                           "dualtrack_local_server_scrapes_total{result=%r}; last good reading kept): %s",
+                           result, message)
 
 
 __all__ = ["LocalServerLoad", "LocalServerScraper", "normalize"]

@@ -22,10 +22,11 @@ import logging
 import math
 import threading
 from itertools import islice
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Set, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 from prometheus_client import CollectorRegistry, Counter
 
+from .._once import OnceLogger
 from ..clock import Clock
 from ..config import OptimizationConfig
 from ..constraints import MB, MachineState
@@ -60,20 +61,6 @@ def _usage_of(snap: Optional[MachineUsage]) -> Tuple[float, float, float]:
             gpu * 100.0 if gpu is not None else 0.0)
 
 
-class OnceLogger:
-    """Logs each distinct problem once, so a bad caller cannot flood the logs."""
-
-    def __init__(self, limit: int = 256) -> None:
-        self._seen: Set[Tuple[str, ...]] = set()
-        self._limit = limit
-
-    def warning(self, key: Tuple[str, ...], message: str, *args: Any) -> None:
-        if key in self._seen or len(self._seen) >= self._limit:
-            return
-        self._seen.add(key)
-        log.warning(message, *args)
-
-
 class RequestRecorder:
     """Records request starts and completions; never raises.
 
@@ -90,7 +77,7 @@ class RequestRecorder:
         self.collector = collector
         self.classifier = classifier
         self._snapshot = snapshot
-        self.once = OnceLogger()
+        self.once = OnceLogger(log)
         self._errors = Counter("dualtrack_optimizer_errors", "Internal errors caught by the optimizer, by component.",
                                ["component"], registry=registry)
         # In-flight tables: request id -> (monotonic start, query class, track), in

@@ -77,6 +77,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
+from .._once import OnceLogger
 from ..preferences import Routing
 from ..vocabulary import DEFAULT_TIMEOUTS_SECONDS, TRACKS, other_track
 from .backend import reports_first_token
@@ -207,7 +208,7 @@ class DualTrackRouter:
         self._live: Set[_Leg] = set()  # started, not yet recorded
         self._live_cond = threading.Condition()
         self._closed = False
-        self._warned: Set[Tuple[str, str]] = set()
+        self._once = OnceLogger(log, limit=65)
         self.hedge = hedge
         self.first_token_deadline = first_token_deadline
         self.first_token_times: Dict[str, FirstTokenTimes] = {track: FirstTokenTimes() for track in TRACKS}
@@ -569,12 +570,8 @@ class DualTrackRouter:
             self._warn(what, err)
 
     def _warn(self, what: str, err: BaseException) -> None:
-        key = (what, type(err).__name__)
-        if key in self._warned or len(self._warned) > 64:
-            return
-        self._warned.add(key)
-        log.warning("dualtrack router: %s failed (%s); the request goes on", what, type(err).__name__,
-                    exc_info=err)
+        self._once.warning((what, type(err).__name__), "dualtrack router: %s failed (%s); the request goes on",
+                           what, type(err).__name__, exc_info=err)
 
 
 def _timeout(plan: RoutePlan, path: str) -> float:

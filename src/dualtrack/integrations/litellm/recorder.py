@@ -44,6 +44,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from dualtrack._once import OnceLogger
 from dualtrack.router.hedging import FirstTokenTimes
 from dualtrack.vocabulary import TRACKS
 
@@ -188,7 +189,7 @@ class DualTrackRecorder(CustomLogger):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._drainers = 0
-        self._warned: Set[Tuple[str, str]] = set()
+        self._once = OnceLogger(log, limit=65)
         self._ttft: Dict[Tuple[str, str], Any] = {}
         self.failures = 0  # failed calls recorded so far (the routing strategy's cooldown cache reads it)
         # Per track, the recent first-token times of successful calls (hedging's delay); None until a
@@ -484,12 +485,8 @@ class DualTrackRecorder(CustomLogger):
         return track
 
     def warn_once(self, what: str, err: BaseException) -> None:
-        key = (what, type(err).__name__)
-        if key in self._warned or len(self._warned) > 64:
-            return
-        self._warned.add(key)
-        log.warning("dualtrack LiteLLM recorder: %s failed (%s); the call goes on", what, type(err).__name__,
-                    exc_info=err)
+        self._once.warning((what, type(err).__name__), "dualtrack LiteLLM recorder: %s failed (%s); the call goes on",
+                           what, type(err).__name__, exc_info=err)
 
 
 def _generation(kwargs: Mapping[str, Any]) -> bool:
