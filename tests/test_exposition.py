@@ -153,6 +153,35 @@ def test_request_ids_are_exemplars_never_labels():
     assert '# {request_id="say \\"hi\\""}' in generate_openmetrics(registry).decode()
 
 
+def _bucket_exemplars(registry: CollectorRegistry) -> Dict[str, str]:
+    """le -> request id of the duration buckets' exemplars."""
+    found = {}
+    for family in parse_openmetrics(generate_openmetrics(registry).decode()):
+        for s in family.samples:
+            if s.exemplar is not None and family.name == "dualtrack_request_duration_seconds":
+                found[s.labels["le"]] = s.exemplar.labels["request_id"]
+    return found
+
+
+def test_exemplars_are_sampled_per_bucket():
+    registry = CollectorRegistry()
+    optimizer = DualTrackOptimizer(OptimizationConfig(enable_resource_monitoring=False), registry=registry)
+    metrics = optimizer.metrics
+    assert metrics.exemplar_interval_seconds == 1.0  # the documented default
+    metrics.exemplar_interval_seconds = 3600.0  # nothing in this test is an hour apart
+    for rid, ms in (("first", 400), ("second", 450), ("slow", 50_000)):
+        optimizer.record_request_completion(rid, "api", {"latency_ms": ms, "query_class": "short"})
+    # 0.4 s and 0.45 s share the 0.5 bucket: it keeps the first id within the interval;
+    # the slow tail's bucket had none, so it takes its request's id at once.
+    assert _bucket_exemplars(registry) == {"0.5": "first", "60.0": "slow"}
+    metrics.exemplar_interval_seconds = 0.0  # every observation sets its bucket's exemplar
+    optimizer.record_request_completion("third", "api", {"latency_ms": 420, "query_class": "short"})
+    assert _bucket_exemplars(registry)["0.5"] == "third"
+    # The bucket is the one prometheus_client picks: a value on a bound belongs to it.
+    optimizer.record_request_completion("edge", "api", {"latency_ms": 1000, "query_class": "short"})
+    assert _bucket_exemplars(registry)["1.0"] == "edge"
+
+
 def test_exemplars_can_be_turned_off():
     registry = CollectorRegistry()
     optimizer = DualTrackOptimizer(OptimizationConfig(enable_resource_monitoring=False), registry=registry)

@@ -464,6 +464,19 @@ def test_recommendation_keys():
     assert forced["complexity"] == 0.95 and forced["preferred_path"] == "parallel"  # >= parallel_threshold 0.7
 
 
+@pytest.mark.parametrize("query, thousandths", [
+    # length: 0.7 * tokens / 4096 (twice the default long boundary), rounded half up
+    ("x" * 4 * 512, 88),  # 87.5 exactly: up (round(0.0875, 3) gave 0.087, from the float just below)
+    ("x" * 4 * 1000, 171),  # 170.9
+    ("x" * 4 * 5000, 700),  # past twice the boundary: the whole 0.7
+    ("One question?", 1),  # 3 tokens: 0.51
+    ("prove it step by step, then derive: what? why?", 402),  # 11 tokens (1.9), three markers, two '?'
+    ("```def f(): SELECT \\frac class explain why prove step by step derive```??", 1000),  # capped
+])
+def test_complexity_is_the_documented_score(query, thousandths):
+    assert Env().optimizer.classifier.complexity(query) == thousandths / 1000
+
+
 def test_recommendations_are_cached_until_state_changes():
     env = Env(monitor=True, cache_ttl_seconds=300)
     o = env.optimizer

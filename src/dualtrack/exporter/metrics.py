@@ -11,12 +11,21 @@ exemplars, never as labels.
 Label children are bound once (at start for every path and class, lazily
 for models), so recording a request costs a few dict lookups and the
 ``observe``/``inc`` calls themselves.
+
+Exemplars are sampled: a duration bucket takes a request id at most once per
+``exemplar_interval_seconds`` (default 1 s). Prometheus keeps one exemplar
+per bucket per scrape (every 15 s or more), so setting one on every
+observation only overwrote it; prometheus_client validates and timestamps
+each one (about 2-3 us a request). A bucket that is rarely hit (the slow
+tail) still gets the id of its latest request whenever a second has passed.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
+from bisect import bisect_left
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -93,14 +102,21 @@ class _LazyChildren(Dict[str, object]):
         return child
 
 
+#: Per (path, query class): duration, quality, outcome counters, within-target,
+#: useful, and when each duration bucket last took an exemplar.
+_Bound = Tuple[object, object, Dict[str, object], object, object, list]
+
+
 class RequestMetrics:
     """The per-request series and the optimizer's own health counters."""
 
     def __init__(self, registry: CollectorRegistry, query_classes: Iterable[str],
                  known_models: Iterable[str] = (), max_model_labels: int = 16,
                  enable_exemplars: bool = True, latency_target_seconds: float = math.inf,
-                 quality_floor: float = 0.0) -> None:
+                 quality_floor: float = 0.0, exemplar_interval_seconds: float = 1.0) -> None:
         self.exemplars = enable_exemplars
+        #: A duration bucket takes a new request-id exemplar at most this often (0: every observation).
+        self.exemplar_interval_seconds = exemplar_interval_seconds
         self.latency_target_seconds = latency_target_seconds
         self.quality_floor = quality_floor
         classes = tuple(query_classes)
@@ -164,7 +180,7 @@ class RequestMetrics:
         # Bind label children once, not per request. Request counters are
         # created up front for every real path, class and outcome (so rate()
         # sees the first increment); histograms appear with their first use.
-        self._bound: Dict[Tuple[str, str], Tuple[object, object, Dict[str, object], object, object]] = {}
+        self._bound: Dict[Tuple[str, str], _Bound] = {}
         self._bind_lock = threading.Lock()
         for path in PATHS:
             for qc in classes:
@@ -178,13 +194,15 @@ class RequestMetrics:
     def _count_fold(self, label: str) -> None:
         self.labels_folded.labels(label).inc()
 
-    def _bind(self, path: str, qc: str) -> Tuple[object, object, Dict[str, object], object, object]:
+    def _bind(self, path: str, qc: str) -> _Bound:
         with self._bind_lock:
             bound = self._bound.get((path, qc))
             if bound is None:
                 outcomes = _LazyChildren(self.requests, (path, qc))
+                # When each duration bucket (the last is +Inf) last took an exemplar.
+                exemplar_times = [-math.inf] * (len(LATENCY_BUCKETS) + 1)
                 bound = (self.duration.labels(path, qc), self.quality.labels(path, qc), outcomes,
-                         self.within_target.labels(path, qc), self.useful.labels(path, qc))
+                         self.within_target.labels(path, qc), self.useful.labels(path, qc), exemplar_times)
                 self._bound[(path, qc)] = bound
             return bound
 
@@ -215,7 +233,7 @@ class RequestMetrics:
         bound = self._bound.get((path, query_class))
         if bound is None:
             bound = self._bind(path, query_class)
-        duration_child, quality_child, outcomes, within_child, useful_child = bound
+        duration_child, quality_child, outcomes, within_child, useful_child, exemplar_times = bound
         outcomes[outcome].inc()  # type: ignore[attr-defined]
         if outcome == "success":
             if duration_seconds is not None and duration_seconds <= self.latency_target_seconds:
@@ -226,7 +244,15 @@ class RequestMetrics:
                     useful_child.inc()  # type: ignore[attr-defined]
         if outcome != "cancelled" and duration_seconds is not None:
             if self.exemplars and request_id:
-                duration_child.observe(duration_seconds, {"request_id": request_id[:64]})  # type: ignore[attr-defined]
+                # The bucket prometheus_client will pick (the first bound >= the value);
+                # a racy update of its time only means two exemplars in one interval.
+                bucket = bisect_left(LATENCY_BUCKETS, duration_seconds)
+                now = time.monotonic()
+                if now - exemplar_times[bucket] >= self.exemplar_interval_seconds:
+                    exemplar_times[bucket] = now
+                    duration_child.observe(duration_seconds, {"request_id": request_id[:64]})  # type: ignore[attr-defined]
+                else:
+                    duration_child.observe(duration_seconds)  # type: ignore[attr-defined]
             else:
                 duration_child.observe(duration_seconds)  # type: ignore[attr-defined]
         if tokens_in or tokens_out or cost:

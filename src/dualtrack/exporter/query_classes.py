@@ -22,9 +22,8 @@ from ..config import OptimizationConfig
 #: Characters per token, a common rough estimate for English text.
 CHARS_PER_TOKEN = 4.0
 
+#: What adds 0.1 each to a query's complexity (``QueryClassifier.complexity`` writes them out).
 _MARKERS = ("```", "def ", "class ", "SELECT ", "\\frac", "prove", "step by step", "derive", "explain why")
-#: (marker, a character it contains that is rare in ordinary text, or None)
-_MARKER_SCAN = tuple((m, "`" if "`" in m else "\\" if "\\" in m else None) for m in _MARKERS)
 
 
 def estimate_tokens(query: str, context: Optional[Mapping[str, Any]] = None) -> int:
@@ -64,22 +63,27 @@ class QueryClassifier:
             if isinstance(given, (int, float)) and not isinstance(given, bool) and 0.0 <= given <= 1.0:
                 return float(given)
         tokens = estimate_tokens(query, context)
-        # Compare before dividing: a caller's estimated_tokens may be any int
-        # (10**400 / 4096.0 raises OverflowError).
-        score = 0.7 * (1.0 if tokens >= 2.0 * self._long else tokens / (2.0 * self._long))
+        # In thousandths, in integers: 0.7 for length (reached at twice the
+        # longest class boundary), 0.1 per marker, 0.1 for a multi-part
+        # question, at most 1.0. The length part is rounded half up from its
+        # exact value; n / 1000 is then the same float that round(x, 3) gives,
+        # at a fifth of its cost (round with digits formats the float).
+        # Compare before multiplying: a caller's estimated_tokens may be any int.
+        cap = 2 * self._long
+        score = 700 if tokens >= cap else (1400 * tokens + cap) // (2 * cap)
         if isinstance(query, str):
             head = query[:1000]  # the start of a query says enough; scanning more costs per request
-            # Hot path (every recommendation scans the query): a marker with a
-            # character that is rare in prose is only searched for when that
-            # character occurs (a one-character search is a memchr), and "more
-            # than one '?'" stops at the second one. Same result as counting.
-            found = 0
-            for marker, rare in _MARKER_SCAN:
-                if (rare is None or rare in head) and marker in head:
-                    found += 1
-            score += 0.1 * found
+            # Hot path (every recommendation scans the query), written out
+            # rather than looped over _MARKERS: a marker with a character that
+            # is rare in prose is only searched for when that character occurs
+            # (a one-character search is a memchr). Same result as counting.
+            found = (("`" in head and "```" in head) + ("def " in head) + ("class " in head)
+                     + ("SELECT " in head) + ("\\" in head and "\\frac" in head) + ("prove" in head)
+                     + ("step by step" in head) + ("derive" in head) + ("explain why" in head))
+            score += 100 * found
+            # "More than one '?'" stops at the second one.
             first = head.find("?")
             if first != -1 and head.find("?", first + 1) != -1:
-                score += 0.1
-        return round(min(1.0, score), 3)
+                score += 100
+        return (score if score < 1000 else 1000) / 1000
 
