@@ -87,5 +87,6 @@ def test_prometheus_mode_adapts_through_a_real_prometheus(tmp_path):
     prefs = summary["final_preferences"]
     assert summary["source"] == "prometheus"
     assert prefs["source"] == "prometheus" and prefs["sequence"] >= 3  # published by the adapter loop
-    assert prefs["routing"]["local_bias"] > 0.5  # the outage moved traffic to local
+    # the outage moved traffic to local
+    assert prefs["routing"]["local_bias"] > 0.5, [r.get("message") for r in prefs.get("reasons", [])]
     assert not summary["state"].adapter_notes, summary["state"].adapter_notes

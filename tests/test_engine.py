@@ -605,7 +605,7 @@ def _signal_values(state: Mapping[int, Optional[float]]) -> SignalValues:
 
 def _check_bounds(active: Strategy, previous_active: Strategy, new: Mapping[str, float],
                   old: Mapping[str, float], healthy: Mapping[str, Optional[bool]], where: str,
-                  top_objective: object = None) -> None:
+                  current: Mapping[str, bool]) -> None:
     for pref in PREFS:
         lo, hi = active.clamps[pref]
         step = active.max_step[pref]
@@ -618,12 +618,14 @@ def _check_bounds(active: Strategy, previous_active: Strategy, new: Mapping[str,
         # ... which is the previous value itself unless the strategy changed
         if active.name == previous_active.name:
             assert abs(value - old[pref]) <= step + EPS
-        # health gate (rule-only strategies; an objective weighs a failing track itself):
-        # an unhealthy track drives local_bias to the clamp edge, one step at a time
-        if pref == "local_bias" and active.objective is None and top_objective is None:
-            if healthy["local"] is not False and healthy["api"] is False:
+        # health gate: an unhealthy track drives local_bias to the clamp edge, one step at a
+        # time, unless an objective weighs it on this interval's calls (``current``)
+        if pref == "local_bias":
+            local_ok = healthy["local"] is not False or current["local"]
+            api_ok = healthy["api"] is not False or current["api"]
+            if local_ok and not api_ok:
                 assert value == pytest.approx(min(hi, anchor + step), abs=EPS)
-            elif healthy["api"] is not False and healthy["local"] is False:
+            elif api_ok and not local_ok:
                 assert value == pytest.approx(max(lo, anchor - step), abs=EPS)
 
 
@@ -669,12 +671,16 @@ def test_preferences_stay_in_clamps_and_move_at_most_max_step(
             event("unhealthy track")
         if any(r.rule not in ("mode_switch", "unhealthy_track", "track_recovered") for r in decision.reasons):
             event("a rule fired")
+        # An objective's estimates of a track are current with enough calls in the interval.
+        est = engine.estimator
+        current = {t: (active.objective or top.objective) is not None and est is not None
+                   and est.interval_calls[t] >= est.settings.min_calls for t in ("local", "api")}
         _check_bounds(active, previous_active, decision.routing, prev_routing, decision.healthy, "routing",
-                      top.objective)
+                      current)
         assert set(decision.query_classes) == set(CLASSES)
         for qc in CLASSES:
             _check_bounds(active, previous_active, decision.query_classes[qc], prev_classes[qc],
-                          decision.healthy, f"query_classes.{qc}", top.objective)
+                          decision.healthy, f"query_classes.{qc}", current)
         assert decision.routing == engine.routing
         t = active.timeouts
         for path, seconds in decision.timeouts_seconds.items():
@@ -688,3 +694,32 @@ def test_preferences_stay_in_clamps_and_move_at_most_max_step(
             assert decision.mode is None and active is top
         # determinism: a second engine fed the same inputs decides the same
         assert twin.evaluate(_signal_values(state), now=now) == decision
+
+
+def _interval_counts(track: str, qc: str, calls: float, success: float) -> Dict[str, float]:
+    labels = f'{{path="{track}",query_class="{qc}"}}'
+    ok = calls * success
+    return {f"interval_calls{labels}": calls, f"interval_successes{labels}": ok,
+            f"interval_within_target{labels}": ok, f"interval_useful{labels}": ok,
+            f"interval_quality_sum{labels}": 0.9 * ok, f"interval_quality_count{labels}": ok,
+            f"interval_latency_sum{labels}": calls * 1.0, f"interval_latency_count{labels}": calls}
+
+
+def test_an_objective_strategy_is_gated_on_a_failing_track_it_has_no_current_calls_for() -> None:
+    # The objective weighs a failing track from its interval counts. When the router steered
+    # away from the track at once (or the counts are missing), the track's estimates stay
+    # those of before the failure; the health condition, over the signal window, says it.
+    engine = RuleEngine(SHIPPED, "adaptive", query_classes=("short", "long"))
+    both = {**_interval_counts("local", "short", 40, 1.0), **_interval_counts("api", "short", 40, 1.0),
+            **_interval_counts("local", "long", 40, 1.0), **_interval_counts("api", "long", 40, 1.0),
+            **ALL_UP}
+    engine.evaluate(sv(both), now=0)
+    before = {qc: engine.class_prefs[qc]["local_bias"] for qc in ("short", "long")}
+    local_only = {**_interval_counts("local", "short", 40, 1.0), **_interval_counts("local", "long", 40, 1.0),
+                  **API_DOWN}
+    hi = SHIPPED["adaptive"].clamps["local_bias"][1]
+    step = SHIPPED["adaptive"].max_step["local_bias"]
+    d = engine.evaluate(sv(local_only), now=30)
+    assert d.healthy["api"] is False and "unhealthy_track" in d.fired
+    for qc in ("short", "long"):
+        assert d.query_classes[qc]["local_bias"] == pytest.approx(min(hi, before[qc] + step))

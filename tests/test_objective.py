@@ -200,6 +200,32 @@ def test_memory_against_local_load_says_where_the_limit_is() -> None:
     assert flat.memory_slots is None
 
 
+
+
+def test_memory_is_fitted_on_the_calls_counted_with_its_reading() -> None:
+    # A steady load (3 Erlangs every interval) says nothing about memory's slope, but the
+    # calls served at each reading vary: memory = 0.8 + 0.05 x calls puts the limit at 4.
+    counted = Estimator(("short",))
+    for k in (3, 1, 4, 2, 5, 0, 3):
+        counted.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)),
+                                gpu_memory_used_ratio=0.8 + 0.05 * k, memory_reading_local_calls=k), INTERVAL)
+    assert counted.memory_slots == pytest.approx(4.0, rel=1e-6)
+    # The same readings against the interval's mean load: no spread, no line.
+    mean_only = Estimator(("short",))
+    for k in (3, 1, 4, 2, 5, 0, 3):
+        mean_only.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)),
+                                  gpu_memory_used_ratio=0.8 + 0.05 * k), INTERVAL)
+    assert mean_only.memory_slots is None
+    # Without the paired count, the routers' count of now stands in.
+    now_count = Estimator(("short",))
+    for k in (3, 1, 4, 2, 5, 0, 3):
+        now_count.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)),
+                                  gpu_memory_used_ratio=0.8 + 0.05 * k, local_calls_in_flight=k), INTERVAL)
+    assert now_count.memory_slots == pytest.approx(4.0, rel=1e-6)
+    # That count also holds calls waiting for a slot, which hold no memory: capped at the slots.
+    now_count.slots = 4.0
+    assert now_count._busy_now(interval({}, local_calls_in_flight=9)) == 4.0
+    assert now_count._busy_now(interval({}, local_calls_in_flight=9, memory_reading_local_calls=2)) == 2
 # --------------------------------------------------------------------------- valuing a query
 
 

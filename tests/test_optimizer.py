@@ -120,6 +120,25 @@ def test_latency_is_measured_from_the_start_on_the_clock():
     assert record.timestamp == env.clock.time()
 
 
+def test_each_resource_reading_counts_the_local_calls_in_flight_with_it():
+    env = Env(monitor=True)
+    o = env.optimizer
+    assert env.monitor.load_probe is not None  # the optimizer gave its monitor the recorder's count
+    o.record_request_start("l1", "q", {"track": "local"})
+    o.record_request_start("l2", "q", {"track": "local"})
+    o.record_request_start("a1", "q", {"track": "api"})
+    assert env.monitor.sample_now().local_calls_in_flight == 2
+    assert env.get("dualtrack_resource_reading_local_calls") == 2
+    o.record_request_completion("l1", "local", {})
+    assert env.get("dualtrack_resource_reading_local_calls") == 2  # the count of the reading, not of now
+    assert env.monitor.sample_now().local_calls_in_flight == 1
+    # A probe that fails leaves the count absent; the reading itself goes on.
+    env.monitor.load_probe = lambda: 1 // 0
+    snap = env.monitor.sample_now()
+    assert snap.local_calls_in_flight is None and snap.process_memory_bytes is not None
+    assert env.get("dualtrack_resource_reading_local_calls") is None
+
+
 def test_the_window_record_has_every_field_right():
     gpus = [FakeGpu("G", utilization_percent=40, memory_used=1 * GIB, memory_total=8 * GIB)]
     env = Env(monitor=True, rss_mb=300, gpus=gpus)

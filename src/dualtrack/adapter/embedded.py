@@ -208,6 +208,8 @@ class EmbeddedSource:
             if gpu_used is not None:
                 values.set("gpu_memory_used_ratio", {}, gpu_used / (c.max_gpu_memory_mb * MB))
             values.set("gpu_utilization_ratio", {}, snap.gpu_utilization_ratio)
+            # getattr: a custom monitor's readings need not carry the count.
+            values.set("memory_reading_local_calls", {}, getattr(snap, "local_calls_in_flight", None))
             if snap.battery is not None:
                 values.set("battery_ratio", {}, snap.battery.ratio)
                 if snap.battery.power_plugged is not None:

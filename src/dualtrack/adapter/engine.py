@@ -408,11 +408,13 @@ class RuleEngine:
             prev = _clip(previous[pref], lo, hi)  # after a mode switch the old value may be outside
             # A NaN target (e.g. inf - inf from an overflowing scale action) keeps the previous value.
             value = prev if math.isnan(target[pref]) else _clip(target[pref], lo, hi)
-            # An objective already weighs a failing track (and the façade steers away from
-            # one at once): the health gate drains for the rule-only strategies.
-            if pref == "local_bias" and strat.objective is None and self.top.objective is None:
-                local_ok = self._healthy["local"] is not False
-                api_ok = self._healthy["api"] is not False
+            # The health gate drains a failing track. An objective weighs a failing track
+            # itself, once its interval counts show the failures; a track that got (almost)
+            # no calls in the interval (the router steered away from it at once, or the
+            # counts are missing) keeps its old estimates, so the gate drains it then too.
+            if pref == "local_bias":
+                local_ok = self._healthy["local"] is not False or self._estimates_current(strat, "local")
+                api_ok = self._healthy["api"] is not False or self._estimates_current(strat, "api")
                 if local_ok and not api_ok:
                     value = hi
                 elif api_ok and not local_ok:
@@ -420,6 +422,17 @@ class RuleEngine:
             step = strat.max_step[pref]
             out[pref] = _clip(value, prev - step, prev + step)
         return out
+
+    def _estimates_current(self, strat: Strategy, track: str) -> bool:
+        """True when an objective weighs ``track``'s failures itself: its estimates rest on this
+        interval's calls, or they already say it fails."""
+        est = self.estimator
+        if est is None or (strat.objective is None and self.top.objective is None):
+            return False  # rule-only: the health gate decides
+        if est.interval_calls.get(track, 0.0) >= est.settings.min_calls:
+            return True
+        rate = est.pooled(track).success_rate
+        return rate is not None and rate < 0.5
 
     def _timeouts(self, strat: Strategy, values: SignalValues) -> Dict[str, float]:
         t = strat.timeouts

@@ -21,7 +21,10 @@ offered when latency shows queueing, raised while the track keeps up and the
 traffic would use more. A slower model (thermal throttling) shows as a longer
 base service time at low load, not as less capacity. Memory against local
 load is fitted with a line, which says at how many busy slots memory reaches
-its limit.
+its limit. Each point pairs a memory reading with the local calls counted at
+the same moment (the resource monitor's load probe, exported as
+``dualtrack_resource_reading_local_calls``): against the interval's mean
+load, a steady load leaves the line without a slope.
 
 Where the local model server exports its own load (``local_server_*``
 signals: vLLM, llama.cpp, SGLang, TGI through ``local_server_rules.yml``, or
@@ -199,6 +202,9 @@ class Estimator:
         self.server_queue: Optional[float] = None  # requests waiting (server's gauge or calls in flight - slots)
         self.server_capacity: Optional[float] = None  # Erlangs the server was seen to carry without a queue
         self.server_full = False  # the last reading showed the server over what the plan explains
+        # Calls per track in the last interval: with fewer than ``min_calls`` the track's
+        # estimates are the old ones (decay keeps the rates of the evidence it has).
+        self.interval_calls: Dict[str, float] = {t: 0.0 for t in TRACKS}
 
     def tally(self, track: str, query_class: str) -> Tally:
         return self.tracks[track].tallies.get(query_class, Tally())
@@ -213,6 +219,7 @@ class Estimator:
         s = self.settings
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
+        self.interval_calls = {t: sum(fresh[t][c].calls for c in self.classes) for t in TRACKS}
         for c in self.classes:
             # Arrivals are news, not evidence to pool: a burst is the load of now. A failed
             # first try is followed by a fallback call: calls minus failures counts queries.
@@ -239,9 +246,31 @@ class Estimator:
         self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
         memory = max((v for v in (values.get("memory_used_ratio", {}), values.get("gpu_memory_used_ratio", {}))
                       if v is not None), default=None)
-        self._update_local_capacity(fresh["local"], interval_seconds, memory)
+        self._update_local_capacity(fresh["local"], interval_seconds, memory, self._busy_now(values))
         self._update_from_server(values)
         return events
+
+    def _busy_now(self, values: SignalValues) -> Optional[float]:
+        """Local calls being served at the moment of the memory reading, where a signal says it.
+
+        Memory is read at a moment, and at a moment it follows the calls being
+        served then, not the interval's mean load: regressed on the mean, a
+        steady load leaves the line without a slope (too little spread), while
+        the count of the moment varies call by call. Best is the count the
+        monitor took with the reading (``memory_reading_local_calls``); else
+        the server's running requests, else the routers' local calls in
+        flight, both read a little later than the memory. The routers' counts
+        also hold calls waiting for a slot, so they are capped at the slots.
+        """
+        mine = values.get("memory_reading_local_calls", {})
+        if mine is None:
+            running = values.get("local_server_running", {})
+            if running is not None:
+                return running
+            mine = values.get("local_calls_in_flight", {})
+        if mine is None:
+            return None
+        return min(mine, self.slots) if self.slots else mine
 
     def _update_from_server(self, values: SignalValues) -> None:
         """Fold in the local server's own load signals (nothing when it exports none)."""
@@ -406,7 +435,7 @@ class Estimator:
         self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
 
     def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
-                               memory: Optional[float]) -> None:
+                               memory: Optional[float], busy_now: Optional[float] = None) -> None:
         s = self.settings
         base = self.base_service
         offered = 0.0  # Erlangs at base service times
@@ -419,12 +448,14 @@ class Estimator:
                 base[c] = mean
             offered += t.latency_count * base[c] / interval_seconds
             in_system += t.latency_sum / interval_seconds
+        if memory is not None and busy_now is not None:
+            self._fit_memory(busy_now, memory)  # an idle track's reading is a point too (the intercept)
         if offered <= 0:
             return
         inflation = in_system / offered
         calls = sum(t.latency_count for t in fresh.values())
         self.local_wait = max(0.0, in_system - offered) * interval_seconds / calls if calls > 0 else 0.0
-        if memory is not None:
+        if memory is not None and busy_now is None:
             self._fit_memory(offered, memory)
         pooled = _pool(fresh.values())
         failed = 1.0 - (pooled.success_rate if pooled.success_rate is not None else 1.0)

@@ -229,6 +229,9 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
     _machine_signal("gpu_memory_used_ratio", "GPU memory used as a fraction of max_gpu_memory_mb.", "ratio",
                     "max(sum by (instance) (dualtrack_gpu_memory_used_bytes) "
                     "/ on (instance) max by (instance) (dualtrack_gpu_memory_limit_bytes))"),
+    _machine_signal("memory_reading_local_calls",
+                    "Local calls in flight when the memory gauges were read (pairs with them).", "requests",
+                    "sum(dualtrack_resource_reading_local_calls)"),
     _machine_signal("gpu_utilization_ratio", "Mean GPU utilisation (0..1).", "ratio",
                     "max(avg by (instance) (dualtrack_gpu_utilization_ratio))"),
     _machine_signal("battery_ratio", "Battery charge (0..1); no data without a battery.", "ratio",

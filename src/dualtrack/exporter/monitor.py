@@ -71,7 +71,7 @@ import re
 import threading
 import time
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -121,8 +121,12 @@ class ResourceMonitor:
         nvml: Any = None,
         registry: Optional[CollectorRegistry] = None,
         proc_root: str = "/proc",
+        load_probe: Optional[Callable[[], Optional[int]]] = None,
     ) -> None:
         self.config = config
+        #: Called at each reading for the router's local calls in flight (``local_calls_in_flight``);
+        #: the optimizer sets it to its recorder's count.
+        self.load_probe = load_probe
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self._ps = _default_module("psutil") if psutil_module is None else (psutil_module or None)
         nvml_module = _default_module("pynvml") if nvml is None else (nvml or None)
@@ -307,7 +311,18 @@ class ResourceMonitor:
             gpus=self._nvml.read() if self._nvml is not None else (),
             battery=self._read_battery(),
             temperatures=MappingProxyType(self._read_temperatures()),
+            local_calls_in_flight=self._read_load(),
         )
+
+    def _read_load(self) -> Optional[int]:
+        probe = self.load_probe
+        if probe is None:
+            return None
+        try:
+            return probe()
+        except Exception as err:  # the optimizer's count; never fails in practice, never breaks a reading
+            self._errors.log_once("load_probe", err, "reading the local calls in flight failed")
+            return None
 
     def _cpu_count(self) -> int:
         if self._ps is not None:

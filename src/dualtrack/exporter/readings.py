@@ -53,6 +53,10 @@ class ResourceSnapshot:
     gpus: Tuple[GpuReading, ...] = ()  # empty: no GPU / no driver
     battery: Optional[BatteryReading] = None  # None: no battery
     temperatures: Mapping[str, float] = field(default_factory=dict)  # sensor -> celsius
+    # The router's local model calls in flight at the moment of this reading (None: the
+    # monitor has no load probe). Memory follows the calls being served at a moment, so the
+    # estimator pairs each memory reading with the count taken with it, not a later one.
+    local_calls_in_flight: Optional[int] = None
 
     @property
     def gpu_memory_used_bytes(self) -> Optional[int]:

@@ -71,6 +71,10 @@ class _ResourceGauges:
         yield from gauge("dualtrack_process_memory_bytes",
                          "Resident memory of this process and the monitored pids.",
                          s.process_memory_bytes if s is not None else None)
+        yield from gauge("dualtrack_resource_reading_local_calls",
+                         "The router's local model calls in flight when these resource gauges were read "
+                         "(memory against local load is fitted on pairs of the same moment).",
+                         s.local_calls_in_flight if s is not None else None)
 
         gpu_families = (
             ("dualtrack_gpu_utilization_ratio", "GPU utilisation reported by NVML, 0..1.", "utilization_ratio"),

@@ -100,6 +100,7 @@ class DualTrackOptimizer:
         self.recorder = RequestRecorder(config, clock=self.clock, registry=self.registry, metrics=self.metrics,
                                         collector=self.collector, classifier=self.classifier,
                                         snapshot=self._snapshot)
+        self._probe_monitor()
 
         # The local model server's own load: the simulator's, or its /metrics scraped.
         self.local_server_scraper: Optional[LocalServerScraper] = None
@@ -137,6 +138,13 @@ class DualTrackOptimizer:
 
     def _local_in_flight(self) -> int:
         return self.recorder.calls_in_flight("local")
+
+    def _probe_monitor(self) -> None:
+        """A monitor that takes a load probe (``ResourceMonitor``, the simulator's machine) and has
+        none counts this optimizer's local calls in flight with each reading."""
+        monitor = self.resource_monitor
+        if monitor is not None and getattr(monitor, "load_probe", False) is None:
+            monitor.load_probe = self._local_in_flight  # type: ignore[attr-defined]
 
     def _snapshot(self) -> Optional[MachineUsage]:
         monitor = self.resource_monitor

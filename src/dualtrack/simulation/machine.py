@@ -22,7 +22,7 @@ What a reading holds:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..clock import Clock
 from ..config import ResourceConstraints
@@ -49,6 +49,8 @@ class SimulatedMachine:
         self._t = 0.0
         self._busy = local.busy_seconds
         self.samples = 0
+        #: Set by the optimizer, as on ``ResourceMonitor``: its local calls in flight, read with each sample.
+        self.load_probe: Optional[Callable[[], Optional[int]]] = None
 
     # -------------------------------------------------------------- ResourceMonitor interface
 
@@ -152,6 +154,7 @@ class SimulatedMachine:
             gpus=(gpu,),
             battery=reading,
             temperatures={"gpu": round(40.0 + 50.0 * heat, 2)},
+            local_calls_in_flight=self.load_probe() if self.load_probe is not None else None,
         )
         self._snapshot = snap
         self.samples += 1
