@@ -452,11 +452,11 @@ class Estimator:
             self._fit_memory(busy_now, memory)  # an idle track's reading is a point too (the intercept)
         if offered <= 0:
             return
+        if memory is not None and busy_now is None:
+            self._fit_memory(offered, memory)  # no count of the moment: the interval's mean load
         inflation = in_system / offered
         calls = sum(t.latency_count for t in fresh.values())
         self.local_wait = max(0.0, in_system - offered) * interval_seconds / calls if calls > 0 else 0.0
-        if memory is not None and busy_now is None:
-            self._fit_memory(offered, memory)
         pooled = _pool(fresh.values())
         failed = 1.0 - (pooled.success_rate if pooled.success_rate is not None else 1.0)
         usual = self._usual_local_failures

@@ -22,9 +22,6 @@ from ..config import OptimizationConfig
 #: Characters per token, a common rough estimate for English text.
 CHARS_PER_TOKEN = 4.0
 
-#: What adds 0.1 each to a query's complexity (``QueryClassifier.complexity`` writes them out).
-_MARKERS = ("```", "def ", "class ", "SELECT ", "\\frac", "prove", "step by step", "derive", "explain why")
-
 
 def estimate_tokens(query: str, context: Optional[Mapping[str, Any]] = None) -> int:
     """Estimated input tokens: ``context["estimated_tokens"]`` when given, else len/4."""
@@ -73,10 +70,11 @@ class QueryClassifier:
         score = 700 if tokens >= cap else (1400 * tokens + cap) // (2 * cap)
         if isinstance(query, str):
             head = query[:1000]  # the start of a query says enough; scanning more costs per request
-            # Hot path (every recommendation scans the query), written out
-            # rather than looped over _MARKERS: a marker with a character that
-            # is rare in prose is only searched for when that character occurs
-            # (a one-character search is a memchr). Same result as counting.
+            # 0.1 for each marker of code, maths or reasoning found. Hot path
+            # (every recommendation scans the query), so written out rather
+            # than looped over a tuple: a marker with a character that is rare
+            # in prose is only searched for when that character occurs (a
+            # one-character search is a memchr).
             found = (("`" in head and "```" in head) + ("def " in head) + ("class " in head)
                      + ("SELECT " in head) + ("\\" in head and "\\frac" in head) + ("prove" in head)
                      + ("step by step" in head) + ("derive" in head) + ("explain why" in head))
