@@ -187,6 +187,31 @@ def test_the_capacity_grows_while_local_keeps_up_and_the_split_wants_more() -> N
     assert est.capacity == before
 
 
+def test_the_inferred_slots_grow_while_local_keeps_up_near_them_and_the_split_wants_more() -> None:
+    # Slots inferred from waits are the fewest that explain them: a lower bound, which the
+    # split would otherwise never test (it plans below them, so the track never carries more).
+    s = EstimatorSettings()
+    est = Estimator(("short",), s)
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # base service 1 s
+    est.slots = 4.0  # (2 Erlangs carried without waiting already say at least 4)
+    est.wanted_load = 5.0
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # 2 Erlangs, no waiting
+    assert est.slots == pytest.approx(4.0 * s.capacity_growth)
+    grown = est.slots
+    est.wanted_load = 2.0  # the split wants no more than it got: nothing to try
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    assert est.slots == grown
+    est.wanted_load = 8.0
+    # Waiting again (x2 latency at 2.5 Erlangs): the slots come back down, they do not grow.
+    est.update(interval(steady(calls(75, latency=2.0), calls(10))), INTERVAL)
+    assert est.slots < grown
+    far = Estimator(("short",), s)
+    far.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    far.slots, far.wanted_load = 10.0, 20.0
+    far.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # 2 of 10 slots: no news about 10
+    assert far.slots == 10.0
+
+
 def test_memory_against_local_load_says_where_the_limit_is() -> None:
     # memory = 0.7 + 0.02 x load: the limit (1.0) is at 15 busy slots.
     est = Estimator(("short",))

@@ -18,8 +18,10 @@ The local track's latency also grows with its own load. The estimator keeps
 each class's base service time on local (its latency while the track is not
 congested) and a capacity budget in *Erlangs* (busy slots): cut to what was
 offered when latency shows queueing, raised while the track keeps up and the
-traffic would use more. A slower model (thermal throttling) shows as a longer
-base service time at low load, not as less capacity. Memory against local
+traffic would use more. The slots inferred from waits are raised the same
+way: the fewest slots that explain a wait are only a lower bound. A slower
+model (thermal throttling) shows as a longer base service time at low load,
+not as less capacity. Memory against local
 load is fitted with a line, which says at how many busy slots memory reaches
 its limit. Each point pairs a memory reading with the local calls counted at
 the same moment (the resource monitor's load probe, exported as
@@ -183,7 +185,8 @@ class Estimator:
         self.wanted_load: Optional[float] = None  # set by the optimizer: local load it would use uncapped
         # The local server's slots, inferred from the queueing it shows (Erlang C): the
         # fewest slots consistent with the calls seen waiting, and at least what was
-        # seen carried without waiting.
+        # seen carried without waiting; raised by steps while the track keeps up near
+        # them and the split wants more (a lower bound is otherwise never tested).
         self.slots: Optional[float] = None
         self._slots_seen_free = 0
         self.local_wait: float = 0.0  # seconds the last interval's local calls waited, on average
@@ -492,6 +495,11 @@ class Estimator:
             if self.capacity is not None and inflation < s.uncongested_inflation and wanted is not None \
                     and wanted > self.capacity and offered >= 0.8 * self.capacity:
                 self.capacity *= s.capacity_growth
+            # The slots inferred from waits are the fewest that explain them: a lower bound. While
+            # the track keeps up near the load they allow and the split wants more, try more.
+            if self.slots is not None and inflation < s.uncongested_inflation and wanted is not None \
+                    and wanted > 1.05 * offered and offered >= 0.5 * self.slots:
+                self.slots = min(512.0, self.slots * s.capacity_growth)
 
 
 def erlang_c(slots: int, load: float) -> float:
