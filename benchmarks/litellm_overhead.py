@@ -28,6 +28,14 @@ inside dualtrack's own hooks (the strategy's pick, the recorder's start and
 completion), measured with the thread CPU clock around each hook: dualtrack's
 own code, without what LiteLLM does for any callback.
 
+Last, a replay: one routed sync call's real hook arguments are captured and
+the three hooks (the strategy's pick, the recorder's start and completion)
+called directly, in a tight loop with fresh call ids. It measures dualtrack's
+own code without LiteLLM around it: steadier than the in-hook clock, whose
+figure also moves with what LiteLLM's code leaves in the caches (the hooks
+cost 2.5-3 times as much inside LiteLLM), so a change to dualtrack's request
+path shows here first.
+
 A sync call's success callbacks run on LiteLLM's logging threads after the
 call returns, so each dualtrack batch ends by waiting for its records
 (``drain``) inside the timed region. LiteLLM's callbacks are process-wide:
@@ -47,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import inspect
 import os
 import statistics
 import sys
@@ -241,6 +250,67 @@ def measure(variants: Variants, rounds: int, batch: int) -> Dict[str, Dict[str, 
     return samples
 
 
+REPLAYED = ((DualTrackStrategy, "get_available_deployment"), (DualTrackRecorder, "log_pre_api_call"),
+            (DualTrackRecorder, "log_success_event"))
+
+
+def replay(folder: str, calls: int, repeats: int = 5) -> Dict[str, Any]:
+    """dualtrack's three hooks of one routed sync call, replayed on its real arguments: us per call."""
+    hooks = {name: inspect.unwrap(getattr(cls, name)) for cls, name in REPLAYED}  # without HookClock's timing
+    captured: Dict[str, Dict[str, Any]] = {}
+    saved = [(cls, name, cls.__dict__[name]) for cls, name in REPLAYED]
+
+    def capturing(name: str) -> Any:
+        def hook(self: Any, **kwargs: Any) -> Any:
+            captured.setdefault(name, kwargs)
+            return hooks[name](self, **kwargs)
+        return hook
+
+    router = Router(model_list=MODEL_LIST)
+    handle = instrument(router, make_optimizer(folder))
+    try:
+        for cls, name in REPLAYED:
+            setattr(cls, name, capturing(name))
+        try:
+            router.completion(model="chat", messages=MESSAGES)
+            if not handle.drain(30):
+                raise RuntimeError("the captured call was never recorded")
+        finally:
+            for cls, name, method in saved:
+                setattr(cls, name, method)
+        if set(captured) != set(hooks):
+            raise RuntimeError(f"LiteLLM called {sorted(captured)} of dualtrack's hooks, not all three; "
+                               "does it still pass them keyword arguments?")
+        pick, start, done = (captured[name] for _, name in REPLAYED)
+        request = pick["request_kwargs"]
+        started, finished = start["kwargs"], done["kwargs"]
+        strategy, recorder = handle.hook, handle.recorder
+        get, pre, success = (hooks[name] for _, name in REPLAYED)
+
+        def run(first: int, n: int) -> None:
+            for i in range(first, first + n):
+                trace, call = f"replay-trace-{i}", f"replay-call-{i}"
+                request["litellm_trace_id"] = trace
+                request.pop("timeout", None)
+                get(strategy, **pick)
+                started["litellm_call_id"] = finished["litellm_call_id"] = call
+                started["litellm_trace_id"] = finished["litellm_trace_id"] = trace
+                pre(recorder, **start)
+                success(recorder, **done)
+
+        run(0, min(calls, 2000))  # warm-up
+        per_call = []
+        for r in range(repeats):
+            t0 = time.perf_counter_ns()
+            run(10_000 + r * calls, calls)
+            per_call.append((time.perf_counter_ns() - t0) / calls / 1000.0)
+        recorded = recorder.in_flight() == 0
+    finally:
+        handle.close()
+    return {"us_per_call_median": statistics.median(per_call), "us_per_call": per_call, "calls": calls,
+            "repeats": repeats, "all_recorded": recorded}
+
+
 def paired(a: List[float], b: List[float]) -> Dict[str, float]:
     """Median and p10/p90 of the per-round differences a - b."""
     diffs = sorted(x - y for x, y in zip(a, b, strict=True))
@@ -293,14 +363,21 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--mode", choices=("sync", "async", "both"), default="both",
                         help="Router.completion, await Router.acompletion, or both (default)")
     parser.add_argument("--quick", action="store_true", help="a few seconds, rough numbers (a smoke test)")
+    parser.add_argument("--replay-calls", type=int, metavar="N",
+                        help="calls per repeat of the replay of dualtrack's hooks (default 20000; --quick 1000; "
+                             "0: no replay)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     args = parser.parse_args(list(argv))
     if args.rounds is None:
         args.rounds = 8 if args.quick else 200
     if args.batch is None:
         args.batch = 20 if args.quick else 40
+    if args.replay_calls is None:
+        args.replay_calls = 1000 if args.quick else 20000
     if args.rounds <= 0 or args.batch <= 0:
         parser.error("--rounds and --batch must be positive")
+    if args.replay_calls < 0:
+        parser.error("--replay-calls must be 0 or more")
 
     machine = announce("dualtrack inside LiteLLM: overhead per Router call")
     machine["litellm"] = version("litellm")
@@ -321,6 +398,12 @@ def main(argv: Sequence[str] = ()) -> int:
             figures = report(mode, samples, hook_us)
             figures["dualtrack_recorded_calls"] = recorded
             results["timing"][mode] = figures
+        if args.replay_calls:
+            replayed = replay(os.path.join(folder, "replay"), args.replay_calls)
+            results["replay"] = replayed
+            print(f"\ndualtrack's hooks replayed on one routed call's real arguments (pick, start, completion; "
+                  f"no LiteLLM around them): {replayed['us_per_call_median']:,.1f} us per call "
+                  f"(median of {replayed['repeats']} x {replayed['calls']:,} calls)")
     if args.json:
         write_json(args.json, results)
     return 0

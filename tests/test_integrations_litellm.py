@@ -635,7 +635,7 @@ def test_the_overhead_benchmark_runs(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "figures.json"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "litellm_overhead.py"), "--quick", "--mode",
-                           "sync", "--rounds", "2", "--batch", "5", "--json", str(out)],
+                           "sync", "--rounds", "2", "--batch", "5", "--replay-calls", "50", "--json", str(out)],
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -645,6 +645,11 @@ def test_the_overhead_benchmark_runs(tmp_path: Path) -> None:
     sync = figures["timing"]["sync"]
     assert set(sync["wall"]["median_us"]) == {"bare", "router", "noop_logger", "dualtrack", "dualtrack_record_only"}
     assert sync["dualtrack_recorded_calls"] > 0 and sync["hook_cpu_us"]["dualtrack"] > 0
+    # The replay of the three hooks on a captured call: every replayed call started and recorded.
+    replayed = figures["replay"]
+    assert replayed["calls"] == 50 and len(replayed["us_per_call"]) == replayed["repeats"] == 5
+    assert replayed["all_recorded"] and replayed["us_per_call_median"] > 0
+    assert "replayed on one routed call's real arguments" in proc.stdout
 
 
 # --------------------------------------------------------------------------- without the extra
