@@ -250,8 +250,8 @@ def measure(variants: Variants, rounds: int, batch: int) -> Dict[str, Dict[str, 
     return samples
 
 
-REPLAYED = ((DualTrackStrategy, "get_available_deployment"), (DualTrackRecorder, "log_pre_api_call"),
-            (DualTrackRecorder, "log_success_event"))
+# A sync call's hooks, in the order LiteLLM calls them: the pick, the start, the completion.
+REPLAYED = tuple((cls, name) for cls, name in HOOKS if not name.startswith("async_"))
 
 
 def replay(folder: str, calls: int, repeats: int = 5) -> Dict[str, Any]:

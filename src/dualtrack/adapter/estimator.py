@@ -21,10 +21,10 @@ offered when latency shows queueing, raised while the track keeps up and the
 traffic would use more. The slots inferred from waits are raised the same
 way: the fewest slots that explain a wait are only a lower bound. A slower
 model (thermal throttling) shows as a longer base service time at low load,
-not as less capacity. Memory against local
-load is fitted with a line, which says at how many busy slots memory reaches
-its limit. Each point pairs a memory reading with the local calls counted at
-the same moment (the resource monitor's load probe, exported as
+not as less capacity. Memory against local load is fitted with a line,
+which says at how many busy slots memory reaches its limit. Each point
+pairs a memory reading with the local calls counted at the same moment (the
+resource monitor's load probe, exported as
 ``dualtrack_resource_reading_local_calls``): against the interval's mean
 load, a steady load leaves the line without a slope.
 
@@ -492,14 +492,13 @@ class Estimator:
                     if t.mean_latency is not None and t.latency_count >= 1:
                         base[c] += rate * (t.mean_latency - base[c])
             wanted = self.wanted_load
-            if self.capacity is not None and inflation < s.uncongested_inflation and wanted is not None \
-                    and wanted > self.capacity and offered >= 0.8 * self.capacity:
-                self.capacity *= s.capacity_growth
-            # The slots inferred from waits are the fewest that explain them: a lower bound. While
-            # the track keeps up near the load they allow and the split wants more, try more.
-            if self.slots is not None and inflation < s.uncongested_inflation and wanted is not None \
-                    and wanted > 1.05 * offered and offered >= 0.5 * self.slots:
-                self.slots = min(512.0, self.slots * s.capacity_growth)
+            if inflation < s.uncongested_inflation and wanted is not None:  # keeping up; more is wanted?
+                if self.capacity is not None and wanted > self.capacity and offered >= 0.8 * self.capacity:
+                    self.capacity *= s.capacity_growth
+                # The slots inferred from waits are the fewest that explain them: a lower bound.
+                # Near the load they allow, with the split wanting more, try more.
+                if self.slots is not None and wanted > 1.05 * offered and offered >= 0.5 * self.slots:
+                    self.slots = min(512.0, self.slots * s.capacity_growth)
 
 
 def erlang_c(slots: int, load: float) -> float:
