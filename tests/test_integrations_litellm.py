@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -218,6 +219,27 @@ def test_a_deployment_added_at_run_time_is_routed_and_recorded(setup: Setup) -> 
     assert answer(router.completion(model="chat", messages=MESSAGES)) == "api answer"  # now dual-track
     setup.drain()
     assert (setup.calls("local"), setup.calls("api")) == (1, 1)
+
+
+def test_drain_waits_for_a_record_being_written(setup: Setup) -> None:
+    # A sync call's completion is recorded on a LiteLLM logging thread: the call leaves the
+    # in-flight table first, then its record is written. drain() must wait for the record,
+    # not only for the table (it once returned in between, and a count read right after missed it).
+    router = Router(model_list=chat_group())
+    setup.instrument(router)
+    writing = threading.Event()
+    recorded = setup.optimizer.record_request_completion
+
+    def slow(*args: Any) -> None:
+        writing.set()
+        time.sleep(0.3)  # a record written on a busy machine
+        recorded(*args)
+
+    setup.optimizer.record_request_completion = slow  # type: ignore[method-assign]
+    assert answer(router.completion(model="chat", messages=MESSAGES)) == "local answer"
+    setup.drain()
+    assert writing.is_set()
+    assert setup.calls("local") == 1
 
 
 def test_parallel_in_the_routing_hook_takes_one_track_and_is_counted(setup: Setup) -> None:

@@ -189,6 +189,7 @@ class DualTrackRecorder(CustomLogger):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._drainers = 0
+        self._recording = 0  # calls taken out of the table whose record is not written yet
         self._once = OnceLogger(log, limit=65)
         self._ttft: Dict[Tuple[str, str], Any] = {}
         self.failures = 0  # failed calls recorded so far (the routing strategy's cooldown cache reads it)
@@ -299,17 +300,26 @@ class DualTrackRecorder(CustomLogger):
         call = self._pop(call_id)
         params = as_mapping(kwargs.get("litellm_params"))
         metadata = as_mapping(params.get("metadata"))
-        if call is None:
-            with self._lock:
-                if call_id in self._recent_set:
-                    return  # already recorded: a second event for the same call
-                self._remember(call_id)
-            track = self._track_of(kwargs, params, metadata)
-            if track is None:
-                return
-            call = self._new_call(kwargs, metadata, track, None)
-            self.optimizer.record_request_start(call_id, call.text, call.context)
-            self._count_attempt(metadata, track)
+        if call is not None:
+            try:
+                self._record(call_id, call, kwargs, metadata, response, start_time, end_time, exc)
+            finally:
+                self._recorded()
+            return
+        with self._lock:
+            if call_id in self._recent_set:
+                return  # already recorded: a second event for the same call
+            self._remember(call_id)
+        track = self._track_of(kwargs, params, metadata)
+        if track is None:
+            return
+        call = self._new_call(kwargs, metadata, track, None)
+        self.optimizer.record_request_start(call_id, call.text, call.context)
+        self._count_attempt(metadata, track)
+        self._record(call_id, call, kwargs, metadata, response, start_time, end_time, exc)
+
+    def _record(self, call_id: str, call: _Call, kwargs: Mapping[str, Any], metadata: Mapping[str, Any],
+                response: Any, start_time: Any, end_time: Any, exc: Any) -> None:
         slo = as_mapping(kwargs.get("standard_logging_object"))
         seconds = _seconds(start_time, end_time)
         if seconds is None:
@@ -391,8 +401,7 @@ class DualTrackRecorder(CustomLogger):
             call = self._calls.pop(call_id, None) if call_id is not None else None
             if call_id is not None and call is not None:
                 self._remember(call_id)
-                if self._drainers and not self._calls:
-                    self._cond.notify_all()
+                self._recording += 1
         if call_id is None or call is None:
             return
         result: Dict[str, Any] = {"outcome": outcome}
@@ -402,6 +411,8 @@ class DualTrackRecorder(CustomLogger):
             self.optimizer.record_request_completion(call_id, call.track, result, False, outcome)
         except Exception as err:
             self.warn_once("abandon", err)
+        finally:
+            self._recorded()
 
     def _pop(self, call_id: str) -> Optional[_Call]:
         with self._lock:
@@ -410,9 +421,16 @@ class DualTrackRecorder(CustomLogger):
                 if call.leg is not None and self._legs.get(call.leg) == call_id:
                     del self._legs[call.leg]
                 self._remember(call_id)
-                if self._drainers and not self._calls:  # drain() waits for an empty table, nothing less
-                    self._cond.notify_all()
+                self._recording += 1  # out of the table, not yet recorded: drain() waits for it
             return call
+
+    def _recorded(self) -> None:
+        """A call taken out of the table has been recorded (or failed to be): wake drain()
+        once nothing is left, neither in flight nor being recorded."""
+        with self._lock:
+            self._recording -= 1
+            if self._drainers and not self._calls and not self._recording:
+                self._cond.notify_all()
 
     def _remember(self, call_id: str) -> None:
         if len(self._recent) == self._recent.maxlen:
@@ -429,14 +447,14 @@ class DualTrackRecorder(CustomLogger):
         with self._cond:
             self._drainers += 1
             try:
-                return self._cond.wait_for(lambda: not self._calls, timeout)
+                return self._cond.wait_for(lambda: not self._calls and not self._recording, timeout)
             finally:
                 self._drainers -= 1
 
     async def adrain(self, timeout: Optional[float] = None) -> bool:
         """:meth:`drain` for a running event loop: LiteLLM records async calls from tasks on that loop."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._calls:
+        while self._calls or self._recording:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.005)
