@@ -136,6 +136,12 @@ class Simulation:
     ``None``: off) hedges slow single-track calls as the router does; the
     summary then counts ``hedges`` by outcome (fired, won, wasted, throttled).
 
+    ``routing_seed`` (default ``None``) reseeds only the router's own draws
+    (which track a query of a split class takes): the same queries and the
+    same model behaviour, another roll of the routing dice. Runs that differ
+    only in it measure how much of a figure is chance
+    (``benchmarks/adaptation_noise.py``).
+
     ``run()`` runs to the end and returns a :class:`SimulationResult`;
     ``run_until(t)`` advances to simulation time ``t`` (seconds from the
     start) and may be called repeatedly, e.g. paced against the wall clock.
@@ -149,7 +155,7 @@ class Simulation:
                  objective: Objective = OBJECTIVE, measure_reactions: bool = False,
                  config_changes: Optional[Dict[str, Any]] = None, record_metrics: bool = True,
                  tape: Optional[QueryTape] = None, server_signals: bool = False,
-                 hedge: Optional[HedgePolicy] = None) -> None:
+                 hedge: Optional[HedgePolicy] = None, routing_seed: Optional[int] = None) -> None:
         if hedge is not None and not isinstance(hedge, HedgePolicy):
             raise ValueError(f"hedge: expected a HedgePolicy or None, got {hedge!r}")
         self.scenario = scenario
@@ -182,7 +188,9 @@ class Simulation:
             register_resource_gauges(registry, self.machine)
         self.machine.start_monitoring()
         self.machine.sample(0.0)
-        route_rng = random.Random(f"dualtrack-sim:{self.seed}:routing")
+        self.routing_seed = routing_seed
+        route_rng = random.Random(f"dualtrack-sim:{self.seed}:routing" if routing_seed is None
+                                  else f"dualtrack-sim:{self.seed}:routing:{int(routing_seed)}")
         self.planner: Planner
         self._exploration_floor = 0.0  # the strategy planner's: the least share each track keeps
         if self.adaptive:
@@ -676,7 +684,7 @@ class Simulation:
             twin = Simulation(self.scenario.with_timeline(timeline[:i]), self.policy, seed=self.seed,
                               strategies=self.optimizer.adaptive.strategies if self.optimizer.adaptive else None,
                               objective=self.objective, server_signals=self.server_metrics is not None,
-                              hedge=self.hedge)
+                              hedge=self.hedge, routing_seed=self.routing_seed)
             twin.run_until(horizon)
             actual = [r for r in self.series if event.at < r["t"] <= horizon]
             other = [r for r in twin.series if event.at < r["t"] <= horizon]

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""How much of an adaptation figure is chance: the same code, the same queries, other routing dice.
+
+    python benchmarks/adaptation_noise.py --random 20 --seed 1 --seed 3 --repeats 4 --jobs 2
+    python benchmarks/adaptation_noise.py --random 2 --repeats 2 --quick        # a smoke run
+    python benchmarks/adaptation_noise.py ... --json out.json
+
+A split sends each query of a class to local or the API by a draw; the
+simulator seeds those draws from the scenario's seed. Every scenario drawn
+by the generator (``--random N`` per ``--seed``, as ``dualtrack bench
+adaptation --random``) is run ``--repeats`` times with one policy (default
+``strategy:adaptive``): the first run with the bench's own routing draws,
+the others with ``Simulation(routing_seed=k)``: the same queries, the same
+model behaviour, the same code, only the router's coin flips differ. Every
+difference between the runs is chance.
+
+It prints, per scenario, the objective's mean over the runs, its spread
+(sample standard deviation) and range; then for the suite:
+
+- the typical spread of one scenario's `J` (median and largest, as % of `J`);
+- the suite mean of each run, and their standard deviation: how much the
+  suite's mean `J` moves from chance alone;
+- the smallest change of a suite mean that chance leaves visible: two runs
+  of two codes differ by their own chance too, so about
+  ``2 x sqrt(2) x`` that standard deviation (a 95% band);
+- the same for the share of scenarios whose `J` moves by more than 1%.
+
+Read a comparison of two versions of the adaptation against these: a
+difference inside the band is not a difference.
+
+``--hindsight`` also measures the benchmark's ``perclass_hindsight``
+against chance. The bench searches the best split on one draw of the
+routing dice and reports the best score it saw: the maximum of many noisy
+scores is biased upward (the winner's curse). Here the split is searched
+the bench's way, then run again on the ``--repeats - 1`` other draws; the
+difference is the selection bias, and the adaptive policy's mean over its
+draws is compared with the split's mean over the fresh draws (both
+unbiased) as well as the bench's way (one draw each, the search's own
+score).
+
+A run takes about a second on one core (a hindsight search 10-30 s);
+``--jobs`` runs them in parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import _common
+
+from dualtrack.adapter.strategy import load_strategies
+from dualtrack.bench.adaptation import QUICK_TIME_SCALE
+from dualtrack.bundled import bundled_dir
+from dualtrack.simulation import Simulation
+from dualtrack.simulation.generator import generate_scenario
+from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform_split
+from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, perclass_policy
+
+# (seed, index, routing seed or None, policy or HINDSIGHT, rules, quick, repeats)
+Job = Tuple[int, int, Optional[int], str, Optional[str], bool, int]
+HINDSIGHT = "perclass_hindsight"
+
+
+def _scenario(seed: int, index: int, quick: bool) -> Any:
+    scenario = generate_scenario(seed, index)
+    return scenario.time_scaled(QUICK_TIME_SCALE) if quick else scenario
+
+
+def _run(job: Job) -> Tuple[int, int, Optional[int], str, List[float]]:
+    """One policy run (its J), or a hindsight search (the search's J, then the split's J on each other draw)."""
+    seed, index, routing_seed, policy, rules, quick, repeats = job
+    scenario = _scenario(seed, index, quick)
+    if policy == HINDSIGHT:
+        evaluator = SplitEvaluator(scenario)
+        found = search_split(evaluator, include=[uniform_split(evaluator.classes, STATIC_SHARES[name])
+                                                 for name in STATIC_POLICIES])
+        fresh = [Simulation(scenario, perclass_policy(found.split), record_metrics=False, tape=evaluator.tape,
+                            routing_seed=r).run().summary["objective"] for r in range(1, repeats)]
+        return seed, index, None, policy, [float(found.objective), *map(float, fresh)]
+    strategies = load_strategies(rules or bundled_dir("rules")) if policy.startswith("strategy:") else None
+    result = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed).run()
+    return seed, index, routing_seed, policy, [float(result.summary["objective"])]
+
+
+def _sd(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(objectives: Dict[Tuple[int, int], List[float]]) -> Dict[str, Any]:
+    """The figures of a noise run: ``objectives`` maps (seed, index) to J per repeat, in repeat order."""
+    keys = sorted(objectives)
+    repeats = min(len(v) for v in objectives.values())
+    spreads = [_sd(objectives[k]) / statistics.mean(objectives[k]) * 100 for k in keys]
+    suite_means = [statistics.mean(objectives[k][r] for k in keys) for r in range(repeats)]
+    # Scenarios whose J moves by more than 1% from the first run (the bench's own draws).
+    moved = [sum(1 for k in keys if abs(objectives[k][r] / objectives[k][0] - 1.0) > 0.01) / len(keys) * 100
+             for r in range(1, repeats)]
+    suite_sd = _sd(suite_means)
+    mean_j = statistics.mean(suite_means)
+    return {
+        "scenarios": len(keys),
+        "repeats": repeats,
+        "scenario_spread_percent": {"median": statistics.median(spreads), "max": max(spreads)},
+        "suite_means": suite_means,
+        "suite_mean_sd": suite_sd,
+        "suite_mean_sd_percent": suite_sd / mean_j * 100 if mean_j else 0.0,
+        "detectable_change_percent": 2.0 * math.sqrt(2.0) * suite_sd / mean_j * 100 if mean_j else 0.0,
+        "moved_over_1_percent": moved,
+    }
+
+
+def hindsight_figures(objectives: Dict[Tuple[int, int], List[float]],
+                      hindsight: Dict[Tuple[int, int], List[float]]) -> Dict[str, Any]:
+    """The hindsight split's selection bias, and the policy's gap to it the bench's way and unbiased.
+
+    ``hindsight`` maps (seed, index) to [the search's J, the split's J on each other draw]."""
+    keys = sorted(hindsight)
+    bias = [(statistics.mean(hindsight[k][1:]) / hindsight[k][0] - 1.0) * 100 for k in keys]
+    bench = [(objectives[k][0] / hindsight[k][0] - 1.0) * 100 for k in keys]
+    fair = [(statistics.mean(objectives[k]) / statistics.mean(hindsight[k][1:]) - 1.0) * 100 for k in keys]
+    return {
+        "selection_bias_percent": {"mean": statistics.mean(bias), "median": statistics.median(bias),
+                                   "min": min(bias), "max": max(bias)},
+        "gap_bench_percent": {"mean": statistics.mean(bench), "median": statistics.median(bench),
+                              "at_least": sum(1 for g in bench if g >= 0)},
+        "gap_unbiased_percent": {"mean": statistics.mean(fair), "median": statistics.median(fair),
+                                 "at_least": sum(1 for g in fair if g >= 0)},
+        "within_0_2_percent": sum(1 for g in bench if abs(g) < 0.2),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="How much of an adaptation figure is chance: each drawn scenario run several times "
+                    "with the same queries and other routing draws.")
+    parser.add_argument("--random", type=int, default=20, metavar="N", help="scenarios drawn per seed (default 20)")
+    parser.add_argument("--seed", type=int, action="append", metavar="S",
+                        help="generator seed; repeat for several (default 1)")
+    parser.add_argument("--repeats", type=int, default=4, metavar="R",
+                        help="runs per scenario, the bench's own draws first (default 4, at least 2)")
+    parser.add_argument("--policy", default="strategy:adaptive", help="the policy to run (default strategy:adaptive)")
+    parser.add_argument("--rules", default=None, help="strategy rules folder (default: the bundled rules)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"scenarios at {QUICK_TIME_SCALE:g}x their length (a smoke run, not figures)")
+    parser.add_argument("--hindsight", action="store_true",
+                        help="also search perclass_hindsight the bench's way and rerun its split on the other "
+                             "draws: its selection bias, and the gap to it unbiased")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.random < 1 or args.repeats < 2 or args.jobs < 1:
+        parser.error("--random and --jobs must be at least 1, --repeats at least 2")
+    seeds = args.seed or [1]
+    info = _common.announce(f"adaptation noise: {args.policy}, {args.random} scenarios x seeds "
+                            f"{', '.join(map(str, seeds))}, {args.repeats} routing draws each")
+    jobs: List[Job] = [(s, i, None, HINDSIGHT, None, args.quick, args.repeats)
+                       for s in seeds for i in range(args.random) if args.hindsight]
+    jobs += [(s, i, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats)
+             for s in seeds for i in range(args.random) for r in range(args.repeats)]
+    started = time.perf_counter()
+    objectives: Dict[Tuple[int, int], List[float]] = {}
+    hindsight: Dict[Tuple[int, int], List[float]] = {}
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for seed, index, _, policy, values in pool.map(_run, jobs):  # in job order: repeats in order
+            if policy == HINDSIGHT:
+                hindsight[(seed, index)] = values
+            else:
+                objectives.setdefault((seed, index), []).extend(values)
+    figures = summarize(objectives)
+    if hindsight:
+        figures["hindsight"] = hindsight_figures(objectives, hindsight)
+    print(f"\n{'scenario':16s} {'mean J':>8s} {'sd':>8s} {'sd %':>6s} {'min':>8s} {'max':>8s}")
+    for (seed, index), values in sorted(objectives.items()):
+        mean = statistics.mean(values)
+        print(f"random_{seed}_{index:03d}     {mean:8.4f} {_sd(values):8.4f} {_sd(values) / mean * 100:6.2f} "
+              f"{min(values):8.4f} {max(values):8.4f}")
+    spread = figures["scenario_spread_percent"]
+    print(f"\none scenario's J, spread from routing draws alone: median {spread['median']:.2f}%, "
+          f"largest {spread['max']:.2f}%")
+    print("suite mean J per run: " + ", ".join(f"{m:.4f}" for m in figures["suite_means"]) +
+          f"; sd {figures['suite_mean_sd']:.4f} ({figures['suite_mean_sd_percent']:.2f}% of J)")
+    print(f"a change of the suite mean J smaller than about {figures['detectable_change_percent']:.2f}% "
+          f"is inside chance (2 x sqrt 2 x sd)")
+    print("scenarios whose J moved by more than 1% from the first run: " +
+          ", ".join(f"{m:.0f}%" for m in figures["moved_over_1_percent"]))
+    if hindsight:
+        h = figures["hindsight"]
+        b, g, u = h["selection_bias_percent"], h["gap_bench_percent"], h["gap_unbiased_percent"]
+        n = len(hindsight)
+        print(f"\nperclass_hindsight on the other draws against its search score (selection bias): "
+              f"mean {b['mean']:+.3f}%, median {b['median']:+.3f}%, from {b['min']:+.3f}% to {b['max']:+.3f}%")
+        print(f"{args.policy} against perclass_hindsight, the bench's way (one draw, the search's score): "
+              f"mean {g['mean']:+.3f}%, median {g['median']:+.3f}%, at least it in {g['at_least']} of {n}")
+        print(f"the same unbiased (means over the draws; the split on fresh draws): mean {u['mean']:+.3f}%, "
+              f"median {u['median']:+.3f}%, at least it in {u['at_least']} of {n}")
+        print(f"scenarios within 0.2% of it the bench's way (a verdict chance can flip): "
+              f"{h['within_0_2_percent']} of {n}")
+    print(f"({len(jobs)} runs in {time.perf_counter() - started:.0f} s with {args.jobs} jobs)")
+    if args.json:
+        _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds,
+                                       "random": args.random, "quick": args.quick,
+                                       "objectives": {f"random_{s}_{i:03d}": v for (s, i), v in
+                                                      sorted(objectives.items())},
+                                       "hindsight_objectives": {f"random_{s}_{i:03d}": v for (s, i), v in
+                                                                sorted(hindsight.items())},
+                                       **figures})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Smoke test of the adaptation-noise benchmark: every scenario run with each routing draw, and
+the suite figures computed from them. The figures themselves are chance: never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_adaptation_noise_quick_runs_each_scenario_with_each_draw(tmp_path: Path) -> None:
+    out = tmp_path / "noise.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--random", "2",
+                           "--repeats", "2", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    assert sorted(figures["objectives"]) == ["random_1_000", "random_1_001"]
+    runs = figures["objectives"].values()
+    assert all(len(v) == 2 and all(0.0 < j <= 1.0 for j in v) for v in runs)
+    means = [sum(v[r] for v in runs) / 2 for r in range(2)]
+    assert figures["suite_means"] == pytest.approx(means)
+    assert figures["detectable_change_percent"] >= 0.0
+    assert "is inside chance" in proc.stdout
+
+
+def test_adaptation_noise_hindsight_reruns_the_searched_split_on_the_other_draws(tmp_path: Path) -> None:
+    out = tmp_path / "noise.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--random", "1",
+                           "--repeats", "2", "--quick", "--hindsight", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    searched, fresh = figures["hindsight_objectives"]["random_1_000"]
+    adaptive = figures["objectives"]["random_1_000"]
+    h = figures["hindsight"]
+    assert h["selection_bias_percent"]["mean"] == pytest.approx((fresh / searched - 1) * 100)
+    assert h["gap_bench_percent"]["mean"] == pytest.approx((adaptive[0] / searched - 1) * 100)
+    assert h["gap_unbiased_percent"]["mean"] == pytest.approx((sum(adaptive) / 2 / fresh - 1) * 100)
+    assert "selection bias" in proc.stdout
+
+
+def test_adaptation_noise_rejects_a_single_repeat() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--repeats", "1"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "--repeats at least 2" in proc.stderr
