@@ -38,6 +38,14 @@ draws is compared with the split's mean over the fresh draws (both
 unbiased) as well as the bench's way (one draw each, the search's own
 score).
 
+``--baseline FILE`` compares this run with an earlier one of the same
+scenarios and repeats (its ``--json``; another ``--rules`` folder, or the
+code of another revision on ``PYTHONPATH``): per scenario the difference
+of the mean `J` over the draws, and for the suite the mean difference with
+its standard error from the draws' own spread (the scenarios are the same,
+so only the dice differ). A difference within two standard errors is
+chance.
+
 A run takes about a second on one core (a hindsight search 10-30 s);
 ``--jobs`` runs them in parallel.
 """
@@ -45,12 +53,13 @@ A run takes about a second on one core (a hindsight search 10-30 s);
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import _common
 
@@ -135,6 +144,30 @@ def hindsight_figures(objectives: Dict[Tuple[int, int], List[float]],
     }
 
 
+def compare(objectives: Dict[Tuple[int, int], List[float]], baseline: Mapping[str, Any]) -> Dict[str, Any]:
+    """This run against ``baseline`` (an earlier run's JSON): the paired difference of mean J, in % of J."""
+    theirs = baseline.get("objectives")
+    if not isinstance(theirs, dict):
+        raise ValueError("the baseline has no 'objectives': not a JSON written by this script")
+    keys = [k for k in sorted(objectives) if f"random_{k[0]}_{k[1]:03d}" in theirs]
+    if len(keys) != len(objectives):
+        raise ValueError(f"the baseline lacks {len(objectives) - len(keys)} of this run's scenarios")
+    diffs, variance = [], 0.0
+    for k in keys:
+        mine, other = objectives[k], [float(v) for v in theirs[f"random_{k[0]}_{k[1]:03d}"]]
+        base = statistics.mean(other)
+        diffs.append((statistics.mean(mine) / base - 1.0) * 100)
+        variance += (_sd(mine) ** 2 / len(mine) + _sd(other) ** 2 / len(other)) / base ** 2 * 100 ** 2
+    n = len(keys)
+    se = math.sqrt(variance) / n
+    spread = [math.sqrt((_sd(objectives[k]) ** 2 + _sd([float(v) for v in theirs[f"random_{k[0]}_{k[1]:03d}"]])
+                         ** 2) / len(objectives[k])) / statistics.mean(objectives[k]) * 100 for k in keys]
+    return {"scenarios": n, "mean_difference_percent": statistics.mean(diffs), "standard_error_percent": se,
+            "better": sum(1 for d, s in zip(diffs, spread, strict=True) if d > 2 * s and d > 0),
+            "worse": sum(1 for d, s in zip(diffs, spread, strict=True) if d < -2 * s and d < 0),
+            "differences_percent": diffs}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="How much of an adaptation figure is chance: each drawn scenario run several times "
@@ -152,11 +185,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--hindsight", action="store_true",
                         help="also search perclass_hindsight the bench's way and rerun its split on the other "
                              "draws: its selection bias, and the gap to it unbiased")
+    parser.add_argument("--baseline", metavar="FILE",
+                        help="an earlier run's --json (same scenarios): the paired difference of mean J against it")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.random < 1 or args.repeats < 2 or args.jobs < 1:
         parser.error("--random and --jobs must be at least 1, --repeats at least 2")
     seeds = args.seed or [1]
+    baseline = None
+    if args.baseline:
+        try:
+            with open(args.baseline, encoding="utf-8") as fh:
+                baseline = json.load(fh)
+        except (OSError, ValueError) as err:
+            parser.error(f"--baseline {args.baseline}: {err}")
+        theirs = baseline.get("objectives") if isinstance(baseline, dict) else None
+        if not isinstance(theirs, dict):
+            parser.error(f"--baseline {args.baseline}: no 'objectives' in it: not a JSON written by this script")
+        missing = [f"random_{s}_{i:03d}" for s in seeds for i in range(args.random)
+                   if f"random_{s}_{i:03d}" not in theirs]
+        if missing:
+            parser.error(f"--baseline {args.baseline}: it has no runs of {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''} (run it with the same --random and --seed)")
     info = _common.announce(f"adaptation noise: {args.policy}, {args.random} scenarios x seeds "
                             f"{', '.join(map(str, seeds))}, {args.repeats} routing draws each")
     jobs: List[Job] = [(s, i, None, HINDSIGHT, None, args.quick, args.repeats)
@@ -175,6 +225,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     figures = summarize(objectives)
     if hindsight:
         figures["hindsight"] = hindsight_figures(objectives, hindsight)
+    if baseline is not None:
+        try:
+            figures["compared"] = compare(objectives, baseline)
+        except ValueError as err:
+            print(f"--baseline {args.baseline}: {err}", file=sys.stderr)
+            return 2
     print(f"\n{'scenario':16s} {'mean J':>8s} {'sd':>8s} {'sd %':>6s} {'min':>8s} {'max':>8s}")
     for (seed, index), values in sorted(objectives.items()):
         mean = statistics.mean(values)
@@ -201,6 +257,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"median {u['median']:+.3f}%, at least it in {u['at_least']} of {n}")
         print(f"scenarios within 0.2% of it the bench's way (a verdict chance can flip): "
               f"{h['within_0_2_percent']} of {n}")
+    if baseline is not None:
+        c = figures["compared"]
+        verdict = ("inside chance" if abs(c["mean_difference_percent"]) <= 2 * c["standard_error_percent"]
+                   else "beyond chance")
+        print(f"\nagainst {args.baseline}: mean J {c['mean_difference_percent']:+.3f}% "
+              f"(standard error {c['standard_error_percent']:.3f}%: {verdict}); better beyond its own spread in "
+              f"{c['better']} of {c['scenarios']} scenarios, worse in {c['worse']}")
     print(f"({len(jobs)} runs in {time.perf_counter() - started:.0f} s with {args.jobs} jobs)")
     if args.json:
         _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds,

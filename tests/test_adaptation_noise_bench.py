@@ -4,6 +4,7 @@ the suite figures computed from them. The figures themselves are chance: never a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,32 @@ def test_adaptation_noise_hindsight_reruns_the_searched_split_on_the_other_draws
     assert h["gap_bench_percent"]["mean"] == pytest.approx((adaptive[0] / searched - 1) * 100)
     assert h["gap_unbiased_percent"]["mean"] == pytest.approx((sum(adaptive) / 2 / fresh - 1) * 100)
     assert "selection bias" in proc.stdout
+
+
+def test_adaptation_noise_compares_with_an_earlier_run_of_the_same_scenarios(tmp_path: Path) -> None:
+    script = str(ROOT / "benchmarks" / "adaptation_noise.py")
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    common = ["--random", "1", "--repeats", "2", "--quick"]
+    assert subprocess.run([sys.executable, script, *common, "--json", str(first)], capture_output=True,
+                          timeout=300, cwd=ROOT).returncode == 0
+    # Other rules: a larger probe share on the track each class does not choose.
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    adaptive = rules / "adaptive.yaml"
+    adaptive.write_text(adaptive.read_text().replace("  probe: 0.02\n", "  probe: 0.05\n"))
+    proc = subprocess.run([sys.executable, script, *common, "--rules", str(rules), "--baseline", str(first),
+                           "--json", str(second)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a = json.loads(first.read_text())["objectives"]["random_1_000"]
+    b = json.loads(second.read_text())
+    mine = b["objectives"]["random_1_000"]
+    assert mine != a  # the rules changed something
+    assert b["compared"]["mean_difference_percent"] == pytest.approx((sum(mine) / sum(a) - 1) * 100)
+    assert f"against {first}" in proc.stdout
+    # A baseline without this run's scenarios is refused before anything runs.
+    proc = subprocess.run([sys.executable, script, "--random", "2", "--repeats", "2", "--quick", "--baseline",
+                           str(first)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "it has no runs of random_1_001" in proc.stderr
 
 
 def test_adaptation_noise_rejects_a_single_repeat() -> None:
