@@ -13,7 +13,7 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from dualtrack.adapter.conditions import parse_selector
-from dualtrack.adapter.engine import Decision, RuleEngine
+from dualtrack.adapter.engine import TIMEOUT_FLOOR_MAX_SECONDS, Decision, RuleEngine
 from dualtrack.adapter.signals import SignalValues
 from dualtrack.adapter.strategy import PREFS, Strategy, StrategySet, load_strategies
 from dualtrack.bundled import bundled_dir
@@ -683,8 +683,14 @@ def test_preferences_stay_in_clamps_and_move_at_most_max_step(
                           decision.healthy, f"query_classes.{qc}", current)
         assert decision.routing == engine.routing
         t = active.timeouts
+        # Above max_seconds only by the target floor, and never beyond its ceiling.
+        most = max(t.max_seconds, TIMEOUT_FLOOR_MAX_SECONDS if t.target_floor > 0 else 0.0)
         for path, seconds in decision.timeouts_seconds.items():
-            assert t.min_seconds - 1e-3 <= seconds <= t.max_seconds + 1e-3, path
+            assert t.min_seconds - 1e-3 <= seconds <= most + 1e-3, path
+            if seconds > t.max_seconds + 1e-3:
+                target = _signal_values(state).get("latency_target_seconds", {})
+                assert target is not None and seconds == pytest.approx(
+                    min(t.target_floor * target, TIMEOUT_FLOOR_MAX_SECONDS), abs=1e-3), path
         if top.modes is not None:
             assert decision.mode in {top.modes.default} | {c.use for c in top.modes.select}
             if "mode_switch" in decision.fired:

@@ -313,6 +313,7 @@ def test_duplicate_rule_names(tmp_path: Path) -> None:
      "rules[0].actions.scale.local_bias", "rule 'r': a scale factor cannot be negative"),
     ("rules:\n  - name: r\n    when: 'true'\n    actions: {}\n", 5, "rules[0].actions", "{} should be non-empty"),
     ("relax: 1.5\n", 2, "relax", "1.5 is greater than the maximum of 1"),
+    ("timeouts: {target_floor: -1}\n", 2, "timeouts.target_floor", "-1 is less than the minimum of 0"),
 ])
 def test_range_errors(tmp_path: Path, yaml_text: str, line: int, field: str, message: str) -> None:
     err = load_error(write(tmp_path, "s.yaml", "strategy: s\n" + yaml_text))
@@ -323,6 +324,7 @@ def test_range_errors(tmp_path: Path, yaml_text: str, line: int, field: str, mes
     ("relax: .nan\n", 2, "relax"),
     ("max_step: {local_bias: .nan}\n", 2, "max_step.local_bias"),
     ("timeouts: {max_seconds: .inf}\n", 2, "timeouts.max_seconds"),
+    ("timeouts: {target_floor: .inf}\n", 2, "timeouts.target_floor"),
     ("learning: {rate: .nan}\n", 2, "learning.rate"),
     ("rules:\n  - name: r\n    when: 'true'\n    actions: {add: {local_bias: .nan}}\n", 5,
      "rules[0].actions.add.local_bias"),

@@ -20,8 +20,9 @@ A cycle, in order (``docs/rules.md`` has the full story):
    the **maximum step**: no preference moves more than ``max_step`` from
    the previous cycle, globally or for any class.
 6. **Timeouts** per path follow the latency signal (factor × p99), within
-   min/max. These are base timeouts: a router multiplies them by the
-   ``timeout_multiplier`` of the query's class.
+   min/max; with ``target_floor``, a track not congested gets at least that
+   multiple of the latency target. These are base timeouts: a router
+   multiplies them by the ``timeout_multiplier`` of the query's class.
 
 The engine is deterministic: the same strategy, signal values and times give
 the same decisions. It holds state between cycles (current preferences,
@@ -43,6 +44,8 @@ from .signals import SignalValues
 from .strategy import Action, Rule, Strategy, StrategySet
 
 PREFS = ROUTING_NAMES
+#: The most a timeout floor (``timeouts.target_floor`` x the latency target) may reach.
+TIMEOUT_FLOOR_MAX_SECONDS = 600.0
 TIMEOUT_PATHS = PATHS
 
 
@@ -436,11 +439,39 @@ class RuleEngine:
 
     def _timeouts(self, strat: Strategy, values: SignalValues) -> Dict[str, float]:
         t = strat.timeouts
+        floors = self._timeout_floors(strat, values)
         out = {}
         for path in TIMEOUT_PATHS:
             latency = values.get(t.latency_signal, {"path": path})
             base = latency * t.latency_factor if latency is not None else t.base_seconds[path]
             # The base timeout: routers multiply it by the timeout_multiplier of
             # the query's class (preferences.md), so per-class multipliers work.
-            out[path] = round(_clip(base, t.min_seconds, t.max_seconds), 3)
+            base = _clip(base, t.min_seconds, t.max_seconds)
+            out[path] = round(max(base, floors.get(path, 0.0)), 3)
         return out
+
+    def _timeout_floors(self, strat: Strategy, values: SignalValues) -> Dict[str, float]:
+        """Per track, the least timeout while the track is not congested: ``target_floor`` x the target.
+
+        A path's timeout follows its p99 latency, which is that of the classes it
+        mostly serves: a slower class is cut at a timeout it would have met, and
+        its fallback costs an API call for an answer already late (beyond the
+        target, the objective's within-target term is lost either way). A timeout
+        pays for itself by shedding load from a queue or leaving a stuck track,
+        so the floor holds only while the local track does not queue (the
+        estimator's wait under a tenth of the target, the server not full) and
+        while the API does not time out (under 2% of its calls).
+        """
+        t, est = strat.timeouts, self.estimator
+        target = values.get("latency_target_seconds", {})
+        if (t.target_floor <= 0 or strat.objective is None or est is None or target is None
+                or not math.isfinite(target) or target <= 0):
+            return {}
+        floor = min(t.target_floor * target, TIMEOUT_FLOOR_MAX_SECONDS)
+        floors = {}
+        if est.local_wait < 0.1 * target and not est.server_full:
+            floors["local"] = floor
+        api_timeouts = values.get("timeout_ratio", {"path": "api"})
+        if api_timeouts is None or api_timeouts < 0.02:
+            floors["api"] = floor
+        return floors

@@ -75,6 +75,9 @@ class Timeouts:
     latency_factor: float = 2.0
     min_seconds: float = 1.0
     max_seconds: float = 120.0
+    # Strategies with an objective: a path not congested gets at least this x the latency
+    # target (0: off); see engine._timeouts.
+    target_floor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ class _Compiler:
             raise self.fail(("timeouts", "latency_signal"),
                             f"{latency_signal!r} is not a signal with a path label")
         timeouts = Timeouts(base, latency_signal, float(t.get("latency_factor", 2.0)),
-                            float(t.get("min_seconds", 1.0)), float(t.get("max_seconds", 120.0)))
+                            float(t.get("min_seconds", 1.0)), float(t.get("max_seconds", 120.0)),
+                            float(t.get("target_floor", 0.0)))
         if timeouts.min_seconds > timeouts.max_seconds:
             raise self.fail(("timeouts", "min_seconds"), "min_seconds is above max_seconds")
 
