@@ -67,7 +67,7 @@ from dualtrack.adapter.strategy import load_strategies
 from dualtrack.bench.adaptation import QUICK_TIME_SCALE
 from dualtrack.bundled import bundled_dir
 from dualtrack.simulation import Simulation
-from dualtrack.simulation.generator import generate_scenario
+from dualtrack.simulation.generator import generate_scenario, scenario_name
 from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform_split
 from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, perclass_policy
 
@@ -81,8 +81,9 @@ def _scenario(seed: int, index: int, quick: bool) -> Any:
     return scenario.time_scaled(QUICK_TIME_SCALE) if quick else scenario
 
 
-def _run(job: Job) -> Tuple[int, int, Optional[int], str, List[float]]:
-    """One policy run (its J), or a hindsight search (the search's J, then the split's J on each other draw)."""
+def _run(job: Job) -> Tuple[str, str, List[float]]:
+    """One policy run (its J), or a hindsight search (the search's J, then the split's J on each other draw);
+    with the scenario's name and the policy."""
     seed, index, routing_seed, policy, rules, quick, repeats = job
     scenario = _scenario(seed, index, quick)
     if policy == HINDSIGHT:
@@ -91,19 +92,19 @@ def _run(job: Job) -> Tuple[int, int, Optional[int], str, List[float]]:
                                                  for name in STATIC_POLICIES])
         fresh = [Simulation(scenario, perclass_policy(found.split), record_metrics=False, tape=evaluator.tape,
                             routing_seed=r).run().summary["objective"] for r in range(1, repeats)]
-        return seed, index, None, policy, [float(found.objective), *map(float, fresh)]
+        return scenario_name(seed, index), policy, [float(found.objective), *map(float, fresh)]
     strategies = load_strategies(rules or bundled_dir("rules")) if policy.startswith("strategy:") else None
     result = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed).run()
-    return seed, index, routing_seed, policy, [float(result.summary["objective"])]
+    return scenario_name(seed, index), policy, [float(result.summary["objective"])]
 
 
 def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(objectives: Dict[Tuple[int, int], List[float]]) -> Dict[str, Any]:
-    """The figures of a noise run: ``objectives`` maps (seed, index) to J per repeat, in repeat order."""
-    keys = sorted(objectives)
+def summarize(objectives: Dict[str, List[float]]) -> Dict[str, Any]:
+    """The figures of a noise run: ``objectives`` maps each scenario to its J per repeat, in repeat order."""
+    keys = list(objectives)
     repeats = min(len(v) for v in objectives.values())
     spreads = [_sd(objectives[k]) / statistics.mean(objectives[k]) * 100 for k in keys]
     suite_means = [statistics.mean(objectives[k][r] for k in keys) for r in range(repeats)]
@@ -124,12 +125,11 @@ def summarize(objectives: Dict[Tuple[int, int], List[float]]) -> Dict[str, Any]:
     }
 
 
-def hindsight_figures(objectives: Dict[Tuple[int, int], List[float]],
-                      hindsight: Dict[Tuple[int, int], List[float]]) -> Dict[str, Any]:
+def hindsight_figures(objectives: Dict[str, List[float]], hindsight: Dict[str, List[float]]) -> Dict[str, Any]:
     """The hindsight split's selection bias, and the policy's gap to it the bench's way and unbiased.
 
-    ``hindsight`` maps (seed, index) to [the search's J, the split's J on each other draw]."""
-    keys = sorted(hindsight)
+    ``hindsight`` maps each scenario to [the search's J, the split's J on each other draw]."""
+    keys = list(hindsight)
     bias = [(statistics.mean(hindsight[k][1:]) / hindsight[k][0] - 1.0) * 100 for k in keys]
     bench = [(objectives[k][0] / hindsight[k][0] - 1.0) * 100 for k in keys]
     fair = [(statistics.mean(objectives[k]) / statistics.mean(hindsight[k][1:]) - 1.0) * 100 for k in keys]
@@ -144,27 +144,22 @@ def hindsight_figures(objectives: Dict[Tuple[int, int], List[float]],
     }
 
 
-def compare(objectives: Dict[Tuple[int, int], List[float]], baseline: Mapping[str, Any]) -> Dict[str, Any]:
-    """This run against ``baseline`` (an earlier run's JSON): the paired difference of mean J, in % of J."""
-    theirs = baseline.get("objectives")
-    if not isinstance(theirs, dict):
-        raise ValueError("the baseline has no 'objectives': not a JSON written by this script")
-    keys = [k for k in sorted(objectives) if f"random_{k[0]}_{k[1]:03d}" in theirs]
-    if len(keys) != len(objectives):
-        raise ValueError(f"the baseline lacks {len(objectives) - len(keys)} of this run's scenarios")
-    diffs, variance = [], 0.0
-    for k in keys:
-        mine, other = objectives[k], [float(v) for v in theirs[f"random_{k[0]}_{k[1]:03d}"]]
+def compare(objectives: Dict[str, List[float]], theirs: Mapping[str, Sequence[float]]) -> Dict[str, Any]:
+    """This run against an earlier one's objectives (every scenario of this run in them): the paired
+    difference of mean J in % of J, its standard error, and the scenarios that moved beyond their spread."""
+    diffs, variance, better, worse = [], 0.0, 0, 0
+    for name, mine in objectives.items():
+        other = [float(v) for v in theirs[name]]
         base = statistics.mean(other)
-        diffs.append((statistics.mean(mine) / base - 1.0) * 100)
-        variance += (_sd(mine) ** 2 / len(mine) + _sd(other) ** 2 / len(other)) / base ** 2 * 100 ** 2
-    n = len(keys)
-    se = math.sqrt(variance) / n
-    spread = [math.sqrt((_sd(objectives[k]) ** 2 + _sd([float(v) for v in theirs[f"random_{k[0]}_{k[1]:03d}"]])
-                         ** 2) / len(objectives[k])) / statistics.mean(objectives[k]) * 100 for k in keys]
-    return {"scenarios": n, "mean_difference_percent": statistics.mean(diffs), "standard_error_percent": se,
-            "better": sum(1 for d, s in zip(diffs, spread, strict=True) if d > 2 * s and d > 0),
-            "worse": sum(1 for d, s in zip(diffs, spread, strict=True) if d < -2 * s and d < 0),
+        diff = (statistics.mean(mine) / base - 1.0) * 100
+        # The variance of this scenario's difference, from each side's draws (% of J, squared).
+        var = (_sd(mine) ** 2 / len(mine) + _sd(other) ** 2 / len(other)) / base ** 2 * 100 ** 2
+        diffs.append(diff)
+        variance += var
+        better += diff > 2 * math.sqrt(var) and diff > 0
+        worse += diff < -2 * math.sqrt(var) and diff < 0
+    return {"scenarios": len(diffs), "mean_difference_percent": statistics.mean(diffs),
+            "standard_error_percent": math.sqrt(variance) / len(diffs), "better": better, "worse": worse,
             "differences_percent": diffs}
 
 
@@ -192,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.random < 1 or args.repeats < 2 or args.jobs < 1:
         parser.error("--random and --jobs must be at least 1, --repeats at least 2")
     seeds = args.seed or [1]
-    baseline = None
+    theirs: Optional[Mapping[str, Sequence[float]]] = None
     if args.baseline:
         try:
             with open(args.baseline, encoding="utf-8") as fh:
@@ -202,8 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         theirs = baseline.get("objectives") if isinstance(baseline, dict) else None
         if not isinstance(theirs, dict):
             parser.error(f"--baseline {args.baseline}: no 'objectives' in it: not a JSON written by this script")
-        missing = [f"random_{s}_{i:03d}" for s in seeds for i in range(args.random)
-                   if f"random_{s}_{i:03d}" not in theirs]
+        missing = [scenario_name(s, i) for s in seeds for i in range(args.random)
+                   if scenario_name(s, i) not in theirs]
         if missing:
             parser.error(f"--baseline {args.baseline}: it has no runs of {', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''} (run it with the same --random and --seed)")
@@ -214,27 +209,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs += [(s, i, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats)
              for s in seeds for i in range(args.random) for r in range(args.repeats)]
     started = time.perf_counter()
-    objectives: Dict[Tuple[int, int], List[float]] = {}
-    hindsight: Dict[Tuple[int, int], List[float]] = {}
+    objectives: Dict[str, List[float]] = {}
+    hindsight: Dict[str, List[float]] = {}
     with ProcessPoolExecutor(args.jobs) as pool:
-        for seed, index, _, policy, values in pool.map(_run, jobs):  # in job order: repeats in order
+        for name, policy, values in pool.map(_run, jobs):  # in job order: repeats in order
             if policy == HINDSIGHT:
-                hindsight[(seed, index)] = values
+                hindsight[name] = values
             else:
-                objectives.setdefault((seed, index), []).extend(values)
+                objectives.setdefault(name, []).extend(values)
     figures = summarize(objectives)
     if hindsight:
         figures["hindsight"] = hindsight_figures(objectives, hindsight)
-    if baseline is not None:
-        try:
-            figures["compared"] = compare(objectives, baseline)
-        except ValueError as err:
-            print(f"--baseline {args.baseline}: {err}", file=sys.stderr)
-            return 2
+    if theirs is not None:
+        figures["compared"] = compare(objectives, theirs)
     print(f"\n{'scenario':16s} {'mean J':>8s} {'sd':>8s} {'sd %':>6s} {'min':>8s} {'max':>8s}")
-    for (seed, index), values in sorted(objectives.items()):
+    for name, values in objectives.items():
         mean = statistics.mean(values)
-        print(f"random_{seed}_{index:03d}     {mean:8.4f} {_sd(values):8.4f} {_sd(values) / mean * 100:6.2f} "
+        print(f"{name:16s} {mean:8.4f} {_sd(values):8.4f} {_sd(values) / mean * 100:6.2f} "
               f"{min(values):8.4f} {max(values):8.4f}")
     spread = figures["scenario_spread_percent"]
     print(f"\none scenario's J, spread from routing draws alone: median {spread['median']:.2f}%, "
@@ -257,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"median {u['median']:+.3f}%, at least it in {u['at_least']} of {n}")
         print(f"scenarios within 0.2% of it the bench's way (a verdict chance can flip): "
               f"{h['within_0_2_percent']} of {n}")
-    if baseline is not None:
+    if theirs is not None:
         c = figures["compared"]
         verdict = ("inside chance" if abs(c["mean_difference_percent"]) <= 2 * c["standard_error_percent"]
                    else "beyond chance")
@@ -268,10 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds,
                                        "random": args.random, "quick": args.quick,
-                                       "objectives": {f"random_{s}_{i:03d}": v for (s, i), v in
-                                                      sorted(objectives.items())},
-                                       "hindsight_objectives": {f"random_{s}_{i:03d}": v for (s, i), v in
-                                                                sorted(hindsight.items())},
+                                       "objectives": objectives, "hindsight_objectives": hindsight,
                                        **figures})
     return 0
 

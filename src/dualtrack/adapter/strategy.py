@@ -76,7 +76,7 @@ class Timeouts:
     min_seconds: float = 1.0
     max_seconds: float = 120.0
     # Strategies with an objective: a path not congested gets at least this x the latency
-    # target (0: off); see engine._timeouts.
+    # target (0: off), never beyond 600 s; see RuleEngine._timeout_floors.
     target_floor: float = 0.0
 
 

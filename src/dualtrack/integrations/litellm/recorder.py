@@ -396,12 +396,8 @@ class DualTrackRecorder(CustomLogger):
 
         A leg cancelled before LiteLLM sent it made no model call and is not recorded.
         """
-        with self._lock:
-            call_id = self._legs.pop(leg, None)
-            call = self._calls.pop(call_id, None) if call_id is not None else None
-            if call_id is not None and call is not None:
-                self._remember(call_id)
-                self._recording += 1
+        call_id = self._legs.get(leg)
+        call = self._pop(call_id) if call_id is not None else None  # None: its completion came first
         if call_id is None or call is None:
             return
         result: Dict[str, Any] = {"outcome": outcome}
