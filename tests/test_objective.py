@@ -251,6 +251,72 @@ def test_memory_is_fitted_on_the_calls_counted_with_its_reading() -> None:
     now_count.slots = 4.0
     assert now_count._busy_now(interval({}, local_calls_in_flight=9)) == 4.0
     assert now_count._busy_now(interval({}, local_calls_in_flight=9, memory_reading_local_calls=2)) == 2
+def battery(busy: float, drain_per_hour: float, *, ratio: float = 0.5, threshold: float = 0.2,
+            discharging: float = 1.0) -> SignalValues:
+    """An interval without calls whose battery reading says ``drain_per_hour`` with ``busy`` local calls."""
+    return interval({}, battery_ratio=ratio, battery_threshold_ratio=threshold, battery_discharging=discharging,
+                    battery_seconds_left=ratio * 3600.0 / drain_per_hour, memory_reading_local_calls=busy)
+
+
+def test_the_battery_drain_is_read_from_the_time_left_against_local_load() -> None:
+    # drain = 0.1 + 0.05 x busy slots (shares of a full charge per hour)
+    est = Estimator(("short",))
+    est.update(battery(4, 0.3), INTERVAL)
+    # One point: the whole drain is put down to local load (more than its share: sparing).
+    assert est.battery_drain == pytest.approx((0.0, 0.3 / 4))
+    assert est.battery_room == pytest.approx(0.3)
+    for busy in (0, 8, 2, 6, 4, 1):
+        est.update(battery(busy, 0.1 + 0.05 * busy), INTERVAL)
+    assert est.battery_drain == pytest.approx((0.1, 0.05), rel=1e-6)
+    # Plugged in: no room to plan with, and the readings (no time left) leave the line alone.
+    est.update(battery(4, 0.3, discharging=0.0), INTERVAL)
+    assert est.battery_room is None
+    assert est.battery_drain == pytest.approx((0.1, 0.05), rel=1e-6)
+    # Under the threshold the room is negative (the objective does not plan for it).
+    est.update(battery(4, 0.3, ratio=0.15), INTERVAL)
+    assert est.battery_room == pytest.approx(-0.05)
+    # No battery at all, or no reading of the time left: nothing is learned.
+    none = Estimator(("short",))
+    none.update(interval({}, memory_reading_local_calls=4), INTERVAL)
+    none.update(interval({}, battery_ratio=0.5, battery_discharging=1.0, memory_reading_local_calls=4), INTERVAL)
+    assert none.battery_drain is None
+
+
+def on_battery(room: float, drain: Tuple[float, float]) -> Estimator:
+    """One class, 4 queries/s of 1 s on local (free) or on the API ($0.001): 4 Erlangs if all local."""
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(60, latency=1.0), calls(60, cost=0.001))), INTERVAL)
+    est.capacity = None
+    est.battery_room, est.battery_drain = room, drain
+    return est
+
+
+def test_on_battery_power_local_load_is_kept_to_what_lasts_the_horizon() -> None:
+    spec = ObjectiveSpec(probe=0.0, probe_calls=0.0, value_noise=0.0, spend_error=0.0, battery_horizon=1800.0)
+    # 0.1 of a charge above the threshold, 0.15 per busy slot per hour: to last half an hour,
+    # local may draw 0.2 per hour, 4/3 busy slots of the 4 that the class wants.
+    split = choose_split(on_battery(0.1, (0.0, 0.15)), spec)
+    assert split.capacity_bound
+    assert split.shares["short"] == pytest.approx(1.0 / 3.0)
+    assert any("on battery power" in r for r in split.reasons)
+    # The idle drain comes first: with 0.1 per hour of it, 0.1 per hour is left for local.
+    assert choose_split(on_battery(0.1, (0.1, 0.15)), spec).shares["short"] == pytest.approx(1.0 / 6.0)
+    # Far from the threshold, under it (the constraint is broken whatever the split) or
+    # without a horizon: not spared.
+    assert choose_split(on_battery(0.6, (0.0, 0.15)), spec).shares["short"] == 1.0
+    assert choose_split(on_battery(-0.05, (0.0, 0.15)), spec).shares["short"] == 1.0
+    assert choose_split(on_battery(0.1, (0.0, 0.15)), ObjectiveSpec(
+        probe=0.0, probe_calls=0.0, value_noise=0.0)).shares["short"] == 1.0
+
+
+def test_sparing_the_battery_does_not_break_the_budget() -> None:
+    """All on the API costs $14.4/h; with a $7.2/h budget at least half stays local, battery or not."""
+    spec = ObjectiveSpec(probe=0.0, probe_calls=0.0, value_noise=0.0, spend_error=0.0, battery_horizon=1800.0)
+    split = choose_split(on_battery(0.1, (0.0, 0.15)), spec, budget_per_hour=7.2)
+    assert split.shares["short"] >= 0.5 - 1e-9
+    assert split.shares["short"] < 1.0
+
+
 # --------------------------------------------------------------------------- valuing a query
 
 

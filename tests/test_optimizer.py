@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
+from dualtrack.adapter.embedded import EmbeddedSource
 from dualtrack.clock import VirtualClock
 from dualtrack.constraints import MB
 from dualtrack.exporter.collector import PerformanceMetrics
@@ -959,6 +960,20 @@ def test_battery_readings_flow_into_the_battery_override():
     rec = env.optimizer.get_optimization_recommendations("q")
     assert rec["overrides"] == ["battery"] and rec["preferred_path"] == "api"
     assert env.optimizer.get_optimization_status()["constraint_violations"]["battery"]["value"] == 0.08
+
+
+def test_the_battery_time_left_reaches_the_adapters_signals():
+    # The OS's time left is what the adaptive objective reads the battery's drain from.
+    env = Env(monitor=True, battery=sbattery(40.0, 1800, False))
+    env.monitor.sample_now()
+    assert env.get("dualtrack_battery_seconds_left") == 1800
+    source = EmbeddedSource(env.optimizer.config, env.optimizer.collector, env.optimizer.resource_monitor.snapshot)
+    values = source.fetch()
+    assert values.get("battery_seconds_left", {}) == 1800
+    assert (values.get("battery_ratio", {}), values.get("battery_discharging", {})) == (0.4, 1.0)
+    env.ps.battery = sbattery(40.0, POWER_TIME_UNLIMITED, True)  # plugged in: no time left to speak of
+    env.monitor.sample_now()
+    assert source.fetch().get("battery_seconds_left", {}) is None
 
 
 def test_histogram_buckets_cover_llm_latencies():

@@ -335,6 +335,7 @@ SIGNAL_RULES.update({
     ("gpu_utilization_ratio", ()): ":dualtrack_gpu_utilization_ratio:max_avg",
     ("battery_ratio", ()): ":dualtrack_battery_ratio:min",
     ("battery_discharging", ()): ":dualtrack_battery_discharging:max",
+    ("battery_seconds_left", ()): ":dualtrack_battery_seconds_left:min",
     ("concurrency_used_ratio", ()): ":dualtrack_requests_in_flight_per_limit:max",
     ("constraint_violated", ("constraint",)): "constraint:dualtrack_constraint_violated:max",
 })

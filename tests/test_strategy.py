@@ -320,6 +320,17 @@ def test_range_errors(tmp_path: Path, yaml_text: str, line: int, field: str, mes
     assert (err.line, err.field, err.message) == (line, field, message)
 
 
+def test_the_objective_battery_horizon_is_a_duration(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "strategy: s\nobjective:\n  battery_horizon: 1h30m\n")
+    objective = load_strategies(path)["s"].objective
+    assert objective is not None and objective.battery_horizon == 5400.0
+    bare = write(tmp_path, "t.yaml", "strategy: t\nobjective:\n  probe: 0.02\n")
+    assert load_strategies(bare)["t"].objective.battery_horizon == 0.0  # not planned unless asked
+    err = load_error(write(tmp_path, "u.yaml", "strategy: u\nobjective:\n  battery_horizon: soon\n"))
+    assert (err.line, err.field) == (3, "objective.battery_horizon")
+    assert "'soon' does not match" in err.message
+
+
 @pytest.mark.parametrize("yaml_text,line,field", [
     ("relax: .nan\n", 2, "relax"),
     ("max_step: {local_bias: .nan}\n", 2, "max_step.local_bias"),

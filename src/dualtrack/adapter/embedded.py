@@ -212,6 +212,7 @@ class EmbeddedSource:
             values.set("memory_reading_local_calls", {}, getattr(snap, "local_calls_in_flight", None))
             if snap.battery is not None:
                 values.set("battery_ratio", {}, snap.battery.ratio)
+                values.set("battery_seconds_left", {}, getattr(snap.battery, "seconds_left", None))
                 if snap.battery.power_plugged is not None:
                     values.set("battery_discharging", {}, 0.0 if snap.battery.power_plugged else 1.0)
         return values

@@ -149,6 +149,7 @@ class EstimatorSettings:
     rejected_share: float = 0.15  # local calls failing beyond this share (and 3x the usual) at load: rejected
     base_min_success: float = 0.9  # base service times learn only from intervals this successful
     memory_decay: float = 0.97  # memory per busy slot is a slow property of the model: long memory
+    battery_decay: float = 0.9  # the battery's drain per busy slot: a property of the machine, read noisily
     spend_learning_rate: float = 0.3  # how fast the spend bias follows measured over planned spend
     quality_shift: float = 0.25  # the useful-rate shift the quality CUSUM looks for
     quality_alarm: float = 2.5  # its alarm threshold (log-likelihood ratio)
@@ -196,6 +197,12 @@ class Estimator:
         self._memory_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
         self.memory_slots: Optional[float] = None  # busy local slots at which memory reaches its limit
         self._memory_points = 0
+        # The battery's drain (share of a full charge per hour) against local load, while on
+        # battery power: a line as for memory, (idle drain, drain per busy local slot).
+        self._battery_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self._battery_points = 0
+        self.battery_drain: Optional[Tuple[float, float]] = None
+        self.battery_room: Optional[float] = None  # charge above the threshold, on battery power only
         # Spend measured over spend planned (decayed): the planned spend is an estimate,
         # and the budget is judged on what was really spent.
         self.spend_bias = 1.0
@@ -249,7 +256,9 @@ class Estimator:
         self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
         memory = max((v for v in (values.get("memory_used_ratio", {}), values.get("gpu_memory_used_ratio", {}))
                       if v is not None), default=None)
-        self._update_local_capacity(fresh["local"], interval_seconds, memory, self._busy_now(values))
+        busy_now = self._busy_now(values)
+        self._update_local_capacity(fresh["local"], interval_seconds, memory, busy_now)
+        self._update_battery(values, busy_now)
         self._update_from_server(values)
         return events
 
@@ -436,6 +445,36 @@ class Estimator:
         self._memory_points += 1
         fit = _fit_line(f) if self._memory_points >= MEMORY_FIT_POINTS else None
         self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
+
+    def _update_battery(self, values: SignalValues, busy: Optional[float]) -> None:
+        """The battery's charge above its threshold and its drain against local load.
+
+        The drain is read from the OS's estimate of the time left
+        (``battery_seconds_left``: the charge over the power drawn at the reading),
+        paired with the local calls being served at that moment. Until the line has
+        points enough (and a slope), the whole drain is put down to local load: more
+        than its share, so that the battery is spared rather than spent.
+        """
+        ratio = values.get("battery_ratio", {})
+        if values.get("battery_discharging", {}) != 1 or ratio is None:
+            self.battery_room = None
+            return
+        threshold = values.get("battery_threshold_ratio", {})
+        self.battery_room = ratio - threshold if threshold is not None else None
+        left = values.get("battery_seconds_left", {})
+        if left is None or not left > 0 or busy is None:
+            return
+        drain = ratio * 3600.0 / left
+        d = self.settings.battery_decay
+        f = self._battery_fit
+        for i, v in enumerate((1.0, busy, drain, busy * busy, busy * drain)):
+            f[i] = d * f[i] + v
+        self._battery_points += 1
+        fit = _fit_line(f) if self._battery_points >= MEMORY_FIT_POINTS else None
+        if fit is not None and fit[0] >= 0.0 and fit[1] > 1e-9:
+            self.battery_drain = fit
+        elif f[1] > 1e-9:
+            self.battery_drain = (0.0, f[2] / f[1])
 
     def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
                                memory: Optional[float], busy_now: Optional[float] = None) -> None:

@@ -89,6 +89,7 @@ class ObjectiveSpec:
     decay: float = 0.7  # weight of older evidence per interval (the estimator's)
     value_noise: float = 0.15  # standard deviation of one query's value: how much evidence a difference needs
     spend_error: float = 0.1  # relative error of the spend estimate, beyond the window's chance
+    battery_horizon: float = 0.0  # seconds the battery must last above its threshold at the planned load (0: off)
 
 
 @dataclass
@@ -417,6 +418,13 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         # The local server's queue says what it carries now: no plan goes beyond it.
         server_cap = estimator.server_capacity
         local_caps = [server_cap if c is None else min(c, server_cap) for c in local_caps]
+    battery_cap = None
+    room, drain = estimator.battery_room, estimator.battery_drain
+    if spec.battery_horizon > 0 and room is not None and room > 0 and drain is not None and drain[1] > 0:
+        # On battery power: no more local load than lets the charge last the horizon above its
+        # threshold. The budget may still send classes back to local (plan()).
+        battery_cap = max(0.0, (room * 3600.0 / spec.battery_horizon - drain[0]) / drain[1])
+        local_caps = [battery_cap if c is None else min(c, battery_cap) for c in local_caps]
     budget_caps: List[Optional[float]] = [None]
     if budget_per_hour is not None and budget_per_hour > 0:
         budget_caps += [k * budget_per_hour for k in BUDGET_LEVELS]
@@ -443,6 +451,10 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     if split.capacity_bound and estimator.server_queue is not None and estimator.server_capacity is not None:
         reasons.append(f"the local server queues {estimator.server_queue:.0f} requests: local load kept to "
                        f"{estimator.server_capacity:.1f} busy slots before latency shows it")
+    if split.capacity_bound and battery_cap is not None and best.local_cap is not None \
+            and best.local_cap >= battery_cap - 1e-9:
+        reasons.append(f"on battery power, {room:.0%} above its threshold: local load kept to {battery_cap:.1f} "
+                       f"busy slots, for the charge to last {spec.battery_horizon / 60:g} min at that load")
     if split.budget_bound and best.budget_cap is not None and best.spend is not None:
         reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
                        f"(over it {best.p_budget:.0%} of the time)")

@@ -236,6 +236,9 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                     "max(avg by (instance) (dualtrack_gpu_utilization_ratio))"),
     _machine_signal("battery_ratio", "Battery charge (0..1); no data without a battery.", "ratio",
                     "min(dualtrack_battery_ratio)"),
+    _machine_signal("battery_seconds_left", "The OS's estimate of the battery time left while discharging "
+                    "(its charge over the power drawn); no data when plugged in or unknown.", "seconds",
+                    "min(dualtrack_battery_seconds_left)"),
     _machine_signal("battery_discharging", "1 while on battery power, 0 when plugged in.", "bool",
                     "max(1 - dualtrack_battery_power_plugged)"),
     # The local model server's own load (local_server_rules.yml normalizes vLLM,

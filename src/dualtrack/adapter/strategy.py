@@ -250,7 +250,9 @@ class _Compiler:
             objective = ObjectiveSpec(weights={t: w / total for t, w in weights.items()},
                                       probe=float(od.get("probe", 0.03)),
                                       utilization=float(od.get("utilization", 0.9)),
-                                      decay=float(od.get("decay", 0.7)))
+                                      decay=float(od.get("decay", 0.7)),
+                                      battery_horizon=self.duration(od.get("battery_horizon"),
+                                                                    ("objective", "battery_horizon")))
 
         rules: List[Rule] = []
         seen: Dict[str, int] = {}

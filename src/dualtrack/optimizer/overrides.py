@@ -9,7 +9,7 @@ the latest resource reading and the recent windows, in priority order:
 2. **battery** low while unplugged, under half its threshold: prefer the API, so the
    machine keeps running (under the threshold the constraint is violated until it is
    plugged in whatever the routing; above it, sparing the battery is the strategy's
-   call, a rule such as ``battery_low``);
+   call: the adaptive objective's ``battery_horizon``, resource_efficient's ``battery_low`` rule);
 3. **cost**: a class whose API requests cost more than the per-request cap,
    while local answers it acceptably: prefer local;
 4. **a failing track** (most of its recent calls failed: an outage, a crash):
