@@ -251,6 +251,29 @@ def test_memory_is_fitted_on_the_calls_counted_with_its_reading() -> None:
     now_count.slots = 4.0
     assert now_count._busy_now(interval({}, local_calls_in_flight=9)) == 4.0
     assert now_count._busy_now(interval({}, local_calls_in_flight=9, memory_reading_local_calls=2)) == 2
+def test_a_price_spike_makes_an_api_query_dearer_than_usual() -> None:
+    """The savings term is scaled by what a query usually costs on the API, not at the prices of
+    the moment: the run's savings add up each query at its moment's prices, so an API query in a
+    x5 spike costs five usual queries' savings (at the moment's prices it would look the same)."""
+    spec = ObjectiveSpec(value_noise=0.0)
+    w = spec.weights["savings"]
+    est = Estimator(("short",))
+    for _ in range(10):  # 2 queries/s, $0.001 each on the API
+        est.update(interval(steady(calls(30, latency=1.0), calls(30, cost=0.001))), INTERVAL)
+    assert est.usual_api_cost == pytest.approx(0.001)
+    [before], norm = value_queries(est, spec)
+    assert norm == pytest.approx(0.001)
+    est.update(interval(steady(calls(30, latency=1.0), calls(30, cost=0.005))), INTERVAL)  # x5
+    assert est.api_cost_per_query() == pytest.approx(0.005)  # the price change restarts the API's tallies
+    weight = sum(0.99 ** k for k in range(1, 11))  # the ten intervals before, decayed, 60 queries each
+    usual = (0.001 * weight + 0.005) / (weight + 1.0)
+    assert est.usual_api_cost == pytest.approx(usual)
+    [after], norm = value_queries(est, spec)
+    assert norm == pytest.approx(usual)
+    assert before.value["api"] - after.value["api"] == pytest.approx(w * (0.005 / usual - 1.0))
+    assert after.value["local"] == pytest.approx(before.value["local"])
+
+
 def battery(busy: float, drain_per_hour: float, *, ratio: float = 0.5, threshold: float = 0.2,
             discharging: float = 1.0) -> SignalValues:
     """An interval without calls whose battery reading says ``drain_per_hour`` with ``busy`` local calls."""

@@ -28,6 +28,13 @@ resource monitor's load probe, exported as
 ``dualtrack_resource_reading_local_calls``): against the interval's mean
 load, a steady load leaves the line without a slope.
 
+What a query usually costs on the API (its cost per successful call over the
+classes' mix, decayed over about a hundred intervals) scales the savings
+term: the run's savings add up each query at the prices of its moment, so
+during a price spike an API query costs more savings than usual, and a price
+cut makes it cheaper. Scaled by the prices of the moment instead, a price
+change would leave every choice as it was.
+
 Where the local model server exports its own load (``local_server_*``
 signals: vLLM, llama.cpp, SGLang, TGI through ``local_server_rules.yml``, or
 the server's ``/metrics`` scraped in embedded mode), the estimator does not
@@ -149,6 +156,9 @@ class EstimatorSettings:
     rejected_share: float = 0.15  # local calls failing beyond this share (and 3x the usual) at load: rejected
     base_min_success: float = 0.9  # base service times learn only from intervals this successful
     memory_decay: float = 0.97  # memory per busy slot is a slow property of the model: long memory
+    # Weight of the older all-API cost per query at each cycle: a query's savings are judged
+    # against what queries usually cost on the API, so a price spike makes the API dearer.
+    price_memory: float = 0.99
     battery_decay: float = 0.9  # the battery's drain per busy slot: a property of the machine, read noisily
     spend_learning_rate: float = 0.3  # how fast the spend bias follows measured over planned spend
     quality_shift: float = 0.25  # the useful-rate shift the quality CUSUM looks for
@@ -203,6 +213,10 @@ class Estimator:
         self._battery_points = 0
         self.battery_drain: Optional[Tuple[float, float]] = None
         self.battery_room: Optional[float] = None  # charge above the threshold, on battery power only
+        # What a query usually costs on the API (decayed over many intervals, weighted by
+        # queries): the scale of the savings term. None until the API has answered.
+        self.usual_api_cost: Optional[float] = None
+        self._api_cost_sums = [0.0, 0.0]  # decayed sums of (cost per query x queries, queries)
         # Spend measured over spend planned (decayed): the planned spend is an estimate,
         # and the budget is judged on what was really spent.
         self.spend_bias = 1.0
@@ -259,6 +273,7 @@ class Estimator:
         busy_now = self._busy_now(values)
         self._update_local_capacity(fresh["local"], interval_seconds, memory, busy_now)
         self._update_battery(values, busy_now)
+        self._update_usual_api_cost(sum(self.arrivals.get(c, 0.0) for c in self.classes) * interval_seconds)
         self._update_from_server(values)
         return events
 
@@ -445,6 +460,29 @@ class Estimator:
         self._memory_points += 1
         fit = _fit_line(f) if self._memory_points >= MEMORY_FIT_POINTS else None
         self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
+
+    def api_cost_per_query(self) -> Optional[float]:
+        """What a query costs on the API at the prices of now, over the classes' mix (per
+        successful call: failures are not billed); None before the API has answered."""
+        known = {}
+        for c in self.classes:
+            api = self.tally("api", c)
+            if api.successes > 0:
+                known[c] = api.cost / api.successes
+        total = sum(self.arrivals.get(c, 0.0) for c in self.classes)
+        if total <= 0 or not known:
+            return None
+        mean_known = sum(known.values()) / len(known)
+        return sum(self.arrivals.get(c, 0.0) * known.get(c, mean_known) for c in self.classes) / total
+
+    def _update_usual_api_cost(self, queries: float) -> None:
+        now = self.api_cost_per_query()
+        if now is None or queries <= 0:
+            return
+        d, sums = self.settings.price_memory, self._api_cost_sums
+        sums[0] = d * sums[0] + now * queries
+        sums[1] = d * sums[1] + queries
+        self.usual_api_cost = sums[0] / sums[1]
 
     def _update_battery(self, values: SignalValues, busy: Optional[float]) -> None:
         """The battery's charge above its threshold and its drain against local load.

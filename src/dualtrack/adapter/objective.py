@@ -141,19 +141,10 @@ def value_queries(estimator: Estimator, spec: ObjectiveSpec) -> Tuple[List[Valua
     """Every class's valuation, and the mean all-API cost per query used to scale savings."""
     w = spec.weights
     pooled = {t: estimator.pooled(t) for t in ("local", "api")}
-    arrivals = estimator.arrivals
-    total = sum(arrivals.values())
-    # What a query costs on the API, per class: per successful call (failures are not billed).
-    api_cost: Dict[str, float] = {}
-    for c in estimator.classes:
-        api = estimator.tally("api", c)
-        if api.successes > 0:
-            api_cost[c] = api.cost / api.successes
-    cost_norm = 0.0
-    if total > 0 and api_cost:
-        known = {c: api_cost[c] for c in api_cost}
-        mean_known = sum(known.values()) / len(known)
-        cost_norm = sum(arrivals.get(c, 0.0) * known.get(c, mean_known) for c in estimator.classes) / total
+    # Savings are scaled by what a query usually costs on the API (Estimator.usual_api_cost):
+    # during a price spike an API query costs more than usual, as it does in the run's
+    # savings, whose all-API cost adds up each query at the prices of its moment.
+    cost_norm = estimator.usual_api_cost or estimator.api_cost_per_query() or 0.0
     out = []
     for c in estimator.classes:
         parts = {t: _parts(estimator.tally(t, c), pooled[t]) for t in ("local", "api")}
