@@ -324,7 +324,7 @@ def test_the_objective_probe_calls(tmp_path: Path) -> None:
     path = write(tmp_path, "s.yaml", "strategy: s\nobjective:\n  probe_calls: 2.5\n")
     objective = load_strategies(path)["s"].objective
     assert objective is not None and objective.probe_calls == 2.5
-    assert load_strategies(bundled_dir("rules"))["adaptive"].objective.probe_calls == 2.0
+    assert load_strategies(bundled_dir("rules"))["adaptive"].objective.probe_calls == 1.0  # the default
     err = load_error(write(tmp_path, "t.yaml", "strategy: t\nobjective:\n  probe_calls: -1\n"))
     assert (err.line, err.field, err.message) == (3, "objective.probe_calls", "-1 is less than the minimum of 0")
 
