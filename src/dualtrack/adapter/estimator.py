@@ -203,14 +203,12 @@ class Estimator:
         self.local_wait: float = 0.0  # seconds the last interval's local calls waited, on average
         self._usual_local_failures: Optional[float] = None
         # Memory (the larger of memory and GPU memory, as a share of its limit) against
-        # local load: a line fitted over the intervals, decayed sums of (w, x, y, xx, xy).
-        self._memory_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
+        # local load: a line fitted over the intervals.
+        self._memory_line = _DecayedLine(settings.memory_decay)
         self.memory_slots: Optional[float] = None  # busy local slots at which memory reaches its limit
-        self._memory_points = 0
         # The battery's drain (share of a full charge per hour) against local load, while on
         # battery power: a line as for memory, (idle drain, drain per busy local slot).
-        self._battery_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
-        self._battery_points = 0
+        self._battery_line = _DecayedLine(settings.battery_decay)
         self.battery_drain: Optional[Tuple[float, float]] = None
         self.battery_room: Optional[float] = None  # charge above the threshold, on battery power only
         # What a query usually costs on the API (decayed over many intervals, weighted by
@@ -453,12 +451,7 @@ class Estimator:
             self.slots += weight * (k - self.slots)
 
     def _fit_memory(self, load: float, memory: float) -> None:
-        d = self.settings.memory_decay
-        f = self._memory_fit
-        for i, v in enumerate((1.0, load, memory, load * load, load * memory)):
-            f[i] = d * f[i] + v
-        self._memory_points += 1
-        fit = _fit_line(f) if self._memory_points >= MEMORY_FIT_POINTS else None
+        fit = self._memory_line.add(load, memory)
         self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
 
     def api_cost_per_query(self) -> Optional[float]:
@@ -502,17 +495,12 @@ class Estimator:
         left = values.get("battery_seconds_left", {})
         if left is None or not left > 0 or busy is None:
             return
-        drain = ratio * 3600.0 / left
-        d = self.settings.battery_decay
-        f = self._battery_fit
-        for i, v in enumerate((1.0, busy, drain, busy * busy, busy * drain)):
-            f[i] = d * f[i] + v
-        self._battery_points += 1
-        fit = _fit_line(f) if self._battery_points >= MEMORY_FIT_POINTS else None
+        line = self._battery_line
+        fit = line.add(busy, ratio * 3600.0 / left)
         if fit is not None and fit[0] >= 0.0 and fit[1] > 1e-9:
             self.battery_drain = fit
-        elif f[1] > 1e-9:
-            self.battery_drain = (0.0, f[2] / f[1])
+        elif (slope := line.slope_through_origin()) is not None:
+            self.battery_drain = (0.0, slope)
 
     def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
                                memory: Optional[float], busy_now: Optional[float] = None) -> None:
@@ -614,6 +602,27 @@ def slots_for(load: float, waiting: float, most: int = 512) -> int:
 
 #: Intervals of evidence before the memory line is trusted.
 MEMORY_FIT_POINTS = 5
+
+
+class _DecayedLine:
+    """``y = a + b x`` fitted by least squares over decayed sums of (w, x, y, xx, xy): each
+    point added weighs 1, the one before ``decay``, and so on."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self.points = 0
+
+    def add(self, x: float, y: float) -> Optional[Tuple[float, float]]:
+        """Fold a point in; the fitted (a, b) once there are ``MEMORY_FIT_POINTS`` points, else None."""
+        for i, v in enumerate((1.0, x, y, x * x, x * y)):
+            self.sums[i] = self.decay * self.sums[i] + v
+        self.points += 1
+        return _fit_line(self.sums) if self.points >= MEMORY_FIT_POINTS else None
+
+    def slope_through_origin(self) -> Optional[float]:
+        """``b`` of ``y = b x`` (all of ``y`` put down to ``x``); None while every ``x`` was 0."""
+        return self.sums[2] / self.sums[1] if self.sums[1] > 1e-9 else None
 
 
 def _fit_line(sums: Iterable[float]) -> Optional[Tuple[float, float]]:
