@@ -136,6 +136,26 @@ def test_a_price_change_is_a_cost_change() -> None:
     assert est.tally("api", "short").cost_per_call == pytest.approx(0.004)
 
 
+def test_a_price_ratio_on_a_few_calls_is_chance_on_many_a_change() -> None:
+    """Tokens vary within a class, so does a call's cost: the mean of four calls at 1.8x the
+    estimate is within chance (3 standard errors of a lognormal mean, sigma 0.6: x2.46), the
+    mean of forty is not (x1.33)."""
+    for n, change in ((4, {}), (40, {"api": "cost"})):
+        est = Estimator(("short",))
+        for _ in range(4):
+            est.update(interval(steady(calls(20), calls(n, cost=0.001))), INTERVAL)
+        assert est.update(interval(steady(calls(20), calls(n, cost=0.0018))), INTERVAL) == change
+
+
+def test_a_latency_ratio_needs_more_calls_the_closer_it_is_to_its_floor() -> None:
+    """x1.8 on five calls is chance (sigma 0.5: x1.96 needed); on twenty it is a change (x1.5 floor)."""
+    for n, change in ((5, {}), (20, {"api": "latency"})):
+        est = Estimator(("short",))
+        for _ in range(4):
+            est.update(interval(steady(calls(20), calls(n, latency=2.0))), INTERVAL)
+        assert est.update(interval(steady(calls(20), calls(n, latency=3.6))), INTERVAL) == change
+
+
 def test_a_quality_drift_shows_on_a_few_probes_per_interval() -> None:
     """A starved track sees two answers per interval; the CUSUM adds them up."""
     est = Estimator(("medium",))
@@ -461,6 +481,40 @@ def test_a_budget_kept_by_swapping_which_class_runs_local() -> None:
     assert est.planned_spend is not None and est.planned_spend <= 30.0
     assert split.shares["long"] > 0.5 and split.shares["short"] < 0.5
     assert est.planned_load is not None and est.planned_load < 4.0  # within the slots
+
+
+def test_a_budget_kept_only_by_overloading_local_is_not_kept() -> None:
+    """The same budget with one local slot: keeping it would take 2 busy slots or more (2 queries/s
+    of 2 s, half of them local). Beyond its slot, local's queue grows until calls time out and fall
+    back to the API, where they are paid for: the spend stays over budget whatever the split, so
+    moving queries local would lose answers for nothing."""
+    est, spec = long_on_the_api()
+    assert choose_split(est, spec, budget_per_hour=14.4).budget_bound  # with room on local: kept
+    est.slots = 1.0
+    split = choose_split(est, spec, budget_per_hour=14.4)
+    assert not split.budget_bound and split.shares["long"] == 0.0
+    assert est.planned_spend == pytest.approx(28.8)
+
+
+def test_the_wait_on_local_is_that_of_the_calls_sent_there() -> None:
+    """short: 2 queries/s of 0.5 s, better on the API; long: 0.2 queries/s of 10 s, 0.04 better on
+    local at no wait. With long alone on local (2 of 3 slots busy), calls wait for long calls:
+    Erlang C gives 0.44 x 10 s / (3 - 2) = 4.4 s, and at a target of 12 s half the in-time answers
+    are lost (0.9 -> 0.5: -0.10). Timed by the mean call of all classes (1.4 s) the wait would be
+    0.6 s, a loss of 0.015: long took 0.9 of local then, where it now keeps to half the slots."""
+    est = Estimator(("short", "long"))
+    est.update(interval({**steady(calls(30, latency=0.5, useful=0.8), calls(30, cost=0.0), "short"),
+                         **steady(calls(3, latency=10.0, within=0.9), calls(3, within=0.9, useful=0.9), "long")}),
+               INTERVAL)
+    est.slots = 3.0
+    spec = ObjectiveSpec(weights={"useful": 0.35, "within_target": 0.25, "quality": 0.15, "savings": 0.0,
+                                  "compliance": 0.0}, probe=0.0, probe_calls=0.0, value_noise=0.0)
+    [short, long_], _ = value_queries(est, spec)
+    assert long_.value["local"] - long_.value["api"] == pytest.approx(0.035)
+    assert short.value["local"] < short.value["api"]
+    split = choose_split(est, spec, interval_seconds=INTERVAL, latency_target=12.0)
+    assert split.shares["short"] == 0.0
+    assert split.shares["long"] <= 0.75 + 1e-9  # at most the share that keeps local's load at half its slots
 
 
 def test_the_spend_measured_corrects_the_spend_planned() -> None:

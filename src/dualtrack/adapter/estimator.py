@@ -12,7 +12,12 @@ Decay alone would take several intervals to believe a change, so changes are
 latency or price of a track departs from its estimate by more than chance
 allows (``change_z`` standard errors), the track's tallies restart from that
 interval. An outage or a recovery is then believed within one interval.
-Quality is checked the same way per track and class.
+Quality is checked the same way per track and class. Latency and price are
+means of calls that vary among themselves (tokens vary within a class), so a
+ratio counts as a change only beyond both its floor (x1.5 latency, x1.25
+price) and chance for the interval's number of calls: on the few calls of a
+probed track, a ratio of 2 can be chance, and restarting the estimates on it
+throws away good evidence (and lets the class change track on noise).
 
 The local track's latency also grows with its own load. The estimator keeps
 each class's base service time on local (its latency while the track is not
@@ -139,6 +144,15 @@ def _departs(observed: float, n: float, expected: float, z: float, slack: float)
     return abs(observed - expected) > z * math.sqrt(p * (1.0 - p) / n) + slack
 
 
+def _beyond(ratio: float, least: float, dispersion: float, n: float, z: float) -> bool:
+    """Is an interval's mean, ``ratio`` times what was expected, a change? Beyond ``least`` (or
+    1/``least``), and beyond chance: ``z`` standard errors of the log of a mean of ``n`` calls
+    whose own spread (lognormal sigma) is ``dispersion``."""
+    if ratio <= 0:
+        return True
+    return abs(math.log(ratio)) > max(math.log(least), z * dispersion / math.sqrt(max(n, 1.0)))
+
+
 @dataclass(frozen=True)
 class EstimatorSettings:
     decay: float = 0.7  # weight of the previous tallies at each cycle
@@ -148,6 +162,8 @@ class EstimatorSettings:
     min_calls: float = 4.0  # an interval needs this many calls to signal a change
     latency_change: float = 1.5  # a pooled latency ratio beyond x1.5 (or /1.5) is a change
     cost_change: float = 1.25  # a pooled price ratio beyond x1.25 (or /1.25) is a change
+    latency_dispersion: float = 0.5  # spread of one call's latency around its class's (lognormal sigma)
+    cost_dispersion: float = 0.6  # the same for its cost (tokens vary within a class)
     congested_inflation: float = 1.4  # local latency over base x this, at load: queueing
     uncongested_inflation: float = 1.15  # below this: keeping up
     capacity_cut: float = 0.85  # on queueing: capacity = this x what was offered
@@ -360,7 +376,7 @@ class Estimator:
                 expected += t.latency_count * mean
         if expected > 0 and interval.latency_sum > 0:
             ratio = interval.latency_sum / expected
-            if ratio > s.latency_change or ratio < 1.0 / s.latency_change:
+            if _beyond(ratio, s.latency_change, s.latency_dispersion, interval.latency_count, s.change_z):
                 return "latency"
         within, observed_within = est.within_rate, interval.within_rate
         if (within is not None and observed_within is not None and interval.successes >= s.min_calls
@@ -370,7 +386,7 @@ class Estimator:
         expected_cost = sum(t.calls * (self.tally(track, c).cost_per_call or 0.0) for c, t in fresh.items())
         if expected_cost > 0 and interval.cost > 0:
             ratio = interval.cost / expected_cost
-            if ratio > s.cost_change or ratio < 1.0 / s.cost_change:
+            if _beyond(ratio, s.cost_change, s.cost_dispersion, interval.calls, s.change_z):
                 return "cost"
         return None
 

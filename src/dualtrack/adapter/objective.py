@@ -27,7 +27,11 @@ change was just detected: noise does not make it flip-flop.
 
 Then the compliance term. Local load is capped at ``utilization`` of the
 estimated capacity (queueing) by giving back first the classes that gain
-least per busy slot. Memory against local load, and API spend against the
+least per busy slot. The wait a split causes on local is that of the calls
+it sends there (Erlang C at their own mean service time, not the mix of all
+classes'), and beyond what local carries its queue only grows: that share of
+the local calls times out, falls back, and is answered late and paid for on
+the API. Memory against local load, and API spend against the
 budget, are weighed rather than obeyed blindly: candidate splits with local
 load capped at a few shares of the memory limit and spend capped at a few
 shares of the budget are scored as
@@ -296,7 +300,8 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     # only the share the API would have answered is load a split adds: while the API
     # is down, moving a class to local costs no capacity.
     load = {c: arrivals.get(c, 0.0) * service.get(c, 0.0) for c in gains}
-    marginal = {c: load[c] * by_class[c].parts["api"]["success"] for c in gains}
+    api_ok = {c: by_class[c].parts["api"]["success"] for c in gains}
+    marginal = {c: load[c] * api_ok[c] for c in gains}
     fallback_load = sum(load[c] - marginal[c] for c in gains)
     spend_rate = {c: arrivals.get(c, 0.0) * 3600.0 * (estimator.tally("api", c).cost_per_call or 0.0)
                   * estimator.spend_bias for c in gains}
@@ -306,17 +311,25 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     mean_service = (sum(load[c] for c in gains) / sum(arrivals.get(c, 0.0) for c in gains)
                     if sum(arrivals.get(c, 0.0) for c in gains) > 0 else 0.0)
 
-    def local_value(c: str, busy: float) -> float:
-        """A query of class ``c`` on local, with the local track carrying ``busy`` Erlangs."""
+    def local_value(c: str, busy: float, service_s: float = mean_service) -> float:
+        """A query of class ``c`` on local, with the local track carrying ``busy`` Erlangs of
+        calls of mean service time ``service_s``."""
         v = by_class[c]
-        if slots_k is None or mean_service <= 0:
+        if slots_k is None or service_s <= 0:
             return v.value["local"]
         k = max(1, int(round(slots_k)))
         parts = v.parts["local"]
         latency = parts["latency"]
-        new_latency = latency - estimator.local_wait + wait_seconds(k, busy, mean_service)
+        new_latency = latency - estimator.local_wait + wait_seconds(k, busy, service_s)
         within = _within_at(parts["within"], latency, max(new_latency, 1e-3), latency_target)
         return v.value["local"] + parts["success"] * spec.weights["within_target"] * (within - parts["within"])
+
+    # What local carries before its queue grows without bound: its slots (or the capacity seen).
+    carry = slots_k if slots_k is not None else estimator.capacity
+    if carry is not None and estimator.server_capacity is not None:
+        carry = min(carry, estimator.server_capacity)
+    late_api = {c: _first_try(by_class[c].parts["api"], spec.weights, cost_norm, late=True) - FALLBACK_PENALTY
+                for c in gains}
 
     def budget_first(local_cap: Optional[float], budget_cap: float) -> Dict[str, float]:
         """Shares that keep the budget with the fewest busy local slots: the classes that
@@ -375,7 +388,14 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
 
     def score(shares: Dict[str, float], local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
         busy = fallback_load + sum(marginal[c] * shares[c] for c in gains)
-        value = sum(arrivals.get(c, 0.0) * (shares[c] * local_value(c, busy)
+        # The wait depends on the service times of the calls the split sends local, not of all calls.
+        local_calls = sum(arrivals.get(c, 0.0) * (1.0 - api_ok[c] * (1.0 - shares[c])) for c in gains)
+        service_s = busy / local_calls if local_calls > 0 else mean_service
+        # Beyond what local carries, its queue grows until calls time out and fall back to the
+        # API: that share of the local calls is answered late, and is paid for on the API.
+        overflow = max(0.0, 1.0 - carry / busy) if carry is not None and busy > carry else 0.0
+        value = sum(arrivals.get(c, 0.0) * (shares[c] * ((1.0 - overflow) * local_value(c, busy, service_s)
+                                                         + overflow * late_api[c])
                                             + (1.0 - shares[c]) * by_class[c].value["api"]) for c in gains)
         value = value / total if total > 0 else 0.0
         p_memory = 0.0
@@ -386,8 +406,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         spend = None
         p_budget = 0.0
         if budget_per_hour is not None and budget_per_hour > 0:
-            spend = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
-            calls = sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains) * BUDGET_WINDOW_SECONDS
+            on_api = {c: 1.0 - shares[c] * (1.0 - overflow) for c in gains}
+            spend = sum(spend_rate[c] * on_api[c] for c in gains)
+            calls = sum(arrivals.get(c, 0.0) * on_api[c] for c in gains) * BUDGET_WINDOW_SECONDS
             if spend > 0:
                 spread = spend * math.sqrt(1.0 / max(calls, 1.0) + spec.spend_error ** 2)
                 p_budget = _normal_tail((budget_per_hour - spend) / spread)
