@@ -75,9 +75,12 @@ def test_prometheus_mode_refuses_sped_up_scenarios(capsys):
 @pytest.mark.prometheus
 def test_prometheus_mode_adapts_through_a_real_prometheus(tmp_path):
     data = yaml.safe_load((bundled_dir("scenarios") / "demo.yaml").read_text())
-    # 14 s after the outage: on a loaded 2-core machine the adapter can lose a few of its
-    # 1 s cycles to scrapes and rule evaluations arriving late (8 s was once too few).
-    data.update(duration="20s", adaptation_interval="1s", monitor_interval="500ms",
+    # 24 s after the outage: on a loaded 2-core machine the adapter can lose a few of its
+    # 1 s cycles to scrapes and rule evaluations arriving late (8 s was once too few), and
+    # after the outage the API sees only probes: its success estimate reaches 0 (a failing
+    # API is a detour to local, worth 0.05 less per query) some 15 cycles later. 14 s left
+    # it there on some loaded runs, where long queries tied between the two routes.
+    data.update(duration="30s", adaptation_interval="1s", monitor_interval="500ms",
                 optimizer={"signal_window": "4s", "metrics_window_size": 400},
                 timeline=[{"at": "6s", "label": "API outage", "set": {"api.outage": "error"},
                            "expect": {"local_bias": "up"}}])

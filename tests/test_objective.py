@@ -156,6 +156,28 @@ def test_a_latency_ratio_needs_more_calls_the_closer_it_is_to_its_floor() -> Non
         assert est.update(interval(steady(calls(20), calls(n, latency=3.6))), INTERVAL) == change
 
 
+def test_api_calls_held_far_beyond_their_usual_time_are_timeouts_before_they_fire() -> None:
+    """20 API calls an interval (0.67/s) of 1.5 s: one in flight at a time, by Little's law. A hang
+    holds every call sent since it began: 15 in flight, none timed out yet. They are counted as
+    timeouts at once (a change of success), where the interval's finished calls alone show nothing."""
+    def hung(in_flight: Optional[float]) -> Estimator:
+        est = Estimator(("short",))
+        for _ in range(4):
+            est.update(interval(steady(calls(20), calls(20, latency=1.5)), api_calls_in_flight=1), INTERVAL)
+        values = interval(steady(calls(20), calls(5, latency=1.5)))
+        if in_flight is not None:
+            values.set("api_calls_in_flight", {}, in_flight)
+        assert est.update(values, INTERVAL) == ({"api": "success"} if in_flight == 15 else {})
+        return est
+
+    hung(None)  # no count of the calls in flight: the finished calls say nothing yet
+    hung(3)  # within chance of the usual one or two
+    est = hung(15)
+    # 15 - 1 expected = 14 calls held, counted as timeouts beside the 5 that answered.
+    assert est.tally("api", "short").success_rate == pytest.approx(5 / 19)
+    assert est.tally("api", "short").timeouts == pytest.approx(14)
+
+
 def test_a_quality_drift_shows_on_a_few_probes_per_interval() -> None:
     """A starved track sees two answers per interval; the CUSUM adds them up."""
     est = Estimator(("medium",))
@@ -515,6 +537,21 @@ def test_the_wait_on_local_is_that_of_the_calls_sent_there() -> None:
     split = choose_split(est, spec, interval_seconds=INTERVAL, latency_target=12.0)
     assert split.shares["short"] == 0.0
     assert split.shares["long"] <= 0.75 + 1e-9  # at most the share that keeps local's load at half its slots
+
+
+def test_a_failing_api_is_a_detour_to_the_same_congested_local() -> None:
+    """The API fails 95% of its calls at once, and its fallbacks land on a local track that is
+    full (2.3 busy slots of 1): no local answer is in time. Routed to the API a query is, 95% of
+    the time, the same late local answer plus a wasted call: the class stays local. Valued with
+    the fallback's answer as if local were not congested, the API route looked 0.2 better."""
+    est = Estimator(("long",))
+    est.update(interval(steady(calls(30, latency=2.0), calls(40, success=0.05), "long")), INTERVAL)
+    est.slots = 1.0
+    spec = ObjectiveSpec(probe=0.0, probe_calls=0.0, value_noise=0.0)
+    [v], _ = value_queries(est, spec)
+    assert v.value["local"] - v.value["api"] == pytest.approx(0.95 * FALLBACK_PENALTY)
+    split = choose_split(est, spec, interval_seconds=INTERVAL, latency_target=3.0)
+    assert split.shares["long"] == 1.0
 
 
 def test_the_spend_measured_corrects_the_spend_planned() -> None:

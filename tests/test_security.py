@@ -651,7 +651,7 @@ def test_no_configuration_value_reaches_promql_except_as_an_escaped_literal(tmp_
     for value in marker_classes + tuple(hostile):
         assert value not in text and escape_label_value(value) not in text
     names = {escape_label_value(s.name) for s in adapter.strategies.catalog}
-    fixed = {SIGNAL_LABEL, "", "success", "error", "timeout", "cancelled", "local"}  # local: local_calls_in_flight
+    fixed = {SIGNAL_LABEL, "", "success", "error", "timeout", "cancelled", "local", "api"}  # the calls in flight
     literals = set(PROMQL_STRING.findall(text))
     assert literals - fixed - names - {f"_input_{n}" for n in
                                        ("requests", "buckets", "duration_sum", "duration_count", "cost", "tokens",

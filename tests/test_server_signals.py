@@ -256,6 +256,7 @@ def test_the_optimizer_scrapes_the_local_server_into_its_signals(servers) -> Non
         assert values.get("local_server_running", {}) == 12
         assert values.get("local_server_slots", {}) == 24
         assert values.get("local_calls_in_flight", {}) == 2
+        assert values.get("api_calls_in_flight", {}) == 1
         registry = optimizer.registry
         assert registry.get_sample_value("dualtrack_calls_in_flight", {"track": "local"}) == 2.0
         assert registry.get_sample_value("dualtrack_calls_in_flight", {"track": "api"}) == 1.0

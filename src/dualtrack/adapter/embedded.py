@@ -132,13 +132,13 @@ class EmbeddedSource:
     def __init__(self, config: OptimizationConfig, collector: RequestWindows,
                  snapshot: Callable[[], Optional[MachineReading]], *, in_flight: Callable[[], int] = lambda: 0,
                  clock: Clock = SYSTEM_CLOCK, local_server: Optional[LocalServerProbe] = None,
-                 local_in_flight: Optional[Callable[[], Optional[int]]] = None) -> None:
+                 calls_in_flight: Optional[Callable[[str], Optional[int]]] = None) -> None:
         self.config = config
         self.collector = collector
         self._snapshot = snapshot
         self._in_flight = in_flight
         self._local_server = local_server
-        self._local_in_flight = local_in_flight
+        self._calls_in_flight = calls_in_flight
         self.clock = clock
 
     def _span(self, window: Sequence[RequestRecord], kept: Sequence[RequestRecord], now: float) -> float:
@@ -219,8 +219,9 @@ class EmbeddedSource:
 
     def _server_signals(self, values: SignalValues) -> None:
         """The ``local_server_*`` signals from the last scrape, and the local calls in flight."""
-        if self._local_in_flight is not None:
-            values.set("local_calls_in_flight", {}, self._local_in_flight())
+        if self._calls_in_flight is not None:
+            values.set("local_calls_in_flight", {}, self._calls_in_flight("local"))
+            values.set("api_calls_in_flight", {}, self._calls_in_flight("api"))
         server = self._local_server() if self._local_server is not None else None
         if server is None:
             return
@@ -308,7 +309,7 @@ class AdaptiveOptimizer:
                  resource_monitor: Optional[MachineMonitor], *, clock: Clock = SYSTEM_CLOCK,
                  strategies: Optional[StrategySet] = None,
                  in_flight: Callable[[], int] = lambda: 0, local_server: Optional[LocalServerProbe] = None,
-                 local_in_flight: Optional[Callable[[], Optional[int]]] = None) -> None:
+                 calls_in_flight: Optional[Callable[[str], Optional[int]]] = None) -> None:
         self.config = config
         self.clock = clock
         self.strategies = strategies or load_strategies(config.rules_path or bundled_dir("rules"))
@@ -316,7 +317,7 @@ class AdaptiveOptimizer:
                                  interval_seconds=config.adaptation_interval_seconds)
         snapshot = resource_monitor.snapshot if resource_monitor is not None else (lambda: None)
         self.source = EmbeddedSource(config, metrics_collector, snapshot, in_flight=in_flight, clock=clock,
-                                     local_server=local_server, local_in_flight=local_in_flight)
+                                     local_server=local_server, calls_in_flight=calls_in_flight)
         base = self.engine.routing
         self.routing_preferences: Dict[str, float] = dict(base)
         self.history: Deque[Dict[str, Any]] = deque(maxlen=config.history_size)

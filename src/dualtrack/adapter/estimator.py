@@ -40,6 +40,14 @@ during a price spike an API query costs more savings than usual, and a price
 cut makes it cheaper. Scaled by the prices of the moment instead, a price
 change would leave every choice as it was.
 
+A hanging API shows before its calls time out. The routers count their API
+calls in flight (``api_calls_in_flight``); by Little's law a track holds
+about its call rate times its mean latency, so calls in flight far beyond
+that (``hang_z`` standard deviations and ``hang_least`` calls) are calls the
+API holds: they are counted at once as the interval's timeouts, and a hang
+is believed in the cycle after it starts, not after the timeouts fire (up to
+a timeout plus an interval later).
+
 Where the local model server exports its own load (``local_server_*``
 signals: vLLM, llama.cpp, SGLang, TGI through ``local_server_rules.yml``, or
 the server's ``/metrics`` scraped in embedded mode), the estimator does not
@@ -164,6 +172,8 @@ class EstimatorSettings:
     cost_change: float = 1.25  # a pooled price ratio beyond x1.25 (or /1.25) is a change
     latency_dispersion: float = 0.5  # spread of one call's latency around its class's (lognormal sigma)
     cost_dispersion: float = 0.6  # the same for its cost (tokens vary within a class)
+    hang_z: float = 4.0  # API calls in flight beyond Little's law by this many standard deviations...
+    hang_least: float = 3.0  # ...and this many calls: the API holds them (a hang)
     congested_inflation: float = 1.4  # local latency over base x this, at load: queueing
     uncongested_inflation: float = 1.15  # below this: keeping up
     capacity_cut: float = 0.85  # on queueing: capacity = this x what was offered
@@ -257,7 +267,12 @@ class Estimator:
         s = self.settings
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
+        hanging = self._hanging_api_calls(values.get("api_calls_in_flight", {}), fresh["api"], interval_seconds)
         self.interval_calls = {t: sum(fresh[t][c].calls for c in self.classes) for t in TRACKS}
+        if hanging > 0:
+            # Calls the API holds far beyond its usual time are failures to come (a hang, an
+            # outage without an answer): counted now as timeouts, not when their timeouts fire.
+            fresh["api"] = self._with_timeouts(fresh["api"], hanging)
         for c in self.classes:
             # Arrivals are news, not evidence to pool: a burst is the load of now. A failed
             # first try is followed by a fallback call: calls minus failures counts queries.
@@ -290,6 +305,32 @@ class Estimator:
         self._update_usual_api_cost(sum(self.arrivals.get(c, 0.0) for c in self.classes) * interval_seconds)
         self._update_from_server(values)
         return events
+
+    def _hanging_api_calls(self, in_flight: Optional[float], fresh: Mapping[str, Tally],
+                           interval_seconds: float) -> float:
+        """API calls in flight beyond what its call rate and usual latency explain (Little's law:
+        rate x mean latency, and chance around it), or 0."""
+        if in_flight is None or in_flight <= 0:
+            return 0.0
+        mean = self.pooled("api").mean_latency
+        if mean is None:
+            return 0.0
+        rate = max(self.interval_calls.get("api", 0.0), _pool(fresh.values()).calls) / interval_seconds
+        expected = rate * mean
+        excess = in_flight - expected
+        return excess if excess > self.settings.hang_z * math.sqrt(expected) + self.settings.hang_least else 0.0
+
+    def _with_timeouts(self, fresh: Mapping[str, Tally], calls: float) -> Dict[str, Tally]:
+        """The interval's API evidence with ``calls`` more timeouts, shared as its classes' calls are."""
+        weights = {c: fresh[c].calls or self.tally("api", c).calls for c in self.classes}
+        total = sum(weights.values())
+        out = {}
+        for c in self.classes:
+            t = fresh[c]
+            extra = calls * (weights[c] / total if total > 0 else 1.0 / len(self.classes))
+            out[c] = Tally(t.calls + extra, t.successes, t.timeouts + extra, t.within, t.useful, t.quality_sum,
+                           t.quality_count, t.cost, t.latency_sum, t.latency_count)
+        return out
 
     def _busy_now(self, values: SignalValues) -> Optional[float]:
         """Local calls being served at the moment of the memory reading, where a signal says it.

@@ -30,11 +30,11 @@ estimated capacity (queueing) by giving back first the classes that gain
 least per busy slot. The wait a split causes on local is that of the calls
 it sends there (Erlang C at their own mean service time, not the mix of all
 classes'), and beyond what local carries its queue only grows: that share of
-the local calls times out, falls back, and is answered late and paid for on
-the API. Memory against local load, and API spend against the
-budget, are weighed rather than obeyed blindly: candidate splits with local
-load capped at a few shares of the memory limit and spend capped at a few
-shares of the budget are scored as
+the local calls times out and falls back, and is paid for on the API. Memory
+against local load, and API spend against the budget, are weighed rather
+than obeyed blindly: candidate splits with local load capped at a few shares
+of the memory limit and spend capped at a few shares of the budget are
+scored as
 
     score = sum over c of rate(c) * (x_c * value(local) + (1 - x_c) * value(api)) / total rate
             - w_compliance * (P(memory over its limit) + P(spend over budget))
@@ -328,8 +328,6 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     carry = slots_k if slots_k is not None else estimator.capacity
     if carry is not None and estimator.server_capacity is not None:
         carry = min(carry, estimator.server_capacity)
-    late_api = {c: _first_try(by_class[c].parts["api"], spec.weights, cost_norm, late=True) - FALLBACK_PENALTY
-                for c in gains}
 
     def budget_first(local_cap: Optional[float], budget_cap: float) -> Dict[str, float]:
         """Shares that keep the budget with the fewest busy local slots: the classes that
@@ -392,11 +390,17 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         local_calls = sum(arrivals.get(c, 0.0) * (1.0 - api_ok[c] * (1.0 - shares[c])) for c in gains)
         service_s = busy / local_calls if local_calls > 0 else mean_service
         # Beyond what local carries, its queue grows until calls time out and fall back to the
-        # API: that share of the local calls is answered late, and is paid for on the API.
+        # API: that share of the local calls is paid for on the API (below). Their answers are
+        # late either way: local_value has no answer in time beyond the slots.
         overflow = max(0.0, 1.0 - carry / busy) if carry is not None and busy > carry else 0.0
-        value = sum(arrivals.get(c, 0.0) * (shares[c] * ((1.0 - overflow) * local_value(c, busy, service_s)
-                                                         + overflow * late_api[c])
-                                            + (1.0 - shares[c]) * by_class[c].value["api"]) for c in gains)
+        value = 0.0
+        for c in gains:
+            on_local = local_value(c, busy, service_s)
+            # An API call that fails fast falls back to the same local track, at the same load.
+            api = by_class[c].parts["api"]
+            fallback = (1.0 - api["success"]) * (1.0 - api["timeout_share"])
+            via_api = by_class[c].value["api"] + fallback * (on_local - by_class[c].value["local"])
+            value += arrivals.get(c, 0.0) * (shares[c] * on_local + (1.0 - shares[c]) * via_api)
         value = value / total if total > 0 else 0.0
         p_memory = 0.0
         slots = estimator.memory_slots

@@ -256,6 +256,8 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                     "1/s", "sum(dualtrack:local_server_preemptions:rate1m)"),
     _machine_signal("local_calls_in_flight", "Calls on the local track in flight, as the routers count them.",
                     "requests", 'sum(dualtrack_calls_in_flight{track="local"})'),
+    _machine_signal("api_calls_in_flight", "Calls on the API track in flight, as the routers count them.",
+                    "requests", 'sum(dualtrack_calls_in_flight{track="api"})'),
     _machine_signal("concurrency_used_ratio", "Requests in flight as a fraction of max_concurrent_requests.",
                     "ratio", "max(dualtrack_requests_in_flight / dualtrack_concurrency_limit)"),
     # Constraint limits, so rules need no hard-coded thresholds.

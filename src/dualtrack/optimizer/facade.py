@@ -124,7 +124,7 @@ class DualTrackOptimizer:
         else:
             self.adaptive = AdaptiveOptimizer(config, self.collector, self.resource_monitor, clock=self.clock,
                                               strategies=strategies, in_flight=self.in_flight_count,
-                                              local_server=local_server, local_in_flight=self._local_in_flight)
+                                              local_server=local_server, calls_in_flight=self.recorder.calls_in_flight)
             self.preference_source = self.adaptive
             self._signals = self.adaptive.source
 
