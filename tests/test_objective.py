@@ -136,24 +136,21 @@ def test_a_price_change_is_a_cost_change() -> None:
     assert est.tally("api", "short").cost_per_call == pytest.approx(0.004)
 
 
-def test_a_price_ratio_on_a_few_calls_is_chance_on_many_a_change() -> None:
-    """Tokens vary within a class, so does a call's cost: the mean of four calls at 1.8x the
-    estimate is within chance (3 standard errors of a lognormal mean, sigma 0.6: x2.46), the
-    mean of forty is not (x1.33)."""
-    for n, change in ((4, {}), (40, {"api": "cost"})):
+@pytest.mark.parametrize("field, before, after, few, many", [
+    # Tokens vary within a class, so does a call's cost: the mean of four calls at 1.8x the
+    # estimate is within chance (3 standard errors of a lognormal mean, sigma 0.6: x2.46), the
+    # mean of forty is not (x1.33).
+    ("cost", 0.001, 0.0018, 4, 40),
+    # x1.8 on five calls is chance (sigma 0.5: x1.96 needed); on twenty it passes the x1.5 floor.
+    ("latency", 2.0, 3.6, 5, 20),
+])
+def test_a_ratio_on_a_few_calls_is_chance_on_many_a_change(field: str, before: float, after: float, few: int,
+                                                           many: int) -> None:
+    for n, change in ((few, {}), (many, {"api": field})):
         est = Estimator(("short",))
         for _ in range(4):
-            est.update(interval(steady(calls(20), calls(n, cost=0.001))), INTERVAL)
-        assert est.update(interval(steady(calls(20), calls(n, cost=0.0018))), INTERVAL) == change
-
-
-def test_a_latency_ratio_needs_more_calls_the_closer_it_is_to_its_floor() -> None:
-    """x1.8 on five calls is chance (sigma 0.5: x1.96 needed); on twenty it is a change (x1.5 floor)."""
-    for n, change in ((5, {}), (20, {"api": "latency"})):
-        est = Estimator(("short",))
-        for _ in range(4):
-            est.update(interval(steady(calls(20), calls(n, latency=2.0))), INTERVAL)
-        assert est.update(interval(steady(calls(20), calls(n, latency=3.6))), INTERVAL) == change
+            est.update(interval(steady(calls(20), calls(n, **{field: before}))), INTERVAL)
+        assert est.update(interval(steady(calls(20), calls(n, **{field: after}))), INTERVAL) == change
 
 
 def test_api_calls_held_far_beyond_their_usual_time_are_timeouts_before_they_fire() -> None:
