@@ -267,8 +267,12 @@ class Estimator:
         s = self.settings
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
-        hanging = self._hanging_api_calls(values.get("api_calls_in_flight", {}), fresh["api"], interval_seconds)
-        self.interval_calls = {t: sum(fresh[t][c].calls for c in self.classes) for t in TRACKS}
+        decided = {t: sum(fresh[t][c].calls for c in self.classes) for t in TRACKS}
+        # The API's call rate: of this interval or the last, whichever is higher (a hang leaves
+        # this interval with few decided calls).
+        rate = max(decided["api"], self.interval_calls["api"]) / interval_seconds
+        hanging = self._hanging_api_calls(values.get("api_calls_in_flight", {}), rate)
+        self.interval_calls = decided
         if hanging > 0:
             # Calls the API holds far beyond its usual time are failures to come (a hang, an
             # outage without an answer): counted now as timeouts, not when their timeouts fire.
@@ -306,16 +310,14 @@ class Estimator:
         self._update_from_server(values)
         return events
 
-    def _hanging_api_calls(self, in_flight: Optional[float], fresh: Mapping[str, Tally],
-                           interval_seconds: float) -> float:
-        """API calls in flight beyond what its call rate and usual latency explain (Little's law:
-        rate x mean latency, and chance around it), or 0."""
+    def _hanging_api_calls(self, in_flight: Optional[float], rate: float) -> float:
+        """API calls in flight beyond what its call ``rate`` (per second) and usual latency explain
+        (Little's law: rate x mean latency, and chance around it), or 0."""
         if in_flight is None or in_flight <= 0:
             return 0.0
         mean = self.pooled("api").mean_latency
         if mean is None:
             return 0.0
-        rate = max(self.interval_calls.get("api", 0.0), _pool(fresh.values()).calls) / interval_seconds
         expected = rate * mean
         excess = in_flight - expected
         return excess if excess > self.settings.hang_z * math.sqrt(expected) + self.settings.hang_least else 0.0

@@ -397,8 +397,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         for c in gains:
             on_local = local_value(c, busy, service_s)
             # An API call that fails fast falls back to the same local track, at the same load.
-            api = by_class[c].parts["api"]
-            fallback = (1.0 - api["success"]) * (1.0 - api["timeout_share"])
+            fallback = (1.0 - api_ok[c]) * (1.0 - by_class[c].parts["api"]["timeout_share"])
             via_api = by_class[c].value["api"] + fallback * (on_local - by_class[c].value["local"])
             value += arrivals.get(c, 0.0) * (shares[c] * on_local + (1.0 - shares[c]) * via_api)
         value = value / total if total > 0 else 0.0
