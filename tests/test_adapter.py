@@ -240,8 +240,8 @@ def test_cli_once_dry_run_prints_preferences(shared_stack, capsys):
 def test_cli_print_queries_is_one_batched_query(capsys):
     assert main(["adapter", "--prometheus-url", "http://127.0.0.1:1", "--print-queries"]) == 0
     out = capsys.readouterr().out
-    # Request signals come from eight aggregated rates, each fetched once...
-    assert out.count('"dualtrack_signal", "_input_') == 8
+    # Request signals come from nine aggregated rates, each fetched once...
+    assert out.count('"dualtrack_signal", "_input_') == 9
     assert out.count('"dualtrack_signal", "_input_buckets"') == 1
     assert "sum by (path, query_class, le) (rate(dualtrack_request_duration_seconds_bucket[2m]))" in out
     assert '"dualtrack_signal", "latency_p95_seconds"' not in out

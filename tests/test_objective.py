@@ -20,6 +20,7 @@ from dualtrack.adapter.objective import (
     ObjectiveSpec,
     choose_split,
     probe_shares,
+    refused_share,
     value_queries,
 )
 from dualtrack.adapter.signals import SignalValues
@@ -37,7 +38,8 @@ def interval(counts: Mapping[Tuple[str, str], Tally], **machine: float) -> Signa
                             ("interval_timeouts", t.timeouts), ("interval_within_target", t.within),
                             ("interval_useful", t.useful), ("interval_quality_sum", t.quality_sum),
                             ("interval_quality_count", t.quality_count), ("interval_cost_dollars", t.cost),
-                            ("interval_latency_sum", t.latency_sum), ("interval_latency_count", t.latency_count)):
+                            ("interval_latency_sum", t.latency_sum), ("interval_latency_count", t.latency_count),
+                            ("interval_rate_limited", t.rate_limited)):
             values.set(name, labels, value)
     for name, value in machine.items():
         values.set(name, {}, value)
@@ -45,12 +47,13 @@ def interval(counts: Mapping[Tuple[str, str], Tally], **machine: float) -> Signa
 
 
 def calls(n: float, *, success: float = 1.0, within: float = 1.0, useful: float = 1.0, quality: float = 0.9,
-          cost: float = 0.0, latency: float = 1.0, timeouts: float = 0.0) -> Tally:
-    """n calls with the given rates (of calls, of successes, of scored answers), mean cost and latency."""
+          cost: float = 0.0, latency: float = 1.0, timeouts: float = 0.0, refused: float = 0.0) -> Tally:
+    """n calls with the given rates (of calls, of successes, of scored answers), mean cost and latency;
+    ``refused`` more calls refused by a rate limit (fast, free, not successes)."""
     ok = n * success
-    return Tally(calls=n, successes=ok, timeouts=timeouts, within=ok * within, useful=ok * useful,
+    return Tally(calls=n + refused, successes=ok, timeouts=timeouts, within=ok * within, useful=ok * useful,
                  quality_sum=ok * quality, quality_count=ok, cost=n * cost, latency_sum=n * latency,
-                 latency_count=n)
+                 latency_count=n + refused, rate_limited=refused)
 
 
 def steady(local: Tally, api: Tally, qc: str = "short") -> Dict[Tuple[str, str], Tally]:
@@ -173,6 +176,53 @@ def test_api_calls_held_far_beyond_their_usual_time_are_timeouts_before_they_fir
     # 15 - 1 expected = 14 calls held, counted as timeouts beside the 5 that answered.
     assert est.tally("api", "short").success_rate == pytest.approx(5 / 19)
     assert est.tally("api", "short").timeouts == pytest.approx(14)
+
+
+def test_calls_refused_by_a_rate_limit_are_its_limit_not_failures() -> None:
+    """40 API calls an interval, 25 of them refused with HTTP 429: the API answered all it accepted
+    (no change of its success rate), and what it accepted, 15 in 30 s, is its limit."""
+    est = Estimator(("short",))
+    for _ in range(4):
+        est.update(interval(steady(calls(20), calls(20, latency=2.0))), INTERVAL)
+    assert est.api_rate_limit is None
+    assert est.update(interval(steady(calls(20), calls(15, latency=2.0, refused=25))), INTERVAL) == {}
+    api = est.tally("api", "short")
+    assert api.success_rate == pytest.approx(1.0)
+    assert api.mean_latency == pytest.approx(2.0)
+    assert est.api_rate_limit == pytest.approx(15 / INTERVAL)
+    # Two refusals are chance (a burst, a retry), not a limit to plan within.
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(20), calls(38, refused=2))), INTERVAL)
+    assert est.api_rate_limit is None
+
+
+def test_a_rate_limit_is_tried_higher_when_nothing_is_refused_and_forgotten_once_all_traffic_fits() -> None:
+    s = EstimatorSettings()
+    est = Estimator(("short",), s)
+    est.update(interval(steady(calls(20), calls(15, refused=25))), INTERVAL)  # 1.17 queries/s in all
+    limit = 15 / INTERVAL
+    assert est.api_rate_limit == pytest.approx(limit)
+    # Sent well below the limit: nothing learned, the limit stays.
+    est.update(interval(steady(calls(30), calls(5))), INTERVAL)
+    assert est.api_rate_limit == pytest.approx(limit)
+    # At the limit, nothing refused: it may have been raised; tried higher, cycle after cycle...
+    est.update(interval(steady(calls(20), calls(15))), INTERVAL)
+    assert est.api_rate_limit == pytest.approx(limit * s.rate_limit_growth)
+    cycles = 0
+    while est.api_rate_limit is not None and cycles < 20:
+        sent = min(est.api_rate_limit * INTERVAL, 35.0)  # the split sends up to the limit
+        est.update(interval(steady(calls(35 - sent), calls(sent))), INTERVAL)
+        cycles += 1
+    # ...until all the traffic (35 queries an interval) would fit within it: no limit binds.
+    assert est.api_rate_limit is None and cycles <= 6
+
+
+def test_the_share_a_rate_limit_refuses() -> None:
+    assert refused_share(1.0, None) == 0.0
+    assert refused_share(0.5, 1.0) == pytest.approx(0.0, abs=1e-6)  # 30 a minute against 60
+    assert refused_share(4.0, 1.0) == pytest.approx(0.75, abs=1e-3)  # 240 a minute, 60 accepted
+    # At the limit, a minute's Poisson count is over it half the time, by sd x phi(0) on average.
+    assert refused_share(1.0, 1.0) == pytest.approx(math.sqrt(60) / math.sqrt(2 * math.pi) / 60)
 
 
 def test_a_quality_drift_shows_on_a_few_probes_per_interval() -> None:
@@ -597,3 +647,16 @@ def test_a_class_with_evidence_on_one_track_only_keeps_its_split() -> None:
     split = choose_split(est, ObjectiveSpec(), current={"short": 0.4})
     assert split.shares["short"] == 0.4
     assert any("not enough evidence" in r for r in split.reasons)
+
+
+def test_a_class_worth_more_on_a_rate_limited_api_sends_it_what_it_accepts() -> None:
+    """2 queries/s, each worth 0.175 more on the API; the API accepts 1 call/s. All on the API,
+    half would be refused and fall back to local (worth local's answer less the fallback's
+    penalty): the split keeps the API's calls within its limit and sends the rest local."""
+    est, spec = long_on_the_api()
+    assert choose_split(est, spec).shares["long"] == 0.0
+    est.api_rate_limit = 1.0
+    split = choose_split(est, spec)
+    api_calls = est.arrivals["long"] * (1.0 - split.shares["long"])
+    assert 0.8 <= api_calls <= 1.0
+    assert any("rate limit" in r for r in split.reasons)

@@ -159,6 +159,21 @@ def test_the_window_record_has_every_field_right():
     assert record.success is True and record.outcome == "success" and record.error_type is None
 
 
+def test_a_call_refused_by_a_rate_limit_is_an_error_counted_apart_too():
+    env = Env()
+    labels = {"path": "api", "query_class": "short"}
+    assert env.get("dualtrack_rate_limited_total", **labels) == 0  # exported before the first refusal
+    env.request("r1", "api", 0.05, {}, success=False, error_type="rate_limited")
+    env.request("r2", "api", 0.05, {}, success=False, error_type="http_500")
+    env.request("r3", "api", 0.05, {"outcome": "timeout"}, success=False, error_type="rate_limited")
+    assert env.get("dualtrack_requests_total", outcome="error", **labels) == 2
+    assert env.get("dualtrack_rate_limited_total", **labels) == 1  # r1 only: r3 ended as a timeout
+    values = env.optimizer.adaptive.source.fetch()
+    assert values.get("rate_limited_ratio", {"path": "api"}) == pytest.approx(1 / 3)
+    assert values.get("interval_rate_limited", labels) == 1
+    assert values.get("interval_calls", labels) == 3
+
+
 def test_latency_ms_overrides_the_measured_time():
     env = Env()
     env.request("r1", "local", seconds=5.0, result={"latency_ms": 200})

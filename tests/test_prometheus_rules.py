@@ -320,6 +320,7 @@ for _level, _prefix in ((("path",), "path"), (("path", "query_class"), "path_que
         ("success_ratio", _level): f"{_prefix}:dualtrack_requests_success:ratio_rate2m",
         ("error_ratio", _level): f"{_prefix}:dualtrack_requests_error:ratio_rate2m",
         ("timeout_ratio", _level): f"{_prefix}:dualtrack_requests_timeout:ratio_rate2m",
+        ("rate_limited_ratio", _level): f"{_prefix}:dualtrack_requests_rate_limited:ratio_rate2m",
         ("cost_per_request_dollars", _level): f"{_prefix}:dualtrack_cost_dollars_per_request:ratio_rate2m",
         ("cost_burn_dollars_per_hour", _level): f"{_prefix}:dualtrack_cost_dollars:rate2m * 3600",
         ("quality_mean", _level): f"{_prefix}:dualtrack_response_quality_ratio:mean_rate2m",
@@ -351,6 +352,7 @@ FIRST_GROUP = {
     "dualtrack_tokens_total": "instance_path_query_class:dualtrack_tokens:rate2m",
     "dualtrack_response_quality_ratio_sum": "instance_path_query_class:dualtrack_response_quality_ratio_sum:rate2m",
     "dualtrack_response_quality_ratio_count": "instance_path_query_class:dualtrack_response_quality_ratio_count:rate2m",
+    "dualtrack_rate_limited_total": "instance_path_query_class:dualtrack_rate_limited:rate2m",
 }
 
 

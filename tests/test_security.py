@@ -655,7 +655,7 @@ def test_no_configuration_value_reaches_promql_except_as_an_escaped_literal(tmp_
     literals = set(PROMQL_STRING.findall(text))
     assert literals - fixed - names - {f"_input_{n}" for n in
                                        ("requests", "buckets", "duration_sum", "duration_count", "cost", "tokens",
-                                        "quality_sum", "quality_count")} == set(), literals
+                                        "quality_sum", "quality_count", "rate_limited")} == set(), literals
 
 
 HOSTILE_VALUES = ['a"b', "back\\slash", "trailing\\", 'both\\"', "new\nline", "tab\there\rcr", "unicodé ✓", "{}()=~,"]

@@ -31,6 +31,11 @@ answer wins). A bounded metric label, and the keys of per-path timeouts."""
 OUTCOMES: Tuple[str, ...] = ("success", "error", "timeout", "cancelled")
 """How a request or model call ended. A bounded metric label."""
 
+RATE_LIMITED = "rate_limited"
+"""The error type of a call refused by a rate limit (HTTP 429): an ``error``
+outcome, counted apart as well (``dualtrack_rate_limited_total``) because a
+full API is not a failing one."""
+
 OTHER = "other"
 """The label value that stands for every value outside a bounded set."""
 
@@ -143,6 +148,6 @@ def check_promql_duration(value: object) -> str:
 
 __all__ = [
     "DEFAULT_QUERY_CLASSES", "DEFAULT_ROUTING", "DEFAULT_TIMEOUTS_SECONDS", "DURATION_HINT", "OTHER", "OUTCOMES",
-    "PARALLEL_NEVER", "PATHS", "ROUTING_FIELDS", "ROUTING_NAMES", "RoutingField", "TRACKS",
+    "PARALLEL_NEVER", "PATHS", "RATE_LIMITED", "ROUTING_FIELDS", "ROUTING_NAMES", "RoutingField", "TRACKS",
     "check_promql_duration", "other_track", "parse_duration",
 ]

@@ -366,7 +366,8 @@ def _arrive(router: SimulatedRouter, push: Callable[..., None], now: float) -> N
         tokens_out = 0
         result["tokens_out"] = 0
     elif roll < 0.04 + (0.02 if path == "api" else 0.0):
-        success, error_type = False, "upstream_5xx"
+        # The API's last sixth of its errors is a rate limit's refusal (HTTP 429).
+        success, error_type = False, "rate_limited" if roll >= 0.05 else "upstream_5xx"
         result["tokens_out"] = 0
     elif roll < 0.05 + (0.02 if path == "api" else 0.0):
         success, error_type = False, "cancelled"

@@ -1,13 +1,13 @@
 """Request signals from a handful of aggregated rates, computed client-side.
 
 Every request signal (latency quantiles, success ratio, cost per request,
-quality...) at every aggregation level is a function of eight rates, each
+quality...) at every aggregation level is a function of nine rates, each
 summed by (path, query_class) in PromQL:
 
     requests by outcome, latency buckets by le, latency sum and count,
-    cost, tokens, quality sum and count.
+    cost, tokens, quality sum and count, calls refused by a rate limit.
 
-Fetching those eight once and combining them here costs Prometheus eight
+Fetching those nine once and combining them here costs Prometheus nine
 scans of the raw series per cycle instead of one per signal and level (about
 a hundred), which is what keeps a cycle fast against a large fleet
 (``benchmarks/adapter_cycle.py``). The arithmetic is the PromQL forms' own:
@@ -15,7 +15,7 @@ numerators and denominators summed before dividing, and
 ``histogram_quantile`` as Prometheus computes it — ``tests/test_aggregates.py``
 checks the two agree on real data.
 
-With recording_rules.yml loaded the eight need no scan of raw series at
+With recording_rules.yml loaded the nine need no scan of raw series at
 all: ``RECORDED_INPUTS`` reads them from the fleet inputs the rules record
 (``path_query_class_outcome:dualtrack_requests:rate2m`` and its siblings),
 which Prometheus computes once per evaluation interval whoever asks; the
@@ -42,6 +42,7 @@ INPUTS: Dict[str, Tuple[str, Optional[str]]] = {
     "tokens": ("sum by (path, query_class) (rate(dualtrack_tokens_total[{window}]))", None),
     "quality_sum": ("sum by (path, query_class) (rate(dualtrack_response_quality_ratio_sum[{window}]))", None),
     "quality_count": ("sum by (path, query_class) (rate(dualtrack_response_quality_ratio_count[{window}]))", None),
+    "rate_limited": ("sum by (path, query_class) (rate(dualtrack_rate_limited_total[{window}]))", None),
 }
 
 #: The rate window of recording_rules.yml: the recorded inputs exist for it only.
@@ -63,13 +64,14 @@ RECORDED_INPUTS: Dict[str, str] = {
     "tokens": "sum by (path, query_class) (path_query_class:dualtrack_tokens:rate2m)",
     "quality_sum": "sum by (path, query_class) (path_query_class:dualtrack_response_quality_ratio_sum:rate2m)",
     "quality_count": "sum by (path, query_class) (path_query_class:dualtrack_response_quality_ratio_count:rate2m)",
+    "rate_limited": "sum by (path, query_class) (path_query_class:dualtrack_rate_limited:rate2m)",
 }
 
 #: The signals computed here (the catalog's request signals).
 REQUEST_SIGNALS = (
     "requests_per_second", "latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds",
     "latency_mean_seconds", "success_ratio", "error_ratio", "timeout_ratio", "cost_per_request_dollars",
-    "cost_burn_dollars_per_hour", "quality_mean", "tokens_per_second",
+    "cost_burn_dollars_per_hour", "quality_mean", "tokens_per_second", "rate_limited_ratio",
 )
 
 Key = Tuple[Tuple[str, str], ...]
@@ -168,6 +170,7 @@ def compute(inputs: Mapping[str, Mapping[Key, float]], values: SignalValues) -> 
                 "success_ratio": _ratio(requests.get("success"), decided) if "success" in requests else None,
                 "error_ratio": _ratio(requests.get("error"), decided) if "error" in requests else None,
                 "timeout_ratio": _ratio(requests.get("timeout"), decided) if "timeout" in requests else None,
+                "rate_limited_ratio": _ratio(g.get("rate_limited"), decided),
                 "latency_mean_seconds": _ratio(g.get("duration_sum"), g.get("duration_count")),
                 "cost_per_request_dollars": _ratio(g.get("cost"), total),
                 "cost_burn_dollars_per_hour": (g["cost"] * 3600.0 if "cost" in g else None),

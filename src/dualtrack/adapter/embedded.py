@@ -30,6 +30,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..config import OptimizationConfig
 from ..constraints import MB, ConstraintCheck, MachineState, request_checks, resource_checks
 from ..preferences import ConstraintState, Preferences, Routing
+from ..vocabulary import RATE_LIMITED
 from .controller import AdaptationController, MemoryPublisher
 from .engine import RuleEngine
 from .signals import Catalog, SignalValues
@@ -47,6 +48,7 @@ class RequestRecord(Protocol):
     cost_estimate: float
     quality_score: float
     outcome: str
+    error_type: Optional[str]
     has_cost: bool
     has_quality: bool
 
@@ -115,6 +117,8 @@ def _request_signals(records: Sequence[RequestRecord], span: float) -> Dict[str,
         "success_ratio": sum(1 for r in decided if r.outcome == "success") / n if n else None,
         "error_ratio": sum(1 for r in decided if r.outcome == "error") / n if n else None,
         "timeout_ratio": sum(1 for r in decided if r.outcome == "timeout") / n if n else None,
+        "rate_limited_ratio": (sum(1 for r in decided if r.outcome == "error" and r.error_type == RATE_LIMITED) / n
+                               if n else None),
         "cost_per_request_dollars": sum(r.cost_estimate for r in costed) / len(costed) if costed else None,
         "cost_burn_dollars_per_hour": (sum(r.cost_estimate for r in costed) / span * 3600.0
                                        if costed and span > 0 else None),
@@ -248,6 +252,7 @@ class EmbeddedSource:
                 covered = now - min(r.timestamp for r in kept)
                 scale = interval / covered if covered > 0 else 1.0
             calls = successes = timeouts = within = useful = q_sum = q_count = cost = latency = 0.0
+            limited = 0.0
             for r in kept:
                 cost += r.cost_estimate
                 if r.outcome == "cancelled":
@@ -256,6 +261,8 @@ class EmbeddedSource:
                 latency += r.latency_ms / 1000.0
                 if r.outcome == "timeout":
                     timeouts += 1
+                elif r.outcome == "error" and r.error_type == RATE_LIMITED:
+                    limited += 1
                 elif r.outcome == "success":
                     successes += 1
                     if r.latency_ms <= target:
@@ -270,7 +277,8 @@ class EmbeddedSource:
                                 ("interval_timeouts", timeouts), ("interval_within_target", within),
                                 ("interval_useful", useful), ("interval_quality_sum", q_sum),
                                 ("interval_quality_count", q_count), ("interval_cost_dollars", cost),
-                                ("interval_latency_sum", latency), ("interval_latency_count", calls)):
+                                ("interval_latency_sum", latency), ("interval_latency_count", calls),
+                                ("interval_rate_limited", limited)):
                 values.set(name, labels, count * scale)
 
     def constraint_checks(self, values: Optional[SignalValues] = None) -> Dict[str, ConstraintCheck]:

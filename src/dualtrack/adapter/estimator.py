@@ -40,6 +40,15 @@ during a price spike an API query costs more savings than usual, and a price
 cut makes it cheaper. Scaled by the prices of the moment instead, a price
 change would leave every choice as it was.
 
+A rate limit is not a failure. Calls the API refused with HTTP 429
+(``interval_rate_limited``) are taken out of its evidence, so that a full
+API is not valued as a failing one; what it accepted in an interval where it
+refused calls (at least ``rate_limit_least`` and ``rate_limit_share`` of
+them) is its limit, ``api_rate_limit`` in calls per second, which the split
+plans within. Near that limit with nothing refused, the limit is tried
+``rate_limit_growth`` higher each cycle (it may have been raised or lifted)
+and forgotten once all the traffic would fit within it.
+
 A hanging API shows before its calls time out. The routers count their API
 calls in flight (``api_calls_in_flight``); by Little's law a track holds
 about its call rate times its mean latency, so calls in flight far beyond
@@ -74,7 +83,7 @@ from .signals import SignalValues
 INTERVAL_SIGNALS: Tuple[str, ...] = (
     "interval_calls", "interval_successes", "interval_timeouts", "interval_within_target", "interval_useful",
     "interval_quality_sum", "interval_quality_count", "interval_cost_dollars", "interval_latency_sum",
-    "interval_latency_count",
+    "interval_latency_count", "interval_rate_limited",
 )
 
 
@@ -92,6 +101,7 @@ class Tally:
     cost: float = 0.0  # dollars, every call
     latency_sum: float = 0.0
     latency_count: float = 0.0
+    rate_limited: float = 0.0  # calls refused by a rate limit (HTTP 429), among the calls
 
     @classmethod
     def from_signals(cls, values: SignalValues, track: str, query_class: str) -> "Tally":
@@ -189,9 +199,22 @@ class EstimatorSettings:
     spend_learning_rate: float = 0.3  # how fast the spend bias follows measured over planned spend
     quality_shift: float = 0.25  # the useful-rate shift the quality CUSUM looks for
     quality_alarm: float = 2.5  # its alarm threshold (log-likelihood ratio)
+    rate_limit_least: float = 3.0  # calls refused in an interval for a rate limit to count...
+    rate_limit_share: float = 0.02  # ...and this share of the API's calls
+    rate_limit_near: float = 0.8  # calls at this share of the limit, none refused: it may be higher
+    rate_limit_growth: float = 1.2  # then the limit is tried this much higher per cycle
     server_queue_margin: float = 2.0  # a server queue beyond this x the expected one (and 1 + 1/4 slot): full
     kv_cache_full: float = 0.98  # KV-cache usage at which a server with a queue is full
     preemptions_full: float = 0.1  # preemptions per second at which a server is full
+
+
+def _without_rate_limited(t: Tally) -> Tally:
+    """The tally without its calls refused by a rate limit. A refusal takes a round trip, not an
+    answer's time: its latency is left in the sum as nothing (a mean a little high, at worst)."""
+    if t.rate_limited <= 0:
+        return t
+    return Tally(max(0.0, t.calls - t.rate_limited), t.successes, t.timeouts, t.within, t.useful, t.quality_sum,
+                 t.quality_count, t.cost, t.latency_sum, max(0.0, t.latency_count - t.rate_limited))
 
 
 @dataclass
@@ -253,6 +276,8 @@ class Estimator:
         # Calls per track in the last interval: with fewer than ``min_calls`` the track's
         # estimates are the old ones (decay keeps the rates of the evidence it has).
         self.interval_calls: Dict[str, float] = {t: 0.0 for t in TRACKS}
+        # The API's rate limit, as calls per second it accepts (None: none seen binding).
+        self.api_rate_limit: Optional[float] = None
 
     def tally(self, track: str, query_class: str) -> Tally:
         return self.tracks[track].tallies.get(query_class, Tally())
@@ -273,6 +298,10 @@ class Estimator:
         rate = max(decided["api"], self.interval_calls["api"]) / interval_seconds
         hanging = self._hanging_api_calls(values.get("api_calls_in_flight", {}), rate)
         self.interval_calls = decided
+        self._update_rate_limit(fresh["api"], interval_seconds)
+        # A call refused by the rate limit says nothing of the API's answers: it is the
+        # limit's (planned against api_rate_limit), not a failure of the class on the API.
+        fresh["api"] = {c: _without_rate_limited(t) for c, t in fresh["api"].items()}
         if hanging > 0:
             # Calls the API holds far beyond its usual time are failures to come (a hang, an
             # outage without an answer): counted now as timeouts, not when their timeouts fire.
@@ -309,6 +338,23 @@ class Estimator:
         self._update_usual_api_cost(sum(self.arrivals.get(c, 0.0) for c in self.classes) * interval_seconds)
         self._update_from_server(values)
         return events
+
+    def _update_rate_limit(self, fresh: Mapping[str, Tally], interval_seconds: float) -> None:
+        """The API's rate limit (calls per second it accepts) from the interval's refusals."""
+        s = self.settings
+        calls = sum(t.calls for t in fresh.values())
+        limited = sum(t.rate_limited for t in fresh.values())
+        if calls <= 0 or interval_seconds <= 0:
+            return
+        rate = calls / interval_seconds
+        if limited >= s.rate_limit_least and limited >= s.rate_limit_share * calls:
+            # The API refused what it did not accept: what it accepted is its limit.
+            self.api_rate_limit = (calls - limited) / interval_seconds
+        elif limited < 0.5 and self.api_rate_limit is not None and rate >= s.rate_limit_near * self.api_rate_limit:
+            # Near the limit and nothing refused: it may have been raised or lifted; try more.
+            self.api_rate_limit = max(self.api_rate_limit, rate) * s.rate_limit_growth
+            if self.api_rate_limit * s.rate_limit_near > sum(self.arrivals.values()):
+                self.api_rate_limit = None  # all the traffic would fit: no limit binds
 
     def _hanging_api_calls(self, in_flight: Optional[float], rate: float) -> float:
         """API calls in flight beyond what its call ``rate`` (per second) and usual latency explain

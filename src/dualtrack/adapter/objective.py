@@ -43,6 +43,14 @@ scored as
 calls around the planned spend) and the best is kept: a constraint is kept
 when keeping it is worth what it costs in answers.
 
+An API that refuses calls beyond a rate limit (HTTP 429; the estimator's
+``api_rate_limit``, calls per second) refuses the share of a split's API
+calls beyond it (a minute's Poisson count over the limit), and those fall
+back to local at once: local carries them, and they are worth local's
+answer less the fallback's penalty. Splits with the API's calls capped at a
+few shares of its limit are candidates too, built by sending local first
+the classes that take the fewest local slots per query.
+
 When every such split is over budget, splits built budget first are tried
 too: the classes that cost most on the API per busy local slot go local
 until the spend fits, and only the capacity left goes to the classes'
@@ -74,6 +82,11 @@ LATENCY_SIGMA = 0.5
 MEMORY_LEVELS: Tuple[float, ...] = (0.5, 0.65, 0.8, 0.9)
 #: The API spend caps tried, as shares of the budget.
 BUDGET_LEVELS: Tuple[float, ...] = (0.6, 0.75, 0.85, 0.95)
+
+#: The API's rate limit counts calls over a window of this many seconds (requests per minute).
+RATE_LIMIT_WINDOW_SECONDS = 60.0
+#: The API call caps tried, as shares of its rate limit.
+RATE_LEVELS: Tuple[float, ...] = (1.0, 0.9, 0.8)
 
 #: What a fallback costs beyond its effect on the objective's terms, per query.
 FALLBACK_PENALTY = 0.05
@@ -235,6 +248,19 @@ class _Plan:
     compliance_weight: float = 0.0
 
 
+def refused_share(rate: float, limit: Optional[float]) -> float:
+    """Share of ``rate`` calls per second a rate limit of ``limit`` calls per second refuses:
+    the window's Poisson count beyond the limit (normal approximation), over the count."""
+    if limit is None or rate <= 0:
+        return 0.0
+    mean = rate * RATE_LIMIT_WINDOW_SECONDS
+    cap = limit * RATE_LIMIT_WINDOW_SECONDS
+    sd = math.sqrt(mean)
+    z = (cap - mean) / sd
+    beyond = sd * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) + (mean - cap) * _normal_tail(z)
+    return max(0.0, min(1.0, beyond / mean))
+
+
 def _within_at(within: float, latency: float, new_latency: float, target: Optional[float]) -> float:
     """The within-target rate once a class's mean latency moves from ``latency`` to ``new_latency``
     (lognormal latencies of dispersion LATENCY_SIGMA; the measured rate scaled by the model's ratio)."""
@@ -355,10 +381,28 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
                 room -= add * marginal[c]
         return shares
 
-    def plan(local_cap: Optional[float], budget_cap: Optional[float], first: bool = False) -> _Plan:
+    rate_limit = estimator.api_rate_limit
+
+    def plan(local_cap: Optional[float], budget_cap: Optional[float], first: bool = False,
+             api_cap: Optional[float] = None) -> _Plan:
         if first and budget_cap is not None:
             return score(budget_first(local_cap, budget_cap), local_cap, budget_cap)
         shares = dict(preferred)
+        if api_cap is not None:
+            # Within the API's rate limit: the classes that take the fewest local slots per
+            # query go local first.
+            api_calls = sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains)
+            for c in sorted(gains, key=lambda c: service.get(c, 0.0)):
+                if api_calls <= api_cap:
+                    break
+                rate_c = arrivals.get(c, 0.0)
+                movable = rate_c * max(0.0, 1.0 - probe[c] - shares[c])
+                take = min(movable, api_calls - api_cap)
+                if rate_c > 0 and take > 0:
+                    shares[c] += take / rate_c
+                    api_calls -= take
+            local_cap = None if local_cap is None else max(local_cap, fallback_load + sum(
+                marginal[c] * shares[c] for c in gains))
         wanted = fallback_load + sum(marginal[c] * shares[c] for c in gains)
         if local_cap is not None and wanted > local_cap:
             excess = wanted - local_cap
@@ -385,9 +429,12 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         return score(shares, local_cap, budget_cap)
 
     def score(shares: Dict[str, float], local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
-        busy = fallback_load + sum(marginal[c] * shares[c] for c in gains)
+        # Calls beyond the API's rate limit are refused at once and fall back to local.
+        refused = refused_share(sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains), rate_limit)
+        ok = {c: api_ok[c] * (1.0 - refused) for c in gains}
+        busy = sum(load[c] * (1.0 - ok[c] * (1.0 - shares[c])) for c in gains)
         # The wait depends on the service times of the calls the split sends local, not of all calls.
-        local_calls = sum(arrivals.get(c, 0.0) * (1.0 - api_ok[c] * (1.0 - shares[c])) for c in gains)
+        local_calls = sum(arrivals.get(c, 0.0) * (1.0 - ok[c] * (1.0 - shares[c])) for c in gains)
         service_s = busy / local_calls if local_calls > 0 else mean_service
         # Beyond what local carries, its queue grows until calls time out and fall back to the
         # API: that share of the local calls is paid for on the API (below). Their answers are
@@ -399,6 +446,8 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
             # An API call that fails fast falls back to the same local track, at the same load.
             fallback = (1.0 - api_ok[c]) * (1.0 - by_class[c].parts["api"]["timeout_share"])
             via_api = by_class[c].value["api"] + fallback * (on_local - by_class[c].value["local"])
+            if refused > 0:
+                via_api = (1.0 - refused) * via_api + refused * (on_local - FALLBACK_PENALTY)
             value += arrivals.get(c, 0.0) * (shares[c] * on_local + (1.0 - shares[c]) * via_api)
         value = value / total if total > 0 else 0.0
         p_memory = 0.0
@@ -409,7 +458,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         spend = None
         p_budget = 0.0
         if budget_per_hour is not None and budget_per_hour > 0:
-            on_api = {c: 1.0 - shares[c] * (1.0 - overflow) for c in gains}
+            on_api = {c: (1.0 - shares[c] * (1.0 - overflow)) * (1.0 - refused) for c in gains}
             spend = sum(spend_rate[c] * on_api[c] for c in gains)
             calls = sum(arrivals.get(c, 0.0) * on_api[c] for c in gains) * BUDGET_WINDOW_SECONDS
             if spend > 0:
@@ -444,6 +493,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     if budget_per_hour is not None and budget_per_hour > 0:
         budget_caps += [k * budget_per_hour for k in BUDGET_LEVELS]
     plans = [plan(lc, bc) for lc in local_caps for bc in budget_caps]
+    if rate_limit is not None:
+        plans += [plan(lc, bc, api_cap=k * rate_limit) for lc in local_caps for bc in budget_caps
+                  for k in RATE_LEVELS]
     if max(plans, key=lambda p: p.score).p_budget > 0.5:
         # Over budget whatever the split of the local load: try keeping the budget first.
         plans += [plan(lc, bc, first=True) for lc in local_caps for bc in budget_caps if bc is not None]
@@ -470,6 +522,10 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
             and best.local_cap >= battery_cap - 1e-9:
         reasons.append(f"on battery power, {room:.0%} above its threshold: local load kept to {battery_cap:.1f} "
                        f"busy slots, for the charge to last {spec.battery_horizon / 60:g} min at that load")
+    if rate_limit is not None:
+        api_calls = sum(arrivals.get(c, 0.0) * (1.0 - best.shares[c]) for c in gains)
+        reasons.append(f"the API's rate limit: about {rate_limit * 60:.0f} calls/min accepted; the split sends "
+                       f"it {api_calls * 60:.0f}/min ({refused_share(api_calls, rate_limit):.0%} refused)")
     if split.budget_bound and best.budget_cap is not None and best.spend is not None:
         reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
                        f"(over it {best.p_budget:.0%} of the time)")

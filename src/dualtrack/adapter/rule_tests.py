@@ -99,6 +99,7 @@ def _evidence(raw: Mapping[str, Mapping[str, float]], values: SignalValues) -> N
         track, _, query_class = key.partition("/")
         calls = float(e["calls"])
         ok = calls * float(e.get("success", 1.0))
+        refused = calls * float(e.get("rate_limited", 0.0))  # a refusal: free, and at once
         scored = ok
         labels = {"path": track, "query_class": query_class}
         for name, value in (
@@ -108,9 +109,10 @@ def _evidence(raw: Mapping[str, Mapping[str, float]], values: SignalValues) -> N
                 ("interval_useful", scored * float(e.get("useful", 1.0))),
                 ("interval_quality_sum", scored * float(e.get("quality", 0.9))),
                 ("interval_quality_count", scored),
-                ("interval_cost_dollars", calls * float(e.get("cost", 0.0))),
-                ("interval_latency_sum", calls * float(e.get("latency", 1.0))),
-                ("interval_latency_count", calls)):
+                ("interval_cost_dollars", (calls - refused) * float(e.get("cost", 0.0))),
+                ("interval_latency_sum", (calls - refused) * float(e.get("latency", 1.0))),
+                ("interval_latency_count", calls),
+                ("interval_rate_limited", refused)):
             values.set(name, labels, value)
 
 

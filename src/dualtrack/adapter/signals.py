@@ -181,6 +181,9 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                     _ratio(f'{_REQUESTS}{{outcome="error"}}', _DECIDED)),
     _request_signal("timeout_ratio", "Timed-out share of requests that were not cancelled.", "ratio",
                     _ratio(f'{_REQUESTS}{{outcome="timeout"}}', _DECIDED)),
+    _request_signal("rate_limited_ratio", "Share of the calls that were not cancelled refused by a rate limit "
+                    "(HTTP 429; counted among the errors too).", "ratio",
+                    _ratio("dualtrack_rate_limited_total", _DECIDED)),
     _request_signal("cost_per_request_dollars", "Mean cost per request (cancelled legs included).", "dollars",
                     _ratio("dualtrack_cost_dollars_total", _REQUESTS)),
     _request_signal("cost_burn_dollars_per_hour", "Spend rate.", "dollars/hour",
@@ -197,6 +200,8 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
                      f'{_REQUESTS}{{outcome="success"}}', f'{_RECORDED_REQUESTS}{{outcome="success"}}'),
     _interval_signal("interval_timeouts", "Timed-out calls in the last interval.",
                      f'{_REQUESTS}{{outcome="timeout"}}', f'{_RECORDED_REQUESTS}{{outcome="timeout"}}'),
+    _interval_signal("interval_rate_limited", "Calls refused by a rate limit (HTTP 429) in the last interval.",
+                     "dualtrack_rate_limited_total", "path_query_class:dualtrack_rate_limited:rate1m"),
     _interval_signal("interval_within_target", "Successful calls within the latency target in the last interval.",
                      "dualtrack_requests_within_target_total",
                      "path_query_class:dualtrack_requests_within_target:rate1m"),

@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..vocabulary import OUTCOMES, PATHS
+from ..vocabulary import OUTCOMES, PATHS, TRACKS
 
 #: Buckets for LLM request latency: 10 ms .. 2 min. Fixed; dashboards and
 #: recording rules use them.
@@ -144,6 +144,12 @@ class RequestMetrics:
         # What the objective counts (docs/benchmarks.md): answers within the
         # latency target, and answers at or above the quality floor. Counted
         # here because a histogram bucket rarely sits exactly on the target.
+        # A rate limit's refusals (HTTP 429) are errors in dualtrack_requests_total and are
+        # counted here too: a full API is not a failing one (the adapter plans within its limit).
+        self.rate_limited = Counter(
+            "dualtrack_rate_limited", "Calls refused by a rate limit (HTTP 429), by path and query class; "
+            "also counted as errors in dualtrack_requests_total.",
+            ["path", "query_class"], registry=registry)
         self.within_target = Counter(
             "dualtrack_requests_within_target", "Successful requests answered within the latency target.",
             ["path", "query_class"], registry=registry)
@@ -186,6 +192,8 @@ class RequestMetrics:
             for qc in classes:
                 for outcome in OUTCOMES:
                     self.requests.labels(path, qc, outcome)
+                if path in TRACKS:
+                    self.rate_limited.labels(path, qc)
         self._model_children: Dict[Tuple[str, str, str], Tuple[object, object, object]] = {}
         # Bound on first use, not in _bind: only streaming backends report a
         # first token, and a path that never does should export no series.
@@ -222,13 +230,14 @@ class RequestMetrics:
     def observe(self, path: str, query_class: str, outcome: str, duration_seconds: Optional[float],
                 tokens_in: int, tokens_out: int, model: str, cost: Optional[float],
                 quality: Optional[float], request_id: Optional[str] = None,
-                first_token_seconds: Optional[float] = None) -> None:
+                first_token_seconds: Optional[float] = None, rate_limited: bool = False) -> None:
         """Record one completed request. Labels must already be folded.
 
         ``duration_seconds`` is None when unknown (a completion without a
         start and without ``latency_ms``): counted, not observed.
         ``first_token_seconds`` is observed whatever the outcome when given
         (a cancelled stream's first token is a true measurement of its track).
+        ``rate_limited``: a call refused by a rate limit (an error, counted apart too).
         """
         bound = self._bound.get((path, query_class))
         if bound is None:
@@ -263,6 +272,8 @@ class RequestMetrics:
                 t_out.inc(tokens_out)  # type: ignore[attr-defined]
             if cost:
                 c.inc(cost)  # type: ignore[attr-defined]
+        if rate_limited:
+            self.rate_limited.labels(path, query_class).inc()
         if first_token_seconds is not None:
             ttft_child = self._ttft_children.get((path, query_class))
             if ttft_child is None:

@@ -30,7 +30,7 @@ from .._once import OnceLogger
 from ..clock import Clock
 from ..config import OptimizationConfig
 from ..constraints import MB, MachineState
-from ..vocabulary import OTHER, OUTCOMES
+from ..vocabulary import OTHER, OUTCOMES, RATE_LIMITED
 from .collector import MetricsCollector, PerformanceMetrics
 from .metrics import RequestMetrics
 from .query_classes import QueryClassifier
@@ -274,7 +274,8 @@ class RequestRecorder:
         metrics.observe(path, qc, outcome, latency_ms / 1000.0 if latency_ms is not None else None,
                         tokens_in, tokens_out, model, cost, quality,
                         request_id if isinstance(request_id, str) else None,
-                        first_token_ms / 1000.0 if first_token_ms is not None else None)
+                        first_token_ms / 1000.0 if first_token_ms is not None else None,
+                        error_type == RATE_LIMITED and outcome == "error")
         if latency_ms is None:
             return  # no start and no latency: counted, but nothing for the windows
         snap = self._snapshot()

@@ -32,6 +32,8 @@ import math
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+from ..vocabulary import RATE_LIMITED
+
 INF = math.inf
 
 
@@ -312,7 +314,7 @@ class ApiModelSim:
         if limit is not None:
             if self.requests_last_minute(t) >= limit:
                 call.fail = True
-                call.error_type = "rate_limited"  # HTTP 429
+                call.error_type = RATE_LIMITED  # HTTP 429
                 call.first_token = call.end = t + p["rtt"]
                 return "rejected"
             self._accepted.append(t)
