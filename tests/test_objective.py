@@ -18,6 +18,7 @@ from dualtrack.adapter.objective import (
     BUDGET_LEVELS,
     FALLBACK_PENALTY,
     ObjectiveSpec,
+    busy_beyond,
     choose_split,
     probe_shares,
     refused_share,
@@ -660,3 +661,30 @@ def test_a_class_worth_more_on_a_rate_limited_api_sends_it_what_it_accepts() -> 
     api_calls = est.arrivals["long"] * (1.0 - split.shares["long"])
     assert 0.8 <= api_calls <= 1.0
     assert any("rate limit" in r for r in split.reasons)
+
+
+def test_memory_is_over_its_limit_with_the_first_call_beyond_it_a_poisson_count() -> None:
+    # 1.5 calls on average, room for 2.96: over with the third, 1 - P(0, 1 or 2 calls).
+    assert busy_beyond(1.5, 2.96) == pytest.approx(1.0 - math.exp(-1.5) * (1.0 + 1.5 + 1.5 ** 2 / 2))
+    assert busy_beyond(0.0, 2.0) == 0.0
+    assert busy_beyond(1.0, -0.5) == 1.0  # memory over its limit with no call at all
+    assert busy_beyond(1.0, 0.5) == pytest.approx(1.0 - math.exp(-1.0))  # any call is one too many
+    assert busy_beyond(4.0, 30.0) < 1e-9
+
+
+def test_where_memory_holds_three_calls_the_split_can_keep_hardly_any_local() -> None:
+    """4 queries/s of 2 s each, worth 0.04 more each on local: 8 busy slots wanted, and memory
+    reaches its limit at 2.96. Kept to half of that (1.5 busy, 18% of the queries), memory is
+    over its limit 19% of the time: 0.15 x 0.19 = 0.029 of compliance for 0.04 x 0.18 = 0.007
+    of value, the least the split could keep before. Kept to a tenth (0.3 busy), 0.4% of the
+    time for 0.0015: the split sends nearly all of the class to the API."""
+    est = Estimator(("long",))
+    est.update(interval(steady(calls(60, latency=2.0, quality=0.9), calls(60, quality=0.9 - 0.04 / 0.15),
+                               "long")), INTERVAL)
+    est.memory_slots = 2.96
+    spec = ObjectiveSpec(probe=0.0, probe_calls=0.0, value_noise=0.0)
+    [v], _ = value_queries(est, spec)
+    assert v.value["local"] - v.value["api"] == pytest.approx(0.04)
+    split = choose_split(est, spec)
+    assert est.planned_load is not None and est.planned_load == pytest.approx(0.1 * 2.96, rel=1e-6)
+    assert split.shares["long"] == pytest.approx(0.1 * 2.96 / 8.0, rel=1e-6)

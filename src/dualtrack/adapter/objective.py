@@ -39,8 +39,8 @@ scored as
     score = sum over c of rate(c) * (x_c * value(local) + (1 - x_c) * value(api)) / total rate
             - w_compliance * (P(memory over its limit) + P(spend over budget))
 
-(busy slots Poisson around the planned load; the budget's 5-minute window of
-calls around the planned spend) and the best is kept: a constraint is kept
+(busy slots a Poisson count around the planned load; the budget's 5-minute
+window of calls around the planned spend) and the best is kept: a constraint is kept
 when keeping it is worth what it costs in answers.
 
 An API that refuses calls beyond a rate limit (HTTP 429; the estimator's
@@ -73,13 +73,12 @@ BUDGET_WINDOW_SECONDS = 300.0
 
 #: The local load caps tried, as shares of the local server's slots (queueing).
 QUEUE_LEVELS: Tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-#: Variance of the busy local slots at a moment, as a multiple of their mean (Poisson: 1).
-BUSY_OVERDISPERSION = 2.0
 #: Dispersion (lognormal sigma) of a class's latency, to move its within-target rate with the wait.
 LATENCY_SIGMA = 0.5
 
-#: The local load caps tried, as shares of the busy slots at which memory reaches its limit.
-MEMORY_LEVELS: Tuple[float, ...] = (0.5, 0.65, 0.8, 0.9)
+#: The local load caps tried, as shares of the busy slots at which memory reaches its limit
+#: (down to a tenth: where memory holds two or three calls, keeping it can mean hardly any).
+MEMORY_LEVELS: Tuple[float, ...] = (0.1, 0.25, 0.5, 0.65, 0.8, 0.9)
 #: The API spend caps tried, as shares of the budget.
 BUDGET_LEVELS: Tuple[float, ...] = (0.6, 0.75, 0.85, 0.95)
 
@@ -221,6 +220,26 @@ def _side(gain: float, spread: float, probe: float, current: Optional[float]) ->
     else:
         local = current >= 0.5
     return 1.0 - probe if local else probe
+
+
+def busy_beyond(busy: float, slots: float) -> float:
+    """P(more than ``slots`` local calls at a moment) with ``busy`` on average: a Poisson count.
+
+    Memory is over its limit with the first call beyond ``slots``. The count is small
+    where memory binds (two or three calls), and there a normal approximation misses
+    its skew: at 1.5 calls on average and 2.96 slots it said 13% (with twice Poisson's
+    variance), the Poisson count 19%, and the simulated run was over its limit 18% of
+    the time."""
+    if busy <= 0:
+        return 0.0
+    if slots < 0:
+        return 1.0
+    term = math.exp(-busy)
+    below = term
+    for k in range(int(math.floor(slots))):
+        term *= busy / (k + 1)
+        below += term
+    return max(0.0, min(1.0, 1.0 - below))
 
 
 def _normal_tail(z: float) -> float:
@@ -453,8 +472,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         p_memory = 0.0
         slots = estimator.memory_slots
         if slots is not None and busy > 0:
-            # Busy slots vary more than Poisson: long calls, classes mixed, slower under load.
-            p_memory = _normal_tail((slots + 0.5 - busy) / math.sqrt(BUSY_OVERDISPERSION * busy))
+            p_memory = busy_beyond(busy, slots)
         spend = None
         p_budget = 0.0
         if budget_per_hour is not None and budget_per_hour > 0:
