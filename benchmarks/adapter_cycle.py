@@ -10,8 +10,8 @@ publish the file) at a time inside that history.
 
 Baseline, measured in the same run: the same cycle sending each signal's
 own PromQL, one query per signal; then all of them batched in one query;
-then the adapter's default (eight aggregated rates, one query); then
-``recorded`` (``dualtrack adapter --recording-rules``: the eight rates read
+then the adapter's default (nine aggregated rates, one query); then
+``recorded`` (``dualtrack adapter --recording-rules``: the nine rates read
 from the series recording_rules.yml records).
 
 For ``recorded`` the rules are backfilled over the end of the history with
@@ -71,8 +71,8 @@ OUTCOMES = ("success", "error", "timeout", "cancelled")
 STEP = 30  # seconds between samples
 #: (name, batch, aggregates, recorded): the baseline sends every signal's own
 #: PromQL, one query per signal; "batched_forms" sends them all in one query;
-#: "aggregates" (the adapter's default) fetches eight rates and computes the
-#: request signals client-side; "recorded" reads those eight rates from the
+#: "aggregates" (the adapter's default) fetches nine rates and computes the
+#: request signals client-side; "recorded" reads those nine rates from the
 #: recording rules' series.
 MODES = (("per_signal_baseline", False, False, False), ("batched_forms", True, False, False),
          ("aggregates", True, True, False), ("recorded", True, True, True))
@@ -114,6 +114,8 @@ def openmetrics(instances: int, end: float, seed: int = 1) -> Iterable[str]:
     # The objective's evidence (the interval_* signals): answers within target, useful answers.
     yield from counters("dualtrack_requests_within_target", [("", 0.9)])
     yield from counters("dualtrack_responses_useful", [("", 0.85)])
+    # Calls a rate limit refused (HTTP 429; errors too): the ninth rate.
+    yield from counters("dualtrack_rate_limited", [("", 0.01)])
     for name, buckets, centre in (("dualtrack_request_duration_seconds", LATENCY_BUCKETS, None),
                                   ("dualtrack_response_quality_ratio", QUALITY_BUCKETS, 0.8)):
         yield f"# TYPE {name} histogram"

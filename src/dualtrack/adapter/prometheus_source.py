@@ -1,8 +1,8 @@
 """``PrometheusSource``: every signal of a cycle, fetched with one PromQL query.
 
 Request signals (latency, success, cost, quality... at every level of
-aggregation) are computed from eight aggregated rates fetched once
-(``adapter.aggregates``): Prometheus scans the raw series eight times per
+aggregation) are computed from nine aggregated rates fetched once
+(``adapter.aggregates``): Prometheus scans the raw series nine times per
 cycle instead of once per signal and level. Machine and limit signals use
 their own PromQL forms.
 
@@ -137,7 +137,7 @@ class PrometheusSource:
                              f"{RECORDED_WINDOW}; got window={window!r} (use window={RECORDED_WINDOW!r}, "
                              f"or recorded=False to compute rates over {window!r} from the raw metrics)")
         if recorded and not aggregates:
-            raise ValueError("recorded=True reads the eight aggregated inputs; it needs aggregates=True")
+            raise ValueError("recorded=True reads the nine aggregated inputs; it needs aggregates=True")
         self.client = client
         self.window = window
         self.interval = interval  # the adaptation interval, what the interval_* signals count over
@@ -163,7 +163,7 @@ class PrometheusSource:
         """The single PromQL expression answering every built-in signal.
 
         With ``aggregates`` (the default) the request signals come from the
-        eight rates of ``adapter.aggregates`` instead of their own PromQL forms;
+        nine rates of ``adapter.aggregates`` instead of their own PromQL forms;
         with ``recorded`` those rates are the recorded series.
         """
         branches = []
