@@ -73,7 +73,7 @@ server's and ``calls in flight - slots``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from ..vocabulary import TRACKS
@@ -213,8 +213,8 @@ def _without_rate_limited(t: Tally) -> Tally:
     answer's time: its latency is left in the sum as nothing (a mean a little high, at worst)."""
     if t.rate_limited <= 0:
         return t
-    return Tally(max(0.0, t.calls - t.rate_limited), t.successes, t.timeouts, t.within, t.useful, t.quality_sum,
-                 t.quality_count, t.cost, t.latency_sum, max(0.0, t.latency_count - t.rate_limited))
+    return replace(t, calls=max(0.0, t.calls - t.rate_limited),
+                   latency_count=max(0.0, t.latency_count - t.rate_limited), rate_limited=0.0)
 
 
 @dataclass
@@ -376,8 +376,7 @@ class Estimator:
         for c in self.classes:
             t = fresh[c]
             extra = calls * (weights[c] / total if total > 0 else 1.0 / len(self.classes))
-            out[c] = Tally(t.calls + extra, t.successes, t.timeouts + extra, t.within, t.useful, t.quality_sum,
-                           t.quality_count, t.cost, t.latency_sum, t.latency_count)
+            out[c] = replace(t, calls=t.calls + extra, timeouts=t.timeouts + extra)
         return out
 
     def _busy_now(self, values: SignalValues) -> Optional[float]:

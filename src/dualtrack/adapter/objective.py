@@ -402,6 +402,10 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
 
     rate_limit = estimator.api_rate_limit
 
+    def api_calls(shares: Mapping[str, float]) -> float:
+        """Calls per second a split sends the API first."""
+        return sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains)
+
     def plan(local_cap: Optional[float], budget_cap: Optional[float], first: bool = False,
              api_cap: Optional[float] = None) -> _Plan:
         if first and budget_cap is not None:
@@ -410,19 +414,18 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         if api_cap is not None:
             # Within the API's rate limit: the classes that take the fewest local slots per
             # query go local first.
-            api_calls = sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains)
+            sent = api_calls(shares)
             for c in sorted(gains, key=lambda c: service.get(c, 0.0)):
-                if api_calls <= api_cap:
+                if sent <= api_cap:
                     break
                 rate_c = arrivals.get(c, 0.0)
-                movable = rate_c * max(0.0, 1.0 - probe[c] - shares[c])
-                take = min(movable, api_calls - api_cap)
+                take = min(rate_c * max(0.0, 1.0 - probe[c] - shares[c]), sent - api_cap)
                 if rate_c > 0 and take > 0:
                     shares[c] += take / rate_c
-                    api_calls -= take
-            local_cap = None if local_cap is None else max(local_cap, fallback_load + sum(
-                marginal[c] * shares[c] for c in gains))
+                    sent -= take
         wanted = fallback_load + sum(marginal[c] * shares[c] for c in gains)
+        if api_cap is not None and local_cap is not None:
+            local_cap = max(local_cap, wanted)  # the limit's load is not given back to the API
         if local_cap is not None and wanted > local_cap:
             excess = wanted - local_cap
             # Give back the local capacity of the classes that gain least per unit of it
@@ -449,7 +452,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
 
     def score(shares: Dict[str, float], local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
         # Calls beyond the API's rate limit are refused at once and fall back to local.
-        refused = refused_share(sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains), rate_limit)
+        refused = refused_share(api_calls(shares), rate_limit)
         ok = {c: api_ok[c] * (1.0 - refused) for c in gains}
         busy = sum(load[c] * (1.0 - ok[c] * (1.0 - shares[c])) for c in gains)
         # The wait depends on the service times of the calls the split sends local, not of all calls.
@@ -541,9 +544,9 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         reasons.append(f"on battery power, {room:.0%} above its threshold: local load kept to {battery_cap:.1f} "
                        f"busy slots, for the charge to last {spec.battery_horizon / 60:g} min at that load")
     if rate_limit is not None:
-        api_calls = sum(arrivals.get(c, 0.0) * (1.0 - best.shares[c]) for c in gains)
+        sent = api_calls(best.shares)
         reasons.append(f"the API's rate limit: about {rate_limit * 60:.0f} calls/min accepted; the split sends "
-                       f"it {api_calls * 60:.0f}/min ({refused_share(api_calls, rate_limit):.0%} refused)")
+                       f"it {sent * 60:.0f}/min ({refused_share(sent, rate_limit):.0%} refused)")
     if split.budget_bound and best.budget_cap is not None and best.spend is not None:
         reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
                        f"(over it {best.p_budget:.0%} of the time)")

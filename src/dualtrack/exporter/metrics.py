@@ -144,17 +144,17 @@ class RequestMetrics:
         # What the objective counts (docs/benchmarks.md): answers within the
         # latency target, and answers at or above the quality floor. Counted
         # here because a histogram bucket rarely sits exactly on the target.
-        # A rate limit's refusals (HTTP 429) are errors in dualtrack_requests_total and are
-        # counted here too: a full API is not a failing one (the adapter plans within its limit).
-        self.rate_limited = Counter(
-            "dualtrack_rate_limited", "Calls refused by a rate limit (HTTP 429), by path and query class; "
-            "also counted as errors in dualtrack_requests_total.",
-            ["path", "query_class"], registry=registry)
         self.within_target = Counter(
             "dualtrack_requests_within_target", "Successful requests answered within the latency target.",
             ["path", "query_class"], registry=registry)
         self.useful = Counter(
             "dualtrack_responses_useful", "Successful responses scored at or above the quality floor.",
+            ["path", "query_class"], registry=registry)
+        # A rate limit's refusals (HTTP 429) are errors in dualtrack_requests_total and are
+        # counted here too: a full API is not a failing one (the adapter plans within its limit).
+        self.rate_limited = Counter(
+            "dualtrack_rate_limited", "Calls refused by a rate limit (HTTP 429), by path and query class; "
+            "also counted as errors in dualtrack_requests_total.",
             ["path", "query_class"], registry=registry)
         self.in_flight = Gauge(
             "dualtrack_requests_in_flight", "Requests started and not yet completed.",
