@@ -181,7 +181,8 @@ def test_api_calls_held_far_beyond_their_usual_time_are_timeouts_before_they_fir
 
 def test_calls_refused_by_a_rate_limit_are_its_limit_not_failures() -> None:
     """40 API calls an interval, 25 of them refused with HTTP 429: the API answered all it accepted
-    (no change of its success rate), and what it accepted, 15 in 30 s, is its limit."""
+    (no change of its success rate), and what it accepted over the last minute, 20 calls in the
+    interval before and 15 in this one, is its limit: 35 a minute."""
     est = Estimator(("short",))
     for _ in range(4):
         est.update(interval(steady(calls(20), calls(20, latency=2.0))), INTERVAL)
@@ -190,11 +191,27 @@ def test_calls_refused_by_a_rate_limit_are_its_limit_not_failures() -> None:
     api = est.tally("api", "short")
     assert api.success_rate == pytest.approx(1.0)
     assert api.mean_latency == pytest.approx(2.0)
-    assert est.api_rate_limit == pytest.approx(15 / INTERVAL)
+    assert est.api_rate_limit == pytest.approx(35 / 60)
     # Two refusals are chance (a burst, a retry), not a limit to plan within.
     est = Estimator(("short",))
     est.update(interval(steady(calls(20), calls(38, refused=2))), INTERVAL)
     assert est.api_rate_limit is None
+
+
+def test_a_rate_limit_is_counted_over_its_minute_not_over_one_interval() -> None:
+    """A limit of 60 calls a minute over a moving window, 45 calls offered every 30 s: the
+    window lets through 40 in one interval and 20 in the next, by turns. Counted per interval the
+    limit would swing between 80 and 40 a minute; over the last minute it is 60 every cycle."""
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(10), calls(20, latency=2.0))), INTERVAL)
+    for accepted in (40, 20, 40, 20, 40):
+        est.update(interval(steady(calls(10), calls(accepted, latency=2.0, refused=45 - accepted))), INTERVAL)
+        assert est.api_rate_limit == pytest.approx(1.0)
+    # Intervals of a minute or more: the interval alone.
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(10), calls(30))), 60.0)
+    est.update(interval(steady(calls(10), calls(50, refused=40))), 60.0)
+    assert est.api_rate_limit == pytest.approx(50 / 60)
 
 
 def test_a_rate_limit_is_tried_higher_when_nothing_is_refused_and_forgotten_once_all_traffic_fits() -> None:
@@ -261,6 +278,26 @@ def test_slow_at_low_load_is_a_slower_model_not_less_capacity() -> None:
     est.update(interval(steady(calls(30, latency=2.5), calls(10))), INTERVAL)  # 1 Erlang offered, x2.5
     assert est.capacity == 10.0
     assert est.base_service["short"] == pytest.approx(2.5)
+
+
+def test_slow_at_a_load_its_slots_carry_without_queueing_is_a_slower_model() -> None:
+    """The capacity seen is low (cut before), but the slots local was seen to carry 2 Erlangs with
+    (4) carry 1 Erlang with no wait to speak of (Erlang C): x2.5 latency there is a slower model.
+    Read as queueing, it would cut the capacity again and take the slots down towards the one or
+    two that "explain" such waits."""
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    est.capacity, est.slots = 1.5, 6.0
+    est.update(interval(steady(calls(30, latency=2.5), calls(10))), INTERVAL)  # 1 Erlang offered, x2.5
+    assert (est.capacity, est.slots) == (1.5, 6.0)
+    assert est.base_service["short"] == pytest.approx(2.5)
+    # 2 slots at 1.5 Erlangs do queue (Erlang C: x2.3 on average): that is congestion.
+    full = Estimator(("short",))
+    full.update(interval(steady(calls(15, latency=1.0), calls(10))), INTERVAL)  # 0.5 Erlang: 2 slots carry it
+    full.capacity, full.slots = 2.5, 2.0
+    full.update(interval(steady(calls(45, latency=2.5), calls(10))), INTERVAL)
+    assert full.capacity == pytest.approx(EstimatorSettings().capacity_cut * 1.5)
+    assert full.base_service["short"] == pytest.approx(1.0)
 
 
 def test_the_capacity_grows_while_local_keeps_up_and_the_split_wants_more() -> None:

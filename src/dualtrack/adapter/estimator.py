@@ -26,7 +26,13 @@ offered when latency shows queueing, raised while the track keeps up and the
 traffic would use more. The slots inferred from waits are raised the same
 way: the fewest slots that explain a wait are only a lower bound. A slower
 model (thermal throttling) shows as a longer base service time at low load,
-not as less capacity. Memory against local load is fitted with a line,
+not as less capacity: slow at a load that would queue little (under half the
+capacity seen, or by Erlang C at the slots inferred), the base service times
+follow the latency, and the slots are not inferred from that interval's
+"waits". Judged by the capacity alone, a throttle that began at a load near
+it was read as queueing: the capacity was cut again and again, the slots
+fell towards one, and the plan kept too little local load for a model that
+was only slower. Memory against local load is fitted with a line,
 which says at how many busy slots memory reaches its limit. Each point
 pairs a memory reading with the local calls counted at the same moment (the
 resource monitor's load probe, exported as
@@ -45,7 +51,11 @@ A rate limit is not a failure. Calls the API refused with HTTP 429
 API is not valued as a failing one; what it accepted in an interval where it
 refused calls (at least ``rate_limit_least`` and ``rate_limit_share`` of
 them) is its limit, ``api_rate_limit`` in calls per second, which the split
-plans within. Near that limit with nothing refused, the limit is tried
+plans within. It is counted over the last minute (at least one interval):
+a limit counts calls per minute, so an interval shorter than that accepts
+more or less than its share as the minute's window moves (at 30-second
+intervals the accepted calls alternated between about 230 and 420 a minute
+against a limit of about 400). Near that limit with nothing refused, the limit is tried
 ``rate_limit_growth`` higher each cycle (it may have been raised or lifted)
 and forgotten once all the traffic would fit within it.
 
@@ -73,11 +83,15 @@ server's and ``calls in flight - slots``.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Deque, Dict, Iterable, Mapping, Optional, Tuple
 
 from ..vocabulary import TRACKS
 from .signals import SignalValues
+
+#: A rate limit counts the calls of a window of this many seconds (requests per minute).
+RATE_LIMIT_WINDOW_SECONDS = 60.0
 
 #: The per-interval counts the estimator reads, per ``path`` and ``query_class``.
 INTERVAL_SIGNALS: Tuple[str, ...] = (
@@ -278,6 +292,7 @@ class Estimator:
         self.interval_calls: Dict[str, float] = {t: 0.0 for t in TRACKS}
         # The API's rate limit, as calls per second it accepts (None: none seen binding).
         self.api_rate_limit: Optional[float] = None
+        self._api_accepted: Deque[Tuple[float, float]] = deque()  # (calls accepted, seconds) of recent intervals
 
     def tally(self, track: str, query_class: str) -> Tally:
         return self.tracks[track].tallies.get(query_class, Tally())
@@ -347,9 +362,15 @@ class Estimator:
         if calls <= 0 or interval_seconds <= 0:
             return
         rate = calls / interval_seconds
+        # What the API accepted over the last minute (at least this interval): one interval of a
+        # shorter length accepts more or less than its share as the limit's window moves.
+        window = self._api_accepted
+        window.append((calls - limited, interval_seconds))
+        while sum(d for _, d in window) - window[0][1] >= RATE_LIMIT_WINDOW_SECONDS:
+            window.popleft()
         if limited >= s.rate_limit_least and limited >= s.rate_limit_share * calls:
             # The API refused what it did not accept: what it accepted is its limit.
-            self.api_rate_limit = (calls - limited) / interval_seconds
+            self.api_rate_limit = sum(a for a, _ in window) / sum(d for _, d in window)
         elif limited < 0.5 and self.api_rate_limit is not None and rate >= s.rate_limit_near * self.api_rate_limit:
             # Near the limit and nothing refused: it may have been raised or lifted; try more.
             self.api_rate_limit = max(self.api_rate_limit, rate) * s.rate_limit_growth
@@ -554,6 +575,18 @@ class Estimator:
             weight = 0.5 if k < self.slots else 0.2
             self.slots += weight * (k - self.slots)
 
+    def _queues_little(self, load: float) -> bool:
+        """Would ``load`` Erlangs queue little on local: under half the capacity seen, or a wait
+        within the uncongested inflation (Erlang C) at the slots it has been seen to carry load
+        with? (Not at slots tried higher since: those are a guess the waits may refute.)"""
+        if self.capacity is not None and load < 0.5 * self.capacity:
+            return True
+        known = self._slots_seen_free or self.slots
+        if known is None:
+            return False
+        k = max(1, int(round(known)))
+        return load < k and 1.0 + erlang_c(k, load) / (k - load) < self.settings.uncongested_inflation
+
     def _fit_memory(self, load: float, memory: float) -> None:
         fit = self._memory_line.add(load, memory)
         self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
@@ -643,10 +676,13 @@ class Estimator:
             return
         if failed > 1.0 - s.base_min_success:
             return  # latency of a failing interval says nothing about service times
-        self._infer_slots(offered, in_system - offered)
+        # Slow at a load that queues little: the model got slower (throttling), not full. Its
+        # waits then say nothing about the slots (they would read as very few).
+        slower = inflation >= s.congested_inflation and self._queues_little(offered)
+        if not slower:
+            self._infer_slots(offered, in_system - offered)
         if inflation >= s.congested_inflation:
-            if self.capacity is not None and offered < 0.5 * self.capacity:
-                # Slow at low load: the model got slower (throttling), not full.
+            if slower:
                 for c, t in fresh.items():
                     if t.mean_latency is not None:
                         base[c] = t.mean_latency

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..objective import OBJECTIVE, TERMS
-from .estimator import Estimator, Tally, wait_seconds
+from .estimator import RATE_LIMIT_WINDOW_SECONDS, Estimator, Tally, wait_seconds
 
 #: The budget is judged on the spend of a trailing window of this many seconds (the benchmark's).
 BUDGET_WINDOW_SECONDS = 300.0
@@ -82,8 +82,6 @@ MEMORY_LEVELS: Tuple[float, ...] = (0.1, 0.25, 0.5, 0.65, 0.8, 0.9)
 #: The API spend caps tried, as shares of the budget.
 BUDGET_LEVELS: Tuple[float, ...] = (0.6, 0.75, 0.85, 0.95)
 
-#: The API's rate limit counts calls over a window of this many seconds (requests per minute).
-RATE_LIMIT_WINDOW_SECONDS = 60.0
 #: The API call caps tried, as shares of its rate limit.
 RATE_LEVELS: Tuple[float, ...] = (1.0, 0.9, 0.8)
 
