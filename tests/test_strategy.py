@@ -105,7 +105,8 @@ def test_a_minimal_file_takes_the_defaults(tmp_path: Path) -> None:
     assert s.relax == 0.1 and s.exploration_floor == 0.05
     assert s.clamps["local_bias"] == (0.05, 0.95)  # the floor narrows the hard limits
     assert s.clamps["timeout_multiplier"] == HARD_LIMITS["timeout_multiplier"]
-    assert s.health.condition is not None and s.health.condition.text == "success_ratio < 0.5"
+    assert s.health.condition is not None
+    assert s.health.condition.text == "success_ratio + coalesce(rate_limited_ratio, 0) < 0.5"
     assert s.timeouts.latency_signal == "latency_p99_seconds" and s.timeouts.latency_factor == 2.0
     assert dict(s.timeouts.base_seconds) == {"local": 30.0, "api": 30.0, "parallel": 30.0}
     assert not s.learning.enabled and s.modes is None and s.rules == () and s.tests == []

@@ -38,6 +38,11 @@ DEFAULT_BASELINE: Dict[str, float] = dict(DEFAULT_ROUTING)
 HARD_LIMITS: Dict[str, Tuple[float, float]] = {f.name: (f.lower, f.upper) for f in ROUTING_FIELDS.values()}
 DEFAULT_MAX_STEP: Dict[str, float] = {f.name: f.max_step for f in ROUTING_FIELDS.values()}
 DEFAULT_TIMEOUTS: Dict[str, float] = dict(DEFAULT_TIMEOUTS_SECONDS)
+#: When a track is unhealthy (drained to the exploration floor), if a strategy does not say: most
+#: of its calls fail. Calls refused by a rate limit (HTTP 429) count as answered here: draining a
+#: rate-limited API sends local every call, the ones it would have accepted too, while its refusals
+#: fall back to local anyway.
+DEFAULT_UNHEALTHY_WHEN = "success_ratio + coalesce(rate_limited_ratio, 0) < 0.5"
 
 
 # ------------------------------------------------------------------ model
@@ -214,7 +219,7 @@ class _Compiler:
                 raise self.fail(("max_step", pref), f"must be greater than 0, got {value:g}")
 
         health_data = data.get("health") or {}
-        health_text = health_data.get("unhealthy_when", "success_ratio < 0.5")
+        health_text = health_data.get("unhealthy_when", DEFAULT_UNHEALTHY_WHEN)
         health = Health(
             self.condition(health_text, ("health", "unhealthy_when"), bound=("path",)),
             self.duration(health_data.get("for"), ("health", "for")),
