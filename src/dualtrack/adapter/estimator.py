@@ -27,12 +27,13 @@ traffic would use more. The slots inferred from waits are raised the same
 way: the fewest slots that explain a wait are only a lower bound. A slower
 model (thermal throttling) shows as a longer base service time at low load,
 not as less capacity: slow at a load that would queue little (under half the
-capacity seen, or by Erlang C at the slots inferred), the base service times
-follow the latency, and the slots are not inferred from that interval's
-"waits". Judged by the capacity alone, a throttle that began at a load near
-it was read as queueing: the capacity was cut again and again, the slots
-fell towards one, and the plan kept too little local load for a model that
-was only slower. Memory against local load is fitted with a line,
+capacity seen, or by Erlang C at the slots local was seen to carry load
+with), the base service times follow the latency, and the slots are not
+inferred from that interval's "waits". Judged by the capacity alone, a
+throttle that began at a load near it was read as queueing: the capacity
+was cut again and again, the slots fell to their floor, and the plan kept
+too little local load for a model that was only slower. Memory against
+local load is fitted with a line,
 which says at how many busy slots memory reaches its limit. Each point
 pairs a memory reading with the local calls counted at the same moment (the
 resource monitor's load probe, exported as
@@ -55,9 +56,9 @@ plans within. It is counted over the last minute (at least one interval):
 a limit counts calls per minute, so an interval shorter than that accepts
 more or less than its share as the minute's window moves (at 30-second
 intervals the accepted calls alternated between about 230 and 420 a minute
-against a limit of about 400). Near that limit with nothing refused, the limit is tried
-``rate_limit_growth`` higher each cycle (it may have been raised or lifted)
-and forgotten once all the traffic would fit within it.
+against a limit of about 400). Near that limit with nothing refused, the
+limit is tried ``rate_limit_growth`` higher each cycle (it may have been
+raised or lifted) and forgotten once all the traffic would fit within it.
 
 A hanging API shows before its calls time out. The routers count their API
 calls in flight (``api_calls_in_flight``); by Little's law a track holds
