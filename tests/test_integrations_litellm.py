@@ -50,6 +50,10 @@ from dualtrack.router.policy import RoutingPolicy  # noqa: E402
 from dualtrack.vocabulary import PARALLEL_NEVER  # noqa: E402
 from support.fakehttp import FakeHTTPServer  # noqa: E402
 
+#: How long a test waits for LiteLLM's callbacks to record every call: met at once on a quiet
+#: machine, generous for a loaded one (the wait ends as soon as the records are in).
+DRAIN_SECONDS = 30.0
+
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 OPENAI_ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                  "choices": [{"index": 0, "finish_reason": "stop",
@@ -136,7 +140,7 @@ class Setup:
 
     def drain(self) -> None:
         for handle in self.handles:
-            assert handle.drain(10), "a LiteLLM call was never recorded"
+            assert handle.drain(DRAIN_SECONDS), "a LiteLLM call was never recorded"
 
 
 @pytest.fixture
@@ -170,7 +174,7 @@ def test_forced_preferences_route_every_sync_and_async_call(setup: Setup) -> Non
 
     async def async_calls(n: int) -> List[str]:
         answers = [answer(await router.acompletion(model="chat", messages=MESSAGES)) for _ in range(n)]
-        await setup.handles[0].adrain(5)
+        await setup.handles[0].adrain(DRAIN_SECONDS)
         return answers
 
     assert {answer(router.completion(model="chat", messages=MESSAGES)) for _ in range(6)} == {"local answer"}
@@ -198,7 +202,7 @@ def test_filter_mode_steers_async_calls_and_records_sync_ones(setup: Setup) -> N
 
     async def calls() -> List[str]:
         answers = [answer(await router.acompletion(model="chat", messages=MESSAGES)) for _ in range(6)]
-        await handle.adrain(5)
+        await handle.adrain(DRAIN_SECONDS)
         return answers
 
     assert set(asyncio.run(calls())) == {"api answer"}
@@ -271,7 +275,7 @@ def test_parallel_races_both_tracks_and_cancels_the_loser(setup: Setup, fake_htt
         started = time.monotonic()
         text = answer(await handle.acompletion(model="chat", messages=MESSAGES))
         assert time.monotonic() - started < 3, "the race waited for the slow track"
-        assert await handle.adrain(5)
+        assert await handle.adrain(DRAIN_SECONDS)
         return text
 
     assert asyncio.run(race()) == "api answer"
@@ -367,7 +371,7 @@ def test_a_stream_records_its_time_to_first_token(setup: Setup) -> None:
         response = await router.acompletion(model="chat", messages=MESSAGES, stream=True)
         async for _ in response:
             pass
-        await handle.adrain(5)
+        await handle.adrain(DRAIN_SECONDS)
 
     asyncio.run(stream())
     setup.drain()
@@ -385,7 +389,7 @@ def test_a_stream_records_its_time_to_first_token_in_the_common_histogram(setup:
     async def stream() -> None:
         async for _ in await router.acompletion(model="chat", messages=MESSAGES, stream=True):
             pass
-        assert await handle.adrain(5)
+        assert await handle.adrain(DRAIN_SECONDS)
 
     asyncio.run(stream())
     setup.drain()
@@ -434,7 +438,7 @@ def timed_calls(handle: DualTrackLiteLLM, n: int) -> List[Tuple[str, float]]:
             started = time.monotonic()
             text = answer(await handle.acompletion(model="chat", messages=MESSAGES))
             results.append((text, time.monotonic() - started))
-        assert await handle.adrain(5)
+        assert await handle.adrain(DRAIN_SECONDS)
         return results
     return asyncio.run(calls())
 
@@ -450,7 +454,7 @@ def warm_up(setup: Setup, router: Any, handle: DualTrackLiteLLM, *tracks: str) -
         for track in tracks:
             with contextlib.suppress(Exception):
                 await router.acompletion(model="chat", messages=MESSAGES, metadata={TRACK_KEY: track})
-        assert await handle.adrain(5)
+        assert await handle.adrain(DRAIN_SECONDS)
     asyncio.run(calls())
     setup.records.clear()
 
@@ -544,7 +548,7 @@ def test_a_hedged_request_cancelled_by_its_caller_cancels_both_calls(setup: Setu
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert await handle.adrain(5)
+            assert await handle.adrain(DRAIN_SECONDS)
 
         started = time.monotonic()
         asyncio.run(cancelled())
