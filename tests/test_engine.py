@@ -263,7 +263,8 @@ def test_by_default_a_rate_limited_api_is_not_unhealthy_a_failing_one_is(tmp_pat
     """The default condition counts calls refused with HTTP 429 as answered: 40% of the API's
     calls succeed and 50% are refused (a full API), it stays healthy; 40% succeed and 5% are
     refused (most of them fail), it is drained."""
-    engine = engine_for(tmp_path, HEALTH.replace("health: {unhealthy_when: success_ratio < 0.5}\n", ""))
+    default_health = HEALTH.replace("health: {unhealthy_when: success_ratio < 0.5}\n", "")
+    engine = engine_for(tmp_path, default_health)
     full = {'success_ratio{path="api"}': 0.4, 'rate_limited_ratio{path="api"}': 0.5,
             'success_ratio{path="local"}': 1.0}
     assert engine.evaluate(sv(full), now=0).healthy == {"local": True, "api": True}
@@ -272,8 +273,7 @@ def test_by_default_a_rate_limited_api_is_not_unhealthy_a_failing_one_is(tmp_pat
     assert d.healthy == {"local": True, "api": False} and "unhealthy_track" in d.fired
     # Routers that do not count refusals apart (no rate_limited_ratio): success alone decides.
     old = {'success_ratio{path="api"}': 0.4, 'success_ratio{path="local"}': 1.0}
-    assert RuleEngine(load(tmp_path, s=HEALTH.replace("health: {unhealthy_when: success_ratio < 0.5}\n", "")), "s",
-                      query_classes=("short",)).evaluate(sv(old), now=0).healthy["api"] is False
+    assert engine_for(tmp_path, default_health).evaluate(sv(old), now=0).healthy["api"] is False
 
 
 def test_health_starts_unknown() -> None:

@@ -367,11 +367,12 @@ class Estimator:
         # shorter length accepts more or less than its share as the limit's window moves.
         window = self._api_accepted
         window.append((calls - limited, interval_seconds))
-        while sum(d for _, d in window) - window[0][1] >= RATE_LIMIT_WINDOW_SECONDS:
-            window.popleft()
+        span = sum(d for _, d in window)
+        while span - window[0][1] >= RATE_LIMIT_WINDOW_SECONDS:
+            span -= window.popleft()[1]
         if limited >= s.rate_limit_least and limited >= s.rate_limit_share * calls:
             # The API refused what it did not accept: what it accepted is its limit.
-            self.api_rate_limit = sum(a for a, _ in window) / sum(d for _, d in window)
+            self.api_rate_limit = sum(a for a, _ in window) / span
         elif limited < 0.5 and self.api_rate_limit is not None and rate >= s.rate_limit_near * self.api_rate_limit:
             # Near the limit and nothing refused: it may have been raised or lifted; try more.
             self.api_rate_limit = max(self.api_rate_limit, rate) * s.rate_limit_growth
