@@ -46,6 +46,15 @@ its standard error from the draws' own spread (the scenarios are the same,
 so only the dice differ). A difference within two standard errors is
 chance.
 
+``--tell-local-model`` measures what a perfect estimator of the local
+model would buy: each adaptation cycle, after the estimator has read the
+interval, its local model is overwritten with the simulator's own (the
+server's slots, and each class's mean service time at the model's speed
+of the moment: throttling and batching slowdown included). Everything
+else (the API, quality, arrivals, the plan) is still estimated. It is a
+ceiling for work on the local-model estimator, not a policy: run it
+against a ``--json`` of the same scenarios without it (``--baseline``).
+
 A run takes about a second on one core (a hindsight search 10-30 s);
 ``--jobs`` runs them in parallel.
 """
@@ -59,10 +68,12 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import _common
 
+from dualtrack.adapter.estimator import Estimator
 from dualtrack.adapter.strategy import load_strategies
 from dualtrack.bench.adaptation import QUICK_TIME_SCALE
 from dualtrack.bundled import bundled_dir
@@ -71,8 +82,8 @@ from dualtrack.simulation.generator import generate_scenario, scenario_name
 from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform_split
 from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, perclass_policy
 
-# (seed, index, routing seed or None, policy or HINDSIGHT, rules, quick, repeats)
-Job = Tuple[int, int, Optional[int], str, Optional[str], bool, int]
+# (seed, index, routing seed or None, policy or HINDSIGHT, rules, quick, repeats, tell the local model)
+Job = Tuple[int, int, Optional[int], str, Optional[str], bool, int, bool]
 HINDSIGHT = "perclass_hindsight"
 
 
@@ -84,7 +95,7 @@ def _scenario(seed: int, index: int, quick: bool) -> Any:
 def _run(job: Job) -> Tuple[str, str, List[float]]:
     """One policy run (its J), or a hindsight search (the search's J, then the split's J on each other draw);
     with the scenario's name and the policy."""
-    seed, index, routing_seed, policy, rules, quick, repeats = job
+    seed, index, routing_seed, policy, rules, quick, repeats, tell = job
     scenario = _scenario(seed, index, quick)
     if policy == HINDSIGHT:
         evaluator = SplitEvaluator(scenario)
@@ -94,8 +105,42 @@ def _run(job: Job) -> Tuple[str, str, List[float]]:
                             routing_seed=r).run().summary["objective"] for r in range(1, repeats)]
         return scenario_name(seed, index), policy, [float(found.objective), *map(float, fresh)]
     strategies = load_strategies(rules or bundled_dir("rules")) if policy.startswith("strategy:") else None
-    result = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed).run()
+    sim = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed)
+    if tell:
+        with local_model_told(sim):
+            result = sim.run()
+    else:
+        result = sim.run()
     return scenario_name(seed, index), policy, [float(result.summary["objective"])]
+
+
+def tell_local_model(estimator: Estimator, sim: Simulation) -> None:
+    """Overwrite ``estimator``'s local model with the simulator's: the slots, and each class's
+    mean service time at the speed a call starting now would get."""
+    model, slots = sim.local, sim.params["local"]["concurrency"]
+    speed = model.speed()
+    for spec in sim.scenario.classes:
+        estimator.base_service[spec.name] = model.service_time(round(spec.tokens_in.mean), round(spec.tokens_out.mean),
+                                                                speed)
+    estimator.slots = float(slots)
+    estimator._slots_seen_free = int(slots)
+
+
+@contextmanager
+def local_model_told(sim: Simulation) -> Iterator[None]:
+    """While it lasts, every estimator update in this process ends with :func:`tell_local_model`."""
+    original = Estimator.update
+
+    def update(estimator: Estimator, values: Any, interval_seconds: float) -> Dict[str, str]:
+        events = original(estimator, values, interval_seconds)
+        tell_local_model(estimator, sim)
+        return events
+
+    setattr(Estimator, "update", update)  # noqa: B010 (a method replaced for the run, on purpose)
+    try:
+        yield
+    finally:
+        setattr(Estimator, "update", original)  # noqa: B010
 
 
 def _sd(values: Sequence[float]) -> float:
@@ -182,10 +227,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "draws: its selection bias, and the gap to it unbiased")
     parser.add_argument("--baseline", metavar="FILE",
                         help="an earlier run's --json (same scenarios): the paired difference of mean J against it")
+    parser.add_argument("--tell-local-model", action="store_true",
+                        help="give the estimator the simulator's own local model every cycle (slots, service "
+                             "times): what a perfect local-model estimator would buy (compare with --baseline)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.random < 1 or args.repeats < 2 or args.jobs < 1:
         parser.error("--random and --jobs must be at least 1, --repeats at least 2")
+    if args.tell_local_model and not args.policy.startswith("strategy:"):
+        parser.error("--tell-local-model needs a strategy:<name> policy (a static policy has no estimator)")
     seeds = args.seed or [1]
     theirs: Optional[Mapping[str, Sequence[float]]] = None
     if args.baseline:
@@ -202,11 +252,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if missing:
             parser.error(f"--baseline {args.baseline}: it has no runs of {', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''} (run it with the same --random and --seed)")
-    info = _common.announce(f"adaptation noise: {args.policy}, {args.random} scenarios x seeds "
+    told = ", the local model told" if args.tell_local_model else ""
+    info = _common.announce(f"adaptation noise: {args.policy}{told}, {args.random} scenarios x seeds "
                             f"{', '.join(map(str, seeds))}, {args.repeats} routing draws each")
-    jobs: List[Job] = [(s, i, None, HINDSIGHT, None, args.quick, args.repeats)
+    jobs: List[Job] = [(s, i, None, HINDSIGHT, None, args.quick, args.repeats, False)
                        for s in seeds for i in range(args.random) if args.hindsight]
-    jobs += [(s, i, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats)
+    jobs += [(s, i, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats, args.tell_local_model)
              for s in seeds for i in range(args.random) for r in range(args.repeats)]
     started = time.perf_counter()
     objectives: Dict[str, List[float]] = {}
@@ -258,6 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"({len(jobs)} runs in {time.perf_counter() - started:.0f} s with {args.jobs} jobs)")
     if args.json:
         _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds,
+                                       "local_model_told": args.tell_local_model,
                                        "random": args.random, "quick": args.quick,
                                        "objectives": objectives, "hindsight_objectives": hindsight,
                                        **figures})

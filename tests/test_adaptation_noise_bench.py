@@ -76,3 +76,44 @@ def test_adaptation_noise_rejects_a_single_repeat() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--repeats", "1"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2 and "--repeats at least 2" in proc.stderr
+
+
+def _noise_module():  # type: ignore[no-untyped-def]
+    """The benchmark script as a module (it imports ``_common`` from its own folder)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import adaptation_noise
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return adaptation_noise
+
+
+def test_telling_the_local_model_overwrites_the_estimate_each_cycle_and_only_during_the_run() -> None:
+    from dualtrack.adapter.estimator import Estimator
+    from dualtrack.simulation import Simulation
+    from dualtrack.simulation.generator import generate_scenario
+
+    noise = _noise_module()
+    original = Estimator.update
+    scenario = generate_scenario(1, 0).time_scaled(0.1)
+    sim = Simulation(scenario, "strategy:adaptive")
+    with noise.local_model_told(sim):
+        assert Estimator.update is not original
+        sim.run_until(5 * scenario.adaptation_interval)
+        est = sim.optimizer.adaptive.engine.estimator
+        slots = sim.params["local"]["concurrency"]
+        assert est.slots == slots and est._slots_seen_free == slots
+        # Each class's service time is the model's for the class's mean tokens, at one speed for all
+        # (at most the nominal one: throttling and batching only slow it).
+        nominal = {c.name: sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), 1.0)
+                   for c in scenario.classes}
+        told = {c: est.base_service[c] for c in nominal}
+        assert all(told[c] >= nominal[c] * 0.999 for c in nominal)
+        assert sorted(nominal, key=nominal.__getitem__) == sorted(told, key=told.__getitem__)
+    assert Estimator.update is original
+
+
+def test_telling_the_local_model_needs_a_strategy() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--policy", "all_local",
+                           "--tell-local-model"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "--tell-local-model needs a strategy" in proc.stderr
