@@ -50,7 +50,8 @@ chance.
 model would buy: each adaptation cycle, after the estimator has read the
 interval, its local model is overwritten with the simulator's own (the
 server's slots, and each class's mean service time at the model's speed
-of the moment: throttling and batching slowdown included). Everything
+of the moment: throttling and batching slowdown included; ``slots`` or
+``service`` tells one of the two). Everything
 else (the API, quality, arrivals, the plan) is still estimated. It is a
 ceiling for work on the local-model estimator, not a policy: run it
 against a ``--json`` of the same scenarios without it (``--baseline``).
@@ -82,8 +83,10 @@ from dualtrack.simulation.generator import generate_scenario, scenario_name
 from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform_split
 from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, perclass_policy
 
-# (seed, index, routing seed or None, policy or HINDSIGHT, rules, quick, repeats, tell the local model)
-Job = Tuple[int, int, Optional[int], str, Optional[str], bool, int, bool]
+# (seed, index, routing seed or None, policy or HINDSIGHT, rules, quick, repeats, what of the local model to tell)
+Job = Tuple[int, int, Optional[int], str, Optional[str], bool, int, Optional[str]]
+#: What ``--tell-local-model`` may tell the estimator.
+TOLD = ("both", "slots", "service")
 HINDSIGHT = "perclass_hindsight"
 
 
@@ -107,33 +110,37 @@ def _run(job: Job) -> Tuple[str, str, List[float]]:
     strategies = load_strategies(rules or bundled_dir("rules")) if policy.startswith("strategy:") else None
     sim = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed)
     if tell:
-        with local_model_told(sim):
+        with local_model_told(sim, tell):
             result = sim.run()
     else:
         result = sim.run()
     return scenario_name(seed, index), policy, [float(result.summary["objective"])]
 
 
-def tell_local_model(estimator: Estimator, sim: Simulation) -> None:
+def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both") -> None:
     """Overwrite ``estimator``'s local model with the simulator's: the slots, and each class's
-    mean service time at the speed a call starting now would get."""
+    mean service time at the speed a call starting now would get (``what``: both, or one)."""
     model, slots = sim.local, sim.params["local"]["concurrency"]
-    speed = model.speed()
-    for spec in sim.scenario.classes:
-        estimator.base_service[spec.name] = model.service_time(round(spec.tokens_in.mean), round(spec.tokens_out.mean),
-                                                                speed)
-    estimator.slots = float(slots)
-    estimator._slots_seen_free = int(slots)
+    if what in ("both", "service"):
+        speed = model.speed()
+        for spec in sim.scenario.classes:
+            estimator.base_service[spec.name] = model.service_time(
+                round(spec.tokens_in.mean), round(spec.tokens_out.mean), speed)
+    if what in ("both", "slots"):
+        estimator.slots = float(slots)
+        estimator._slots_seen_free = int(slots)
 
 
 @contextmanager
-def local_model_told(sim: Simulation) -> Iterator[None]:
+def local_model_told(sim: Simulation, what: str = "both") -> Iterator[None]:
     """While it lasts, every estimator update in this process ends with :func:`tell_local_model`."""
+    if what not in TOLD:
+        raise ValueError(f"what: one of {', '.join(TOLD)}, got {what!r}")
     original = Estimator.update
 
     def update(estimator: Estimator, values: Any, interval_seconds: float) -> Dict[str, str]:
         events = original(estimator, values, interval_seconds)
-        tell_local_model(estimator, sim)
+        tell_local_model(estimator, sim, what)
         return events
 
     setattr(Estimator, "update", update)  # noqa: B010 (a method replaced for the run, on purpose)
@@ -227,9 +234,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "draws: its selection bias, and the gap to it unbiased")
     parser.add_argument("--baseline", metavar="FILE",
                         help="an earlier run's --json (same scenarios): the paired difference of mean J against it")
-    parser.add_argument("--tell-local-model", action="store_true",
-                        help="give the estimator the simulator's own local model every cycle (slots, service "
-                             "times): what a perfect local-model estimator would buy (compare with --baseline)")
+    parser.add_argument("--tell-local-model", nargs="?", const="both", choices=TOLD, metavar="WHAT",
+                        help="give the estimator the simulator's own local model every cycle: both (the "
+                             "default), slots or service (times): what a perfect local-model estimator would "
+                             "buy (compare with --baseline)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.random < 1 or args.repeats < 2 or args.jobs < 1:
@@ -252,10 +260,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if missing:
             parser.error(f"--baseline {args.baseline}: it has no runs of {', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''} (run it with the same --random and --seed)")
-    told = ", the local model told" if args.tell_local_model else ""
+    told = f", the local model told ({args.tell_local_model})" if args.tell_local_model else ""
     info = _common.announce(f"adaptation noise: {args.policy}{told}, {args.random} scenarios x seeds "
                             f"{', '.join(map(str, seeds))}, {args.repeats} routing draws each")
-    jobs: List[Job] = [(s, i, None, HINDSIGHT, None, args.quick, args.repeats, False)
+    jobs: List[Job] = [(s, i, None, HINDSIGHT, None, args.quick, args.repeats, None)
                        for s in seeds for i in range(args.random) if args.hindsight]
     jobs += [(s, i, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats, args.tell_local_model)
              for s in seeds for i in range(args.random) for r in range(args.repeats)]

@@ -117,3 +117,24 @@ def test_telling_the_local_model_needs_a_strategy() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--policy", "all_local",
                            "--tell-local-model"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2 and "--tell-local-model needs a strategy" in proc.stderr
+
+
+def test_telling_only_the_slots_leaves_the_service_times_estimated() -> None:
+    from dualtrack.simulation import Simulation
+    from dualtrack.simulation.generator import generate_scenario
+
+    noise = _noise_module()
+    scenario = generate_scenario(1, 0).time_scaled(0.1)
+    sim = Simulation(scenario, "strategy:adaptive")
+    with noise.local_model_told(sim, "slots"):
+        sim.run_until(5 * scenario.adaptation_interval)
+    est = sim.optimizer.adaptive.engine.estimator
+    assert est.slots == sim.params["local"]["concurrency"]
+    # The service times are the estimator's own (from latencies), not the model's for the mean tokens.
+    speed = sim.local.speed()
+    told = {c.name: sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), speed)
+            for c in scenario.classes}
+    assert any(est.base_service.get(c) != pytest.approx(s, rel=1e-6) for c, s in told.items())
+    with pytest.raises(ValueError, match="one of both, slots, service"):
+        with noise.local_model_told(sim, "everything"):
+            pass
