@@ -69,7 +69,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import _common
@@ -109,10 +109,7 @@ def _run(job: Job) -> Tuple[str, str, List[float]]:
         return scenario_name(seed, index), policy, [float(found.objective), *map(float, fresh)]
     strategies = load_strategies(rules or bundled_dir("rules")) if policy.startswith("strategy:") else None
     sim = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed)
-    if tell:
-        with local_model_told(sim, tell):
-            result = sim.run()
-    else:
+    with local_model_told(sim, tell) if tell else nullcontext():
         result = sim.run()
     return scenario_name(seed, index), policy, [float(result.summary["objective"])]
 
