@@ -352,6 +352,21 @@ def test_memory_against_local_load_says_where_the_limit_is() -> None:
     assert flat.memory_slots is None
 
 
+def test_memory_and_gpu_memory_each_have_their_line() -> None:
+    # Memory = 0.714 + 0.019 x calls (limit at 15), GPU memory = 0.619 + 0.0323 x calls
+    # (limit at 11.8): memory is the larger below 7.3 calls, GPU memory above. A line
+    # through the larger of the two bends there, and fitted over 1-6 calls it put the
+    # limit at 13 (random_1_013); each memory's own line finds the GPU's limit.
+    est = Estimator(("short",))
+    for k in (3, 1, 4, 2, 5, 6, 3):
+        est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=k,
+                            memory_used_ratio=0.714 + 0.019 * k, gpu_memory_used_ratio=0.619 + 0.0323 * k),
+                   INTERVAL)
+    assert est.memory_slots == pytest.approx((1.0 - 0.619) / 0.0323, rel=1e-6)
+    # A reading missing one interval leaves that memory's line as it was.
+    est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=2,
+                        memory_used_ratio=0.714 + 0.019 * 2), INTERVAL)
+    assert est.memory_slots == pytest.approx((1.0 - 0.619) / 0.0323, rel=1e-6)
 
 
 def test_memory_is_fitted_on_the_calls_counted_with_its_reading() -> None:

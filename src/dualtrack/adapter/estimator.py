@@ -266,9 +266,10 @@ class Estimator:
         self._slots_seen_free = 0
         self.local_wait: float = 0.0  # seconds the last interval's local calls waited, on average
         self._usual_local_failures: Optional[float] = None
-        # Memory (the larger of memory and GPU memory, as a share of its limit) against
-        # local load: a line fitted over the intervals.
-        self._memory_line = _DecayedLine(settings.memory_decay)
+        # Memory and GPU memory (each a share of its limit) against local load: a line for
+        # each, fitted over the intervals. One line through the larger of the two would bend
+        # where the other takes over, and miss where the steeper one reaches its limit.
+        self._memory_lines = {name: _DecayedLine(settings.memory_decay) for name in MEMORY_SIGNALS}
         self.memory_slots: Optional[float] = None  # busy local slots at which memory reaches its limit
         # The battery's drain (share of a full charge per hour) against local load, while on
         # battery power: a line as for memory, (idle drain, drain per busy local slot).
@@ -346,8 +347,7 @@ class Estimator:
                                 latency_sum=old.latency_sum, latency_count=old.latency_count)
                 state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)
         self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
-        memory = max((v for v in (values.get("memory_used_ratio", {}), values.get("gpu_memory_used_ratio", {}))
-                      if v is not None), default=None)
+        memory = {name: v for name in MEMORY_SIGNALS if (v := values.get(name, {})) is not None}
         busy_now = self._busy_now(values)
         self._update_local_capacity(fresh["local"], interval_seconds, memory, busy_now)
         self._update_battery(values, busy_now)
@@ -589,9 +589,17 @@ class Estimator:
         k = max(1, int(round(known)))
         return load < k and 1.0 + erlang_c(k, load) / (k - load) < self.settings.uncongested_inflation
 
-    def _fit_memory(self, load: float, memory: float) -> None:
-        fit = self._memory_line.add(load, memory)
-        self.memory_slots = None if fit is None or fit[1] <= 1e-6 else max(0.0, (1.0 - fit[0]) / fit[1])
+    def _fit_memory(self, load: float, memory: Mapping[str, float]) -> None:
+        """Fold in one reading of each memory (share of its limit) at ``load`` busy slots; the
+        slots at which the first of them reaches its limit (None while no line has a slope)."""
+        for name, ratio in memory.items():
+            self._memory_lines[name].add(load, ratio)
+        limits = []
+        for line in self._memory_lines.values():
+            fit = line.fit()
+            if fit is not None and fit[1] > 1e-6:
+                limits.append(max(0.0, (1.0 - fit[0]) / fit[1]))
+        self.memory_slots = min(limits, default=None)
 
     def api_cost_per_query(self) -> Optional[float]:
         """What a query costs on the API at the prices of now, over the classes' mix (per
@@ -642,7 +650,7 @@ class Estimator:
             self.battery_drain = (0.0, slope)
 
     def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
-                               memory: Optional[float], busy_now: Optional[float] = None) -> None:
+                               memory: Mapping[str, float], busy_now: Optional[float] = None) -> None:
         s = self.settings
         base = self.base_service
         offered = 0.0  # Erlangs at base service times
@@ -655,11 +663,11 @@ class Estimator:
                 base[c] = mean
             offered += t.latency_count * base[c] / interval_seconds
             in_system += t.latency_sum / interval_seconds
-        if memory is not None and busy_now is not None:
+        if memory and busy_now is not None:
             self._fit_memory(busy_now, memory)  # an idle track's reading is a point too (the intercept)
         if offered <= 0:
             return
-        if memory is not None and busy_now is None:
+        if memory and busy_now is None:
             self._fit_memory(offered, memory)  # no count of the moment: the interval's mean load
         inflation = in_system / offered
         calls = sum(t.latency_count for t in fresh.values())
@@ -744,6 +752,8 @@ def slots_for(load: float, waiting: float, most: int = 512) -> int:
 
 #: Intervals of evidence before the memory line is trusted.
 MEMORY_FIT_POINTS = 5
+#: The memory signals fitted against local load, each a share of its limit.
+MEMORY_SIGNALS = ("memory_used_ratio", "gpu_memory_used_ratio")
 
 
 class _DecayedLine:
@@ -760,6 +770,10 @@ class _DecayedLine:
         for i, v in enumerate((1.0, x, y, x * x, x * y)):
             self.sums[i] = self.decay * self.sums[i] + v
         self.points += 1
+        return self.fit()
+
+    def fit(self) -> Optional[Tuple[float, float]]:
+        """The fitted (a, b) once there are ``MEMORY_FIT_POINTS`` points, else None."""
         return _fit_line(self.sums) if self.points >= MEMORY_FIT_POINTS else None
 
     def slope_through_origin(self) -> Optional[float]:
