@@ -295,87 +295,89 @@ def _within_at(within: float, latency: float, new_latency: float, target: Option
     return max(0.0, min(1.0, within * model(new_latency) / before))
 
 
-def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: Optional[float] = None,
-                 current: Optional[Mapping[str, float]] = None, interval_seconds: float = 30.0,
-                 changed: Iterable[str] = (), latency_target: Optional[float] = None) -> Split:
-    """Each class's local share, maximizing the objective.
+class SplitPlanner:
+    """One cycle's plan: the estimates it works from, the scoring of any split, and the choice.
 
-    The query terms (useful, within target, quality, savings) are the classes'
-    expected values; the compliance term is the chance that the split puts memory
-    over its limit or the API spend over its budget, weighed by the compliance
-    weight. Several candidate splits are built (each class's preferred share,
-    then local load capped at a few levels, then API spend capped at a few levels)
-    and the best is kept: a constraint is kept when keeping it is worth what it
-    costs in answers, and not when it is not.
+    ``choose()`` is :func:`choose_split`; ``score(shares)`` is what the plan expects of
+    any split of the known classes (``benchmarks/plan_calibration.py`` holds it against
+    what the split does when run).
     """
-    valuations, cost_norm = value_queries(estimator, spec)
-    arrivals = estimator.arrivals
-    probes = probe_shares(arrivals, spec, interval_seconds)
-    service = estimator.base_service
-    reasons: List[str] = []
-    # A change detected this cycle (``changed``: "api", "local:short", ...) is news:
-    # the classes it touches choose afresh, without holding on to their current track.
-    changed = set(changed)
-    fresh = {c for c in estimator.classes
-             if changed & {"local", "api", f"local:{c}", f"api:{c}"}}
-    preferred: Dict[str, float] = {}
-    fixed: Dict[str, float] = {}
-    gains: Dict[str, float] = {}
-    for v in valuations:
-        c = v.query_class
-        if not v.known:
-            # One track has no evidence yet: keep a balanced split until it has.
-            fixed[c] = (current or {}).get(c, 0.5)
-            reasons.append(f"{c}: not enough evidence on both tracks yet")
-            continue
-        gains[c] = v.value["local"] - v.value["api"]
-        # Evidence decays, so the estimates never get sharper than a few intervals allow.
-        spread = spec.value_noise * math.sqrt(sum(1.0 / max(v.parts[t]["calls"], 1.0) for t in ("local", "api")))
-        held = None if c in fresh else (current or {}).get(c)
-        # A probe of a track far worse than the other is costly: probe it less, down to the floor.
-        if abs(gains[c]) > spec.probe_loss:
-            probes[c] = max(spec.probe, probes.get(c, spec.probe) * spec.probe_loss / abs(gains[c]))
-        preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
-    probe = {c: probes.get(c, spec.probe) for c in gains}
-    by_class = {v.query_class: v for v in valuations}
-    total = sum(arrivals.get(c, 0.0) for c in gains)
-    # Local load. A query sent to a failing API comes back to local as a fallback, so
-    # only the share the API would have answered is load a split adds: while the API
-    # is down, moving a class to local costs no capacity.
-    load = {c: arrivals.get(c, 0.0) * service.get(c, 0.0) for c in gains}
-    api_ok = {c: by_class[c].parts["api"]["success"] for c in gains}
-    marginal = {c: load[c] * api_ok[c] for c in gains}
-    fallback_load = sum(load[c] - marginal[c] for c in gains)
-    spend_rate = {c: arrivals.get(c, 0.0) * 3600.0 * (estimator.tally("api", c).cost_per_call or 0.0)
-                  * estimator.spend_bias for c in gains}
 
-    # Queueing on local: with its slots known, the wait a load would cause (Erlang C).
-    slots_k = estimator.slots
-    mean_service = (sum(load[c] for c in gains) / sum(arrivals.get(c, 0.0) for c in gains)
-                    if sum(arrivals.get(c, 0.0) for c in gains) > 0 else 0.0)
+    def __init__(self, estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: Optional[float] = None,
+                 current: Optional[Mapping[str, float]] = None, interval_seconds: float = 30.0,
+                 changed: Iterable[str] = (), latency_target: Optional[float] = None) -> None:
+        self.estimator, self.spec = estimator, spec
+        self.budget_per_hour, self.latency_target = budget_per_hour, latency_target
+        self.valuations, _ = value_queries(estimator, spec)
+        arrivals = self.arrivals = estimator.arrivals
+        probes = probe_shares(arrivals, spec, interval_seconds)
+        service = self.service = estimator.base_service
+        self.reasons: List[str] = []
+        # A change detected this cycle (``changed``: "api", "local:short", ...) is news:
+        # the classes it touches choose afresh, without holding on to their current track.
+        changed = set(changed)
+        fresh = {c for c in estimator.classes
+                 if changed & {"local", "api", f"local:{c}", f"api:{c}"}}
+        self.preferred: Dict[str, float] = {}
+        self.fixed: Dict[str, float] = {}
+        gains: Dict[str, float] = {}
+        for v in self.valuations:
+            c = v.query_class
+            if not v.known:
+                # One track has no evidence yet: keep a balanced split until it has.
+                self.fixed[c] = (current or {}).get(c, 0.5)
+                self.reasons.append(f"{c}: not enough evidence on both tracks yet")
+                continue
+            gains[c] = v.value["local"] - v.value["api"]
+            # Evidence decays, so the estimates never get sharper than a few intervals allow.
+            spread = spec.value_noise * math.sqrt(sum(1.0 / max(v.parts[t]["calls"], 1.0) for t in ("local", "api")))
+            held = None if c in fresh else (current or {}).get(c)
+            # A probe of a track far worse than the other is costly: probe it less, down to the floor.
+            if abs(gains[c]) > spec.probe_loss:
+                probes[c] = max(spec.probe, probes.get(c, spec.probe) * spec.probe_loss / abs(gains[c]))
+            self.preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
+        self.gains = gains
+        self.probe = {c: probes.get(c, spec.probe) for c in gains}
+        self.by_class = by_class = {v.query_class: v for v in self.valuations}
+        self.total = sum(arrivals.get(c, 0.0) for c in gains)
+        # Local load. A query sent to a failing API comes back to local as a fallback, so
+        # only the share the API would have answered is load a split adds: while the API
+        # is down, moving a class to local costs no capacity.
+        load = self.load = {c: arrivals.get(c, 0.0) * service.get(c, 0.0) for c in gains}
+        api_ok = self.api_ok = {c: by_class[c].parts["api"]["success"] for c in gains}
+        marginal = self.marginal = {c: load[c] * api_ok[c] for c in gains}
+        self.fallback_load = sum(load[c] - marginal[c] for c in gains)
+        self.spend_rate = {c: arrivals.get(c, 0.0) * 3600.0 * (estimator.tally("api", c).cost_per_call or 0.0)
+                           * estimator.spend_bias for c in gains}
+        # Queueing on local: with its slots known, the wait a load would cause (Erlang C).
+        self.slots_k = estimator.slots
+        self.mean_service = sum(load.values()) / self.total if self.total > 0 else 0.0
+        # What local carries before its queue grows without bound: its slots (or the capacity seen).
+        carry = self.slots_k if self.slots_k is not None else estimator.capacity
+        if carry is not None and estimator.server_capacity is not None:
+            carry = min(carry, estimator.server_capacity)
+        self.carry = carry
+        self.rate_limit = estimator.api_rate_limit
 
-    def local_value(c: str, busy: float, service_s: float = mean_service) -> float:
+    def local_value(self, c: str, busy: float, service_s: Optional[float] = None) -> float:
         """A query of class ``c`` on local, with the local track carrying ``busy`` Erlangs of
-        calls of mean service time ``service_s``."""
-        v = by_class[c]
-        if slots_k is None or service_s <= 0:
+        calls of mean service time ``service_s`` (default: the mix of all classes')."""
+        v = self.by_class[c]
+        service_s = self.mean_service if service_s is None else service_s
+        if self.slots_k is None or service_s <= 0:
             return v.value["local"]
-        k = max(1, int(round(slots_k)))
+        k = max(1, int(round(self.slots_k)))
         parts = v.parts["local"]
         latency = parts["latency"]
-        new_latency = latency - estimator.local_wait + wait_seconds(k, busy, service_s)
-        within = _within_at(parts["within"], latency, max(new_latency, 1e-3), latency_target)
-        return v.value["local"] + parts["success"] * spec.weights["within_target"] * (within - parts["within"])
+        new_latency = latency - self.estimator.local_wait + wait_seconds(k, busy, service_s)
+        within = _within_at(parts["within"], latency, max(new_latency, 1e-3), self.latency_target)
+        return v.value["local"] + parts["success"] * self.spec.weights["within_target"] * (within - parts["within"])
 
-    # What local carries before its queue grows without bound: its slots (or the capacity seen).
-    carry = slots_k if slots_k is not None else estimator.capacity
-    if carry is not None and estimator.server_capacity is not None:
-        carry = min(carry, estimator.server_capacity)
-
-    def budget_first(local_cap: Optional[float], budget_cap: float) -> Dict[str, float]:
+    def budget_first(self, local_cap: Optional[float], budget_cap: float) -> Dict[str, float]:
         """Shares that keep the budget with the fewest busy local slots: the classes that
         cost most on the API per busy slot they would take go local first; what capacity is
         left goes to the classes' own preference, most gain per busy slot first."""
+        gains, probe, spend_rate, marginal = self.gains, self.probe, self.spend_rate, self.marginal
         shares = {c: probe[c] for c in gains}
         planned = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
         for c in sorted((c for c in gains if spend_rate[c] > 0),
@@ -385,35 +387,36 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
             take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
             shares[c] += take / spend_rate[c]
             planned -= take
-        room = (math.inf if local_cap is None else local_cap) - fallback_load - sum(
+        room = (math.inf if local_cap is None else local_cap) - self.fallback_load - sum(
             marginal[c] * shares[c] for c in gains)
-        for c in sorted(gains, key=lambda c: -gains[c] * arrivals.get(c, 0.0) / marginal[c]
+        for c in sorted(gains, key=lambda c: -gains[c] * self.arrivals.get(c, 0.0) / marginal[c]
                         if marginal[c] > 0 else -math.inf):
             if room <= 0:
                 break
-            if gains[c] > 0 and preferred[c] > shares[c]:
-                add = preferred[c] - shares[c] if marginal[c] <= 0 else min(preferred[c] - shares[c],
-                                                                            room / marginal[c])
+            if gains[c] > 0 and self.preferred[c] > shares[c]:
+                add = self.preferred[c] - shares[c] if marginal[c] <= 0 else min(self.preferred[c] - shares[c],
+                                                                                 room / marginal[c])
                 shares[c] += add
                 room -= add * marginal[c]
         return shares
 
-    rate_limit = estimator.api_rate_limit
-
-    def api_calls(shares: Mapping[str, float]) -> float:
+    def api_calls(self, shares: Mapping[str, float]) -> float:
         """Calls per second a split sends the API first."""
-        return sum(arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in gains)
+        return sum(self.arrivals.get(c, 0.0) * (1.0 - shares[c]) for c in self.gains)
 
-    def plan(local_cap: Optional[float], budget_cap: Optional[float], first: bool = False,
+    def plan(self, local_cap: Optional[float], budget_cap: Optional[float], first: bool = False,
              api_cap: Optional[float] = None) -> _Plan:
+        """The classes' preferred shares kept within a local load, a spend and an API call rate, scored."""
         if first and budget_cap is not None:
-            return score(budget_first(local_cap, budget_cap), local_cap, budget_cap)
-        shares = dict(preferred)
+            return self.score(self.budget_first(local_cap, budget_cap), local_cap, budget_cap)
+        gains, probe, arrivals, marginal, spend_rate = self.gains, self.probe, self.arrivals, self.marginal, \
+            self.spend_rate
+        shares = dict(self.preferred)
         if api_cap is not None:
             # Within the API's rate limit: the classes that take the fewest local slots per
             # query go local first.
-            sent = api_calls(shares)
-            for c in sorted(gains, key=lambda c: service.get(c, 0.0)):
+            sent = self.api_calls(shares)
+            for c in sorted(gains, key=lambda c: self.service.get(c, 0.0)):
                 if sent <= api_cap:
                     break
                 rate_c = arrivals.get(c, 0.0)
@@ -421,7 +424,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
                 if rate_c > 0 and take > 0:
                     shares[c] += take / rate_c
                     sent -= take
-        wanted = fallback_load + sum(marginal[c] * shares[c] for c in gains)
+        wanted = self.fallback_load + sum(marginal[c] * shares[c] for c in gains)
         if api_cap is not None and local_cap is not None:
             local_cap = max(local_cap, wanted)  # the limit's load is not given back to the API
         if local_cap is not None and wanted > local_cap:
@@ -446,39 +449,46 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
                 take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
                 shares[c] += take / spend_rate[c]
                 planned -= take
-        return score(shares, local_cap, budget_cap)
+        return self.score(shares, local_cap, budget_cap)
 
-    def score(shares: Dict[str, float], local_cap: Optional[float], budget_cap: Optional[float]) -> _Plan:
+    def score(self, shares: Mapping[str, float], local_cap: Optional[float] = None,
+              budget_cap: Optional[float] = None) -> _Plan:
+        """What the plan expects of a split (a local share for each class both tracks have evidence for)."""
+        gains, arrivals, load, by_class = self.gains, self.arrivals, self.load, self.by_class
+        estimator, spec = self.estimator, self.spec
+        shares = {c: shares[c] for c in gains}
         # Calls beyond the API's rate limit are refused at once and fall back to local.
-        refused = refused_share(api_calls(shares), rate_limit)
-        ok = {c: api_ok[c] * (1.0 - refused) for c in gains}
+        refused = refused_share(self.api_calls(shares), self.rate_limit)
+        ok = {c: self.api_ok[c] * (1.0 - refused) for c in gains}
         busy = sum(load[c] * (1.0 - ok[c] * (1.0 - shares[c])) for c in gains)
         # The wait depends on the service times of the calls the split sends local, not of all calls.
         local_calls = sum(arrivals.get(c, 0.0) * (1.0 - ok[c] * (1.0 - shares[c])) for c in gains)
-        service_s = busy / local_calls if local_calls > 0 else mean_service
+        service_s = busy / local_calls if local_calls > 0 else self.mean_service
         # Beyond what local carries, its queue grows until calls time out and fall back to the
         # API: that share of the local calls is paid for on the API (below). Their answers are
         # late either way: local_value has no answer in time beyond the slots.
+        carry = self.carry
         overflow = max(0.0, 1.0 - carry / busy) if carry is not None and busy > carry else 0.0
         value = 0.0
         for c in gains:
-            on_local = local_value(c, busy, service_s)
+            on_local = self.local_value(c, busy, service_s)
             # An API call that fails fast falls back to the same local track, at the same load.
-            fallback = (1.0 - api_ok[c]) * (1.0 - by_class[c].parts["api"]["timeout_share"])
+            fallback = (1.0 - self.api_ok[c]) * (1.0 - by_class[c].parts["api"]["timeout_share"])
             via_api = by_class[c].value["api"] + fallback * (on_local - by_class[c].value["local"])
             if refused > 0:
                 via_api = (1.0 - refused) * via_api + refused * (on_local - FALLBACK_PENALTY)
             value += arrivals.get(c, 0.0) * (shares[c] * on_local + (1.0 - shares[c]) * via_api)
-        value = value / total if total > 0 else 0.0
+        value = value / self.total if self.total > 0 else 0.0
         p_memory = 0.0
         slots = estimator.memory_slots
         if slots is not None and busy > 0:
             p_memory = busy_beyond(busy, slots)
         spend = None
         p_budget = 0.0
+        budget_per_hour = self.budget_per_hour
         if budget_per_hour is not None and budget_per_hour > 0:
             on_api = {c: (1.0 - shares[c] * (1.0 - overflow)) * (1.0 - refused) for c in gains}
-            spend = sum(spend_rate[c] * on_api[c] for c in gains)
+            spend = sum(self.spend_rate[c] * on_api[c] for c in gains)
             calls = sum(arrivals.get(c, 0.0) * on_api[c] for c in gains) * BUDGET_WINDOW_SECONDS
             if spend > 0:
                 spread = spend * math.sqrt(1.0 / max(calls, 1.0) + spec.spend_error ** 2)
@@ -486,69 +496,93 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
         return _Plan(shares, value, busy, spend, p_memory, p_budget, local_cap, budget_cap,
                      compliance_weight=spec.weights.get("compliance", 0.0))
 
-    capacity = estimator.capacity
-    slots = estimator.memory_slots
-    local_caps: List[Optional[float]] = [spec.utilization * capacity if capacity is not None else None]
-    if slots_k is not None:
-        # Queueing is weighed too (the wait at each load): loads below the slots are candidates.
-        local_caps = [None] + [k * slots_k for k in QUEUE_LEVELS]
-    if slots is not None:
-        base_cap = local_caps[0]
-        for k in MEMORY_LEVELS:
-            cap = k * slots
-            local_caps.append(cap if base_cap is None else min(cap, base_cap))
-    if estimator.server_capacity is not None:
-        # The local server's queue says what it carries now: no plan goes beyond it.
-        server_cap = estimator.server_capacity
-        local_caps = [server_cap if c is None else min(c, server_cap) for c in local_caps]
-    battery_cap = None
-    room, drain = estimator.battery_room, estimator.battery_drain
-    if spec.battery_horizon > 0 and room is not None and room > 0 and drain is not None and drain[1] > 0:
-        # On battery power: no more local load than lets the charge last the horizon above its
-        # threshold. The budget may still send classes back to local (plan()).
-        battery_cap = max(0.0, (room * 3600.0 / spec.battery_horizon - drain[0]) / drain[1])
-        local_caps = [battery_cap if c is None else min(c, battery_cap) for c in local_caps]
-    budget_caps: List[Optional[float]] = [None]
-    if budget_per_hour is not None and budget_per_hour > 0:
-        budget_caps += [k * budget_per_hour for k in BUDGET_LEVELS]
-    plans = [plan(lc, bc) for lc in local_caps for bc in budget_caps]
-    if rate_limit is not None:
-        plans += [plan(lc, bc, api_cap=k * rate_limit) for lc in local_caps for bc in budget_caps
-                  for k in RATE_LEVELS]
-    if max(plans, key=lambda p: p.score).p_budget > 0.5:
-        # Over budget whatever the split of the local load: try keeping the budget first.
-        plans += [plan(lc, bc, first=True) for lc in local_caps for bc in budget_caps if bc is not None]
-    best = max(plans, key=lambda p: p.score)
-    shares = {**fixed, **best.shares}
-    wanted = fallback_load + sum(marginal[c] * preferred[c] for c in gains)
-    split = Split(shares, reasons, preferred=dict(preferred), wanted_load=wanted)
-    split.capacity_bound = best.local_cap is not None and wanted > best.local_cap + 1e-9
-    split.budget_bound = best.budget_cap is not None and any(best.shares[c] > preferred[c] + 1e-9 for c in gains)
-    estimator.planned_spend = best.spend
-    estimator.planned_load = best.load
-    for v in valuations:
-        c = v.query_class
-        if c in gains:
-            lv, av = v.value["local"], v.value["api"]
-            reasons.append(f"{c}: local {lv:.3f} vs api {av:.3f} expected per query -> local share {shares[c]:.2f}")
-    if split.capacity_bound and best.local_cap is not None:
-        reasons.append(f"local load kept to {best.local_cap:.1f} busy slots (the classes' choice: {wanted:.1f}); "
-                       f"memory over its limit {best.p_memory:.0%} of the time")
-    if split.capacity_bound and estimator.server_queue is not None and estimator.server_capacity is not None:
-        reasons.append(f"the local server queues {estimator.server_queue:.0f} requests: local load kept to "
-                       f"{estimator.server_capacity:.1f} busy slots before latency shows it")
-    if split.capacity_bound and battery_cap is not None and best.local_cap is not None \
-            and best.local_cap >= battery_cap - 1e-9:
-        reasons.append(f"on battery power, {room:.0%} above its threshold: local load kept to {battery_cap:.1f} "
-                       f"busy slots, for the charge to last {spec.battery_horizon / 60:g} min at that load")
-    if rate_limit is not None:
-        sent = api_calls(best.shares)
-        reasons.append(f"the API's rate limit: about {rate_limit * 60:.0f} calls/min accepted; the split sends "
-                       f"it {sent * 60:.0f}/min ({refused_share(sent, rate_limit):.0%} refused)")
-    if split.budget_bound and best.budget_cap is not None and best.spend is not None:
-        reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
-                       f"(over it {best.p_budget:.0%} of the time)")
-    return split
+    def choose(self) -> Split:
+        """Each class's local share, maximizing the objective (see :func:`choose_split`)."""
+        estimator, spec, gains, reasons = self.estimator, self.spec, self.gains, self.reasons
+        budget_per_hour, slots_k, plan = self.budget_per_hour, self.slots_k, self.plan
+        capacity = estimator.capacity
+        slots = estimator.memory_slots
+        local_caps: List[Optional[float]] = [spec.utilization * capacity if capacity is not None else None]
+        if slots_k is not None:
+            # Queueing is weighed too (the wait at each load): loads below the slots are candidates.
+            local_caps = [None] + [k * slots_k for k in QUEUE_LEVELS]
+        if slots is not None:
+            base_cap = local_caps[0]
+            for k in MEMORY_LEVELS:
+                cap = k * slots
+                local_caps.append(cap if base_cap is None else min(cap, base_cap))
+        if estimator.server_capacity is not None:
+            # The local server's queue says what it carries now: no plan goes beyond it.
+            server_cap = estimator.server_capacity
+            local_caps = [server_cap if c is None else min(c, server_cap) for c in local_caps]
+        battery_cap = None
+        room, drain = estimator.battery_room, estimator.battery_drain
+        if spec.battery_horizon > 0 and room is not None and room > 0 and drain is not None and drain[1] > 0:
+            # On battery power: no more local load than lets the charge last the horizon above its
+            # threshold. The budget may still send classes back to local (plan()).
+            battery_cap = max(0.0, (room * 3600.0 / spec.battery_horizon - drain[0]) / drain[1])
+            local_caps = [battery_cap if c is None else min(c, battery_cap) for c in local_caps]
+        budget_caps: List[Optional[float]] = [None]
+        if budget_per_hour is not None and budget_per_hour > 0:
+            budget_caps += [k * budget_per_hour for k in BUDGET_LEVELS]
+        plans = [plan(lc, bc) for lc in local_caps for bc in budget_caps]
+        rate_limit = self.rate_limit
+        if rate_limit is not None:
+            plans += [plan(lc, bc, api_cap=k * rate_limit) for lc in local_caps for bc in budget_caps
+                      for k in RATE_LEVELS]
+        if max(plans, key=lambda p: p.score).p_budget > 0.5:
+            # Over budget whatever the split of the local load: try keeping the budget first.
+            plans += [plan(lc, bc, first=True) for lc in local_caps for bc in budget_caps if bc is not None]
+        best = max(plans, key=lambda p: p.score)
+        shares = {**self.fixed, **best.shares}
+        preferred = self.preferred
+        wanted = self.fallback_load + sum(self.marginal[c] * preferred[c] for c in gains)
+        split = Split(shares, reasons, preferred=dict(preferred), wanted_load=wanted)
+        split.capacity_bound = best.local_cap is not None and wanted > best.local_cap + 1e-9
+        split.budget_bound = best.budget_cap is not None and any(best.shares[c] > preferred[c] + 1e-9
+                                                                 for c in gains)
+        estimator.planned_spend = best.spend
+        estimator.planned_load = best.load
+        for v in self.valuations:
+            c = v.query_class
+            if c in gains:
+                lv, av = v.value["local"], v.value["api"]
+                reasons.append(f"{c}: local {lv:.3f} vs api {av:.3f} expected per query -> local share {shares[c]:.2f}")
+        if split.capacity_bound and best.local_cap is not None:
+            reasons.append(f"local load kept to {best.local_cap:.1f} busy slots (the classes' choice: {wanted:.1f}); "
+                           f"memory over its limit {best.p_memory:.0%} of the time")
+        if split.capacity_bound and estimator.server_queue is not None and estimator.server_capacity is not None:
+            reasons.append(f"the local server queues {estimator.server_queue:.0f} requests: local load kept to "
+                           f"{estimator.server_capacity:.1f} busy slots before latency shows it")
+        if split.capacity_bound and battery_cap is not None and best.local_cap is not None \
+                and best.local_cap >= battery_cap - 1e-9:
+            reasons.append(f"on battery power, {room:.0%} above its threshold: local load kept to {battery_cap:.1f} "
+                           f"busy slots, for the charge to last {spec.battery_horizon / 60:g} min at that load")
+        if rate_limit is not None:
+            sent = self.api_calls(best.shares)
+            reasons.append(f"the API's rate limit: about {rate_limit * 60:.0f} calls/min accepted; the split sends "
+                           f"it {sent * 60:.0f}/min ({refused_share(sent, rate_limit):.0%} refused)")
+        if split.budget_bound and best.budget_cap is not None and best.spend is not None:
+            reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
+                           f"(over it {best.p_budget:.0%} of the time)")
+        return split
 
 
-__all__ = ["ObjectiveSpec", "Split", "TERMS", "Valuation", "choose_split", "value_queries"]
+def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: Optional[float] = None,
+                 current: Optional[Mapping[str, float]] = None, interval_seconds: float = 30.0,
+                 changed: Iterable[str] = (), latency_target: Optional[float] = None) -> Split:
+    """Each class's local share, maximizing the objective.
+
+    The query terms (useful, within target, quality, savings) are the classes'
+    expected values; the compliance term is the chance that the split puts memory
+    over its limit or the API spend over its budget, weighed by the compliance
+    weight. Several candidate splits are built (each class's preferred share,
+    then local load capped at a few levels, then API spend capped at a few levels)
+    and the best is kept: a constraint is kept when keeping it is worth what it
+    costs in answers, and not when it is not.
+    """
+    return SplitPlanner(estimator, spec, budget_per_hour=budget_per_hour, current=current,
+                        interval_seconds=interval_seconds, changed=changed, latency_target=latency_target).choose()
+
+
+__all__ = ["ObjectiveSpec", "Split", "SplitPlanner", "TERMS", "Valuation", "choose_split", "value_queries"]
