@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from support.bench_scripts import bench_script, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_adaptation_noise_quick_runs_each_scenario_with_each_draw(tmp_path: Path) -> None:
     out = tmp_path / "noise.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--random", "2",
-                           "--repeats", "2", "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script("adaptation_noise", "--random", "2", "--repeats", "2", "--quick", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(out.read_text())
     assert sorted(figures["objectives"]) == ["random_1_000", "random_1_001"]
@@ -32,9 +30,7 @@ def test_adaptation_noise_quick_runs_each_scenario_with_each_draw(tmp_path: Path
 
 def test_adaptation_noise_hindsight_reruns_the_searched_split_on_the_other_draws(tmp_path: Path) -> None:
     out = tmp_path / "noise.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--random", "1",
-                           "--repeats", "2", "--quick", "--hindsight", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script("adaptation_noise", "--random", "1", "--repeats", "2", "--quick", "--hindsight", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(out.read_text())
     searched, fresh = figures["hindsight_objectives"]["random_1_000"]
@@ -47,18 +43,16 @@ def test_adaptation_noise_hindsight_reruns_the_searched_split_on_the_other_draws
 
 
 def test_adaptation_noise_compares_with_an_earlier_run_of_the_same_scenarios(tmp_path: Path) -> None:
-    script = str(ROOT / "benchmarks" / "adaptation_noise.py")
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     common = ["--random", "1", "--repeats", "2", "--quick"]
-    assert subprocess.run([sys.executable, script, *common, "--json", str(first)], capture_output=True,
-                          timeout=300, cwd=ROOT).returncode == 0
+    assert run_script("adaptation_noise", *common, "--json", str(first)).returncode == 0
     # Other rules: a larger probe share on the track each class does not choose.
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", rules)
     adaptive = rules / "adaptive.yaml"
     adaptive.write_text(adaptive.read_text().replace("  probe: 0.02\n", "  probe: 0.05\n"))
-    proc = subprocess.run([sys.executable, script, *common, "--rules", str(rules), "--baseline", str(first),
-                           "--json", str(second)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script("adaptation_noise", *common, "--rules", str(rules), "--baseline", str(first),
+                      "--json", str(second))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     a = json.loads(first.read_text())["objectives"]["random_1_000"]
     b = json.loads(second.read_text())
@@ -67,25 +61,14 @@ def test_adaptation_noise_compares_with_an_earlier_run_of_the_same_scenarios(tmp
     assert b["compared"]["mean_difference_percent"] == pytest.approx((sum(mine) / sum(a) - 1) * 100)
     assert f"against {first}" in proc.stdout
     # A baseline without this run's scenarios is refused before anything runs.
-    proc = subprocess.run([sys.executable, script, "--random", "2", "--repeats", "2", "--quick", "--baseline",
-                           str(first)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = run_script("adaptation_noise", "--random", "2", "--repeats", "2", "--quick", "--baseline", str(first),
+                      timeout=60)
     assert proc.returncode == 2 and "it has no runs of random_1_001" in proc.stderr
 
 
 def test_adaptation_noise_rejects_a_single_repeat() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--repeats", "1"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = run_script("adaptation_noise", "--repeats", "1", timeout=60)
     assert proc.returncode == 2 and "--repeats at least 2" in proc.stderr
-
-
-def _noise_module():  # type: ignore[no-untyped-def]
-    """The benchmark script as a module (it imports ``_common`` from its own folder)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import adaptation_noise
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return adaptation_noise
 
 
 def test_telling_the_local_model_overwrites_the_estimate_each_cycle_and_only_during_the_run() -> None:
@@ -93,7 +76,7 @@ def test_telling_the_local_model_overwrites_the_estimate_each_cycle_and_only_dur
     from dualtrack.simulation import Simulation
     from dualtrack.simulation.generator import generate_scenario
 
-    noise = _noise_module()
+    noise = bench_script("adaptation_noise")
     original = Estimator.update
     scenario = generate_scenario(1, 0).time_scaled(0.1)
     sim = Simulation(scenario, "strategy:adaptive")
@@ -114,8 +97,7 @@ def test_telling_the_local_model_overwrites_the_estimate_each_cycle_and_only_dur
 
 
 def test_telling_the_local_model_needs_a_strategy() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adaptation_noise.py"), "--policy", "all_local",
-                           "--tell-local-model"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = run_script("adaptation_noise", "--policy", "all_local", "--tell-local-model", timeout=60)
     assert proc.returncode == 2 and "--tell-local-model needs a strategy" in proc.stderr
 
 
@@ -123,7 +105,7 @@ def test_telling_only_the_slots_leaves_the_service_times_estimated() -> None:
     from dualtrack.simulation import Simulation
     from dualtrack.simulation.generator import generate_scenario
 
-    noise = _noise_module()
+    noise = bench_script("adaptation_noise")
     scenario = generate_scenario(1, 0).time_scaled(0.1)
     sim = Simulation(scenario, "strategy:adaptive")
     with noise.local_model_told(sim, "slots"):

@@ -4,8 +4,6 @@ terms, and the comparison of the two. Its figures (how well the plan expects) ar
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, List
 
@@ -15,18 +13,9 @@ from dualtrack.objective import OBJECTIVE, TERMS
 from dualtrack.simulation import Simulation
 from dualtrack.simulation.generator import generate_scenario
 from dualtrack.simulation.hindsight import SplitEvaluator
+from support.bench_scripts import bench_script, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _module():  # type: ignore[no-untyped-def]
-    """The benchmark script as a module (it imports ``_common`` and ``adaptation_noise`` from its folder)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import plan_calibration
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return plan_calibration
 
 
 def _snapshots(mod: Any) -> List[Any]:
@@ -38,7 +27,7 @@ def _snapshots(mod: Any) -> List[Any]:
 
 
 def test_the_expected_terms_add_up_to_the_plans_own_score() -> None:
-    mod = _module()
+    mod = bench_script("plan_calibration")
     kept = _snapshots(mod)
     assert len(kept) >= 5
     snapshot = kept[-1]
@@ -59,7 +48,7 @@ def test_the_expected_terms_add_up_to_the_plans_own_score() -> None:
 
 
 def test_a_runs_terms_add_up_to_its_objective() -> None:
-    mod = _module()
+    mod = bench_script("plan_calibration")
     evaluator = SplitEvaluator(generate_scenario(1, 2).time_scaled(0.2))
     summary = evaluator.run({c: 0.5 for c in evaluator.classes}).summary
     terms = mod.realized(summary)
@@ -68,7 +57,7 @@ def test_a_runs_terms_add_up_to_its_objective() -> None:
 
 
 def test_rank_correlation() -> None:
-    mod = _module()
+    mod = bench_script("plan_calibration")
     assert mod.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert mod.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert mod.spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
@@ -76,9 +65,7 @@ def test_rank_correlation() -> None:
 
 def test_calibrating_a_scenario_compares_each_cycle_with_the_grid(tmp_path: Path) -> None:
     out = tmp_path / "cal.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_calibration.py"), "--random", "1:2",
-                           "--levels", "0,1", "--at", "0.5,1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script("plan_calibration", "--random", "1:2", "--levels", "0,1", "--at", "0.5,1", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(out.read_text())
     result = figures["scenarios"]["random_1_002"]
@@ -101,6 +88,5 @@ def test_calibrating_a_scenario_compares_each_cycle_with_the_grid(tmp_path: Path
     ([], "name at least one --scenario or --random"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(args: List[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_calibration.py"), *args],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = run_script("plan_calibration", *args, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
