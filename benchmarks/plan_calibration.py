@@ -22,6 +22,11 @@ timeouts) and reads its objective and terms. Then, per cycle:
   what that one scored when run (its *regret*); where they differ, the
   plan's expected difference between the two per term against the runs';
 - the rank correlation (Spearman) of expectation and run over the grid;
+- the split the strategy chose that cycle (its probes included) and the
+  *choice gap*: how much more the plan expects of its best split of the
+  grid than of that one (the strategy does not pick from the grid: each
+  class goes where a query is worth more, held there within the noise,
+  then capped; a large gap says the choice, not the model, leaves value);
 - per term (useful, within target, quality, savings, compliance), the
   error of the plan's expected *difference* between each of the run's ten
   best splits and the best one, against the difference the runs show
@@ -70,17 +75,21 @@ QUERY_TERMS = tuple(t for t in TERMS if t != "compliance")
 #: The run's best splits whose expected differences are checked.
 TOP = 10
 
-Snapshot = Tuple[Any, ObjectiveSpec, Dict[str, Any]]  # estimator, the strategy's objective, choose_split's keywords
+#: estimator, the strategy's objective, choose_split's keywords, and the shares it chose
+Snapshot = Tuple[Any, ObjectiveSpec, Dict[str, Any], Dict[str, float]]
 
 
 @contextmanager
 def plans_kept(into: List[Snapshot]) -> Iterator[None]:
-    """While it lasts, every adaptation cycle's estimator (a copy), objective and keywords go to ``into``."""
+    """While it lasts, every adaptation cycle's estimator (a copy), objective, keywords and chosen shares
+    go to ``into``."""
     original = engine.choose_split
 
     def keep(estimator: Any, spec: ObjectiveSpec, **kwargs: Any) -> Any:
-        into.append((copy.deepcopy(estimator), spec, dict(kwargs)))
-        return original(estimator, spec, **kwargs)
+        before = copy.deepcopy(estimator)
+        split = original(estimator, spec, **kwargs)
+        into.append((before, spec, dict(kwargs), dict(split.shares)))
+        return split
 
     setattr(engine, "choose_split", keep)  # noqa: B010 (replaced for the run, on purpose)
     try:
@@ -91,7 +100,7 @@ def plans_kept(into: List[Snapshot]) -> Iterator[None]:
 
 def planners(snapshot: Snapshot) -> Dict[str, SplitPlanner]:
     """A cycle's plan with its objective's weights ("all"), with none ("none") and with each query term's alone."""
-    estimator, spec, kwargs = snapshot
+    estimator, spec, kwargs, _ = snapshot
     zero = {t: 0.0 for t in spec.weights}
     weights = {"all": dict(spec.weights), "none": zero, **{t: {**zero, t: spec.weights[t]} for t in QUERY_TERMS}}
     return {name: SplitPlanner(estimator, replace(spec, weights=w), budget_per_hour=kwargs.get("budget_per_hour"),
@@ -108,6 +117,10 @@ def expected(plans: Mapping[str, SplitPlanner], shares: Mapping[str, float]) -> 
     it expects no constraint to be violated (memory, the budget)."""
     base = plans["none"].score(shares).value
     out = {t: plans[t].score(shares).value - base for t in QUERY_TERMS}
+    # The plan charges a call's cost (its savings part is -w x cost / the usual API cost of a
+    # query); the objective credits what was saved, w x (1 - cost / all-API cost): the same
+    # differences, and with the weight added back the same level.
+    out["savings"] += plans["savings"].spec.weights["savings"]
     plan = plans["all"].score(shares)
     out["compliance"] = plan.compliance_weight * max(0.0, 1.0 - plan.p_memory - plan.p_budget)
     out["total"] = sum(out[t] for t in TERMS)
@@ -158,6 +171,9 @@ def compare(snapshot: Snapshot, runs: Mapping[Tuple[float, ...], Dict[str, float
     # Why the plan's best is not the run's: its expected difference from the run's best, per term.
     why = {t: {"expected": plan[best_plan][t] - plan[best_run][t], "run": runs[best_plan][t] - runs[best_run][t]}
            for t in (*TERMS, "total")}
+    # What the strategy chose that cycle (probes included), by the plan's own reckoning.
+    chosen = {c: snapshot[3][c] for c in plans["all"].gains}
+    chosen_expected = expected(plans, chosen)["total"]
     return {
         "best_run": list(best_run), "best_run_objective": runs[best_run]["total"],
         "best_expected": list(best_plan), "best_expected_run_objective": runs[best_plan]["total"],
@@ -165,6 +181,9 @@ def compare(snapshot: Snapshot, runs: Mapping[Tuple[float, ...], Dict[str, float
         "spearman": spearman([plan[k]["total"] for k in keys], [runs[k]["total"] for k in keys]),
         "difference_errors": errors,
         "best_expected_against_best_run": why,
+        "chosen": [chosen[c] for c in plans["all"].gains], "chosen_expected_objective": chosen_expected,
+        "best_expected_objective": plan[best_plan]["total"],
+        "choice_gap": plan[best_plan]["total"] - chosen_expected,
         "estimates": {"slots": estimator.slots, "memory_slots": estimator.memory_slots,
                       "arrivals": dict(estimator.arrivals), "base_service": dict(estimator.base_service)},
     }
@@ -210,6 +229,8 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
         "regret_mean": statistics.mean(c["regret"] for c in cycles),
         "regret_max": max(c["regret"] for c in cycles),
         "spearman_median": statistics.median(c["spearman"] for c in cycles),
+        "choice_gap_mean": statistics.mean(c["choice_gap"] for c in cycles),
+        "choice_gap_median": statistics.median(c["choice_gap"] for c in cycles),
         "difference_errors": {t: statistics.mean(c["difference_errors"][t]["mean_absolute"] for c in cycles)
                               for t in (*TERMS, "total")},
     }
@@ -257,6 +278,9 @@ def _print(name: str, result: Mapping[str, Any]) -> None:
         print("    error of expected differences (top splits vs best), mean |.| (mean): "
               + ", ".join(f"{t} {err[t]['mean_absolute']:.4f} ({err[t]['mean']:+.4f})" for t in TERMS)
               + f"; most off: {worst}")
+        chosen = ", ".join(f"{x:.2f}" for x in cyc["chosen"])
+        print(f"    chosen [{chosen}], expected {cyc['chosen_expected_objective']:.4f}; the plan's best of the grid "
+              f"expected {cyc['best_expected_objective']:.4f} (choice gap {cyc['choice_gap']:+.4f})")
         if cyc["best_expected"] != cyc["best_run"]:
             why = cyc["best_expected_against_best_run"]
             print("    the plan's best less the run's best, expected / run: "
@@ -293,7 +317,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if overall["cycles"]:
         print(f"\nover {overall['cycles']} cycles of {len(results)} scenarios: the plan's best is the run's best in "
               f"{overall['same_best']}; regret mean {overall['regret_mean']:.4f}, largest {overall['regret_max']:.4f}; "
-              f"Spearman median {overall['spearman_median']:.2f}")
+              f"Spearman median {overall['spearman_median']:.2f}; choice gap (the plan's best of the grid "
+              f"over the split chosen, expected) median {overall['choice_gap_median']:+.4f}, "
+              f"mean {overall['choice_gap_mean']:+.4f}")
         print("error of expected differences, mean |.| over the cycles: "
               + ", ".join(f"{t} {overall['difference_errors'][t]:.4f}" for t in TERMS))
     if args.json:

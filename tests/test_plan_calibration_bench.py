@@ -37,14 +37,17 @@ def test_the_expected_terms_add_up_to_the_plans_own_score() -> None:
     for shares in ({c: 1.0 for c in classes}, {c: 0.0 for c in classes}, {c: i / 2 for i, c in enumerate(classes)}):
         terms = mod.expected(plans, shares)
         plan = plans["all"].score(shares)
-        # The query terms plus what no term holds (the fallback's charge) are the plan's value.
+        # The query terms plus what no term holds (the fallback's charge) are the plan's value, but for
+        # the savings weight: the plan charges the cost, the objective credits what was saved.
         charge = plans["none"].score(shares).value
-        assert sum(terms[t] for t in TERMS if t != "compliance") + charge == pytest.approx(plan.value, abs=1e-12)
+        query_terms = sum(terms[t] for t in TERMS if t != "compliance")
+        assert query_terms + charge - OBJECTIVE.savings == pytest.approx(plan.value, abs=1e-12)
         assert terms["compliance"] == pytest.approx(
             OBJECTIVE.compliance * max(0.0, 1.0 - plan.p_memory - plan.p_budget))
         assert terms["total"] == pytest.approx(sum(terms[t] for t in TERMS))
-    # The copies are the estimator of each cycle, not one object seen at the end.
+    # The copies are the estimator of each cycle, not one object seen at the end; with the shares chosen.
     assert kept[0][0] is not kept[-1][0]
+    assert set(kept[-1][3]) == set(classes) and all(0.0 <= x <= 1.0 for x in kept[-1][3].values())
 
 
 def test_a_runs_terms_add_up_to_its_objective() -> None:
@@ -79,6 +82,8 @@ def test_calibrating_a_scenario_compares_each_cycle_with_the_grid(tmp_path: Path
         assert cyc["regret"] == pytest.approx(cyc["best_run_objective"] - cyc["best_expected_run_objective"])
         why = cyc["best_expected_against_best_run"]
         assert why["total"]["run"] == pytest.approx(-cyc["regret"])
+        assert cyc["choice_gap"] == pytest.approx(cyc["best_expected_objective"] - cyc["chosen_expected_objective"])
+        assert len(cyc["chosen"]) == len(result["classes"])
     assert "error of expected differences" in proc.stdout
 
 
