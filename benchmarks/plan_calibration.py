@@ -53,7 +53,7 @@ import argparse
 import copy
 import statistics
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -153,11 +153,11 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return 1.0 - 6.0 * sum((x - y) ** 2 for x, y in zip(ra, rb, strict=True)) / (n * (n * n - 1))
 
 
-def compare(snapshot: Snapshot, runs: Mapping[Tuple[float, ...], Dict[str, float]],
-            splits: Sequence[Dict[str, float]]) -> Dict[str, Any]:
-    """One cycle's plan against the runs of ``splits`` (keyed by their shares in class order)."""
+def compare(snapshot: Snapshot, plans: Mapping[str, SplitPlanner],
+            runs: Mapping[Tuple[float, ...], Dict[str, float]], splits: Sequence[Dict[str, float]]) -> Dict[str, Any]:
+    """One cycle's plan (its :func:`planners`) against the runs of ``splits`` (keyed by their shares in
+    class order)."""
     keys = [tuple(s.values()) for s in splits]
-    plans = planners(snapshot)
     plan = {k: expected(plans, s) for k, s in zip(keys, splits, strict=True)}
     best_run = max(keys, key=lambda k: runs[k]["total"])
     best_plan = max(keys, key=lambda k: plan[k]["total"])
@@ -194,7 +194,7 @@ def calibrate(scenario: Scenario, *, at: Sequence[float], levels: Sequence[float
     """The plan of the cycles at ``at`` (shares of the run) against the runs of the grid of ``levels``."""
     snapshots: List[Snapshot] = []
     sim = Simulation(scenario, "strategy:adaptive", strategies=load_strategies(rules or bundled_dir("rules")))
-    with plans_kept(snapshots), (local_model_told(sim, tell) if tell else _nothing()):
+    with plans_kept(snapshots), (local_model_told(sim, tell) if tell else nullcontext()):
         adaptive = sim.run().summary["objective"]
     evaluator = SplitEvaluator(scenario)
     splits = grid_splits(evaluator.classes, levels)
@@ -202,19 +202,13 @@ def calibrate(scenario: Scenario, *, at: Sequence[float], levels: Sequence[float
     cycles: List[Dict[str, Any]] = []
     for share in at:
         index = min(len(snapshots) - 1, max(0, round(share * len(snapshots)) - 1))
-        estimator = snapshots[index][0]
-        known = SplitPlanner(estimator, snapshots[index][1]).gains
-        if set(known) != set(evaluator.classes):
+        plans = planners(snapshots[index])
+        if set(plans["all"].gains) != set(evaluator.classes):
             cycles.append({"cycle": index + 1, "skipped": "a class without evidence on both tracks yet"})
             continue
-        cycles.append({"cycle": index + 1, **compare(snapshots[index], runs, splits)})
+        cycles.append({"cycle": index + 1, **compare(snapshots[index], plans, runs, splits)})
     return {"adaptive_objective": adaptive, "classes": list(evaluator.classes), "splits": len(splits),
             "cycles_run": len(snapshots), "cycles": cycles}
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def summarize(results: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:

@@ -359,11 +359,10 @@ class SplitPlanner:
         self.carry = carry
         self.rate_limit = estimator.api_rate_limit
 
-    def local_value(self, c: str, busy: float, service_s: Optional[float] = None) -> float:
+    def local_value(self, c: str, busy: float, service_s: float) -> float:
         """A query of class ``c`` on local, with the local track carrying ``busy`` Erlangs of
-        calls of mean service time ``service_s`` (default: the mix of all classes')."""
+        calls of mean service time ``service_s``."""
         v = self.by_class[c]
-        service_s = self.mean_service if service_s is None else service_s
         if self.slots_k is None or service_s <= 0:
             return v.value["local"]
         k = max(1, int(round(self.slots_k)))
