@@ -122,7 +122,7 @@ def expected(plans: Mapping[str, SplitPlanner], shares: Mapping[str, float]) -> 
     # differences, and with the weight added back the same level.
     out["savings"] += plans["savings"].spec.weights["savings"]
     plan = plans["all"].score(shares)
-    out["compliance"] = plan.compliance_weight * max(0.0, 1.0 - plan.p_memory - plan.p_budget)
+    out["compliance"] = plan.compliance_weight * (1.0 - plan.p_violation)
     out["total"] = sum(out[t] for t in TERMS)
     return out
 

@@ -18,6 +18,7 @@ from dualtrack.adapter.objective import (
     BUDGET_LEVELS,
     FALLBACK_PENALTY,
     ObjectiveSpec,
+    SplitPlanner,
     busy_beyond,
     choose_split,
     probe_shares,
@@ -584,6 +585,28 @@ def test_a_budget_not_worth_keeping_is_not() -> None:
     est, spec = long_on_the_api(compliance=0.05)
     split = choose_split(est, spec, budget_per_hour=14.4)
     assert not split.budget_bound and split.shares["long"] == 0.0
+
+
+def test_compliance_is_lost_once_when_memory_and_the_budget_are_both_over() -> None:
+    """Compliance counts the time with *any* constraint violated. Half the queries on local
+    (1.8 busy slots: a Poisson count beyond one slot 54% of the time) with room for one call in
+    memory, and $15.84/h on the API against $14.4/h (over it 95% of the time): taken as
+    independent, some constraint is violated 98% of the time, and that is what is charged, not
+    the sum (149% of the time)."""
+    est, spec = long_on_the_api()
+    est.memory_slots = 1.0  # a second local call puts memory over its limit
+    planner = SplitPlanner(est, spec, budget_per_hour=14.4)
+    plan = planner.score({"long": 0.45})
+    assert plan.load == pytest.approx(1.8)
+    assert plan.p_memory == pytest.approx(1.0 - math.exp(-1.8) * 2.8)
+    assert 0.9 < plan.p_budget < 1.0
+    either = 1.0 - (1.0 - plan.p_memory) * (1.0 - plan.p_budget)
+    assert plan.p_violation == pytest.approx(either) and either < 1.0
+    assert plan.score == pytest.approx(plan.value - 0.15 * either)
+    # Where the budget is over anyway, keeping memory within its limit buys little:
+    all_api = planner.score({"long": 0.0})
+    assert all_api.p_memory == 0.0 and all_api.p_budget > 0.99
+    assert plan.score - all_api.score > plan.value - all_api.value - 0.15 * 0.03
 
 
 def test_a_budget_kept_by_swapping_which_class_runs_local() -> None:

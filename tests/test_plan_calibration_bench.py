@@ -43,7 +43,7 @@ def test_the_expected_terms_add_up_to_the_plans_own_score() -> None:
         query_terms = sum(terms[t] for t in TERMS if t != "compliance")
         assert query_terms + charge - OBJECTIVE.savings == pytest.approx(plan.value, abs=1e-12)
         assert terms["compliance"] == pytest.approx(
-            OBJECTIVE.compliance * max(0.0, 1.0 - plan.p_memory - plan.p_budget))
+            OBJECTIVE.compliance * (1.0 - plan.p_memory) * (1.0 - plan.p_budget))
         assert terms["total"] == pytest.approx(sum(terms[t] for t in TERMS))
     # The copies are the estimator of each cycle, not one object seen at the end; with the shares chosen.
     assert kept[0][0] is not kept[-1][0]

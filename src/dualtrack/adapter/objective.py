@@ -37,11 +37,14 @@ of the memory limit and spend capped at a few shares of the budget are
 scored as
 
     score = sum over c of rate(c) * (x_c * value(local) + (1 - x_c) * value(api)) / total rate
-            - w_compliance * (P(memory over its limit) + P(spend over budget))
+            - w_compliance * P(memory over its limit or spend over budget)
 
 (busy slots a Poisson count around the planned load; the budget's 5-minute
-window of calls around the planned spend) and the best is kept: a constraint is kept
-when keeping it is worth what it costs in answers.
+window of calls around the planned spend; the two taken as independent, so
+the chance of either is ``1 - (1 - P(memory)) (1 - P(budget))``: compliance
+counts the time with *any* constraint violated, and keeping the budget buys
+nothing while memory is over its limit anyway) and the best is kept: a
+constraint is kept when keeping it is worth what it costs in answers.
 
 An API that refuses calls beyond a rate limit (HTTP 429; the estimator's
 ``api_rate_limit``, calls per second) refuses the share of a split's API
@@ -259,8 +262,13 @@ class _Plan:
     budget_cap: Optional[float]
 
     @property
+    def p_violation(self) -> float:
+        """Chance memory or the budget is over its limit at a given moment (taken as independent)."""
+        return 1.0 - (1.0 - self.p_memory) * (1.0 - self.p_budget)
+
+    @property
     def score(self) -> float:
-        return self.value - self.compliance_weight * (self.p_memory + self.p_budget)
+        return self.value - self.compliance_weight * self.p_violation
 
     compliance_weight: float = 0.0
 
