@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+from contextlib import contextmanager
 from importlib.metadata import version
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 
 def machine() -> Dict[str, Any]:
@@ -35,3 +36,15 @@ def write_json(path: str, figures: Dict[str, Any]) -> None:
         json.dump(figures, fh, indent=2)
         fh.write("\n")
     print(f"figures written to {path}")
+
+
+@contextmanager
+def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """While it lasts, ``owner.name`` is ``value`` (a module's function or a class's method replaced for
+    a run, on purpose: what the benchmarks look inside the adaptation with); restored after."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)

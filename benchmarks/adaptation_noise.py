@@ -140,11 +140,8 @@ def local_model_told(sim: Simulation, what: str = "both") -> Iterator[None]:
         tell_local_model(estimator, sim, what)
         return events
 
-    setattr(Estimator, "update", update)  # noqa: B010 (a method replaced for the run, on purpose)
-    try:
+    with _common.replaced(Estimator, "update", update):
         yield
-    finally:
-        setattr(Estimator, "update", original)  # noqa: B010
 
 
 def _sd(values: Sequence[float]) -> float:

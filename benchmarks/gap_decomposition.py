@@ -95,11 +95,8 @@ def plan_fed(shares: Mapping[str, float]) -> Iterator[None]:
         split.reasons.append("fed: the hindsight split replaces the plan's shares (gap_decomposition.py)")
         return split
 
-    setattr(engine, "choose_split", fed)  # noqa: B010 (replaced for the run, on purpose)
-    try:
+    with _common.replaced(engine, "choose_split", fed):
         yield
-    finally:
-        setattr(engine, "choose_split", original)  # noqa: B010
 
 
 @contextmanager
@@ -111,11 +108,8 @@ def overrides_off() -> Iterator[None]:
         found = original(*args, **kwargs)
         return replace(found, over_limit=(), battery_low=False, cost={}, api_failing=False, local_failing=False)
 
-    setattr(facade, "compute_overrides", none)  # noqa: B010
-    try:
+    with _common.replaced(facade, "compute_overrides", none):
         yield
-    finally:
-        setattr(facade, "compute_overrides", original)  # noqa: B010
 
 
 def _scenario(job: Job) -> Scenario:

@@ -91,11 +91,8 @@ def plans_kept(into: List[Snapshot]) -> Iterator[None]:
         into.append((before, spec, dict(kwargs), dict(split.shares)))
         return split
 
-    setattr(engine, "choose_split", keep)  # noqa: B010 (replaced for the run, on purpose)
-    try:
+    with _common.replaced(engine, "choose_split", keep):
         yield
-    finally:
-        setattr(engine, "choose_split", original)  # noqa: B010
 
 
 def planners(snapshot: Snapshot) -> Dict[str, SplitPlanner]:
