@@ -28,6 +28,10 @@ Each scenario is run four ways, with the same queries and routing draws:
     adaptive would score if its plan always chose the best fixed split.
 ``fed, no overrides``
     the same with the optimizer's immediate overrides switched off.
+``fed, no floor``
+    the fed run with no exploration floor (the strategy's
+    ``exploration_floor`` and the router's ``RoutingPolicy(floor=...)`` at
+    zero): the split's shares exactly, overrides on.
 
 and the gap ``adaptive - hindsight`` splits exactly into
 
@@ -36,7 +40,9 @@ and the gap ``adaptive - hindsight`` splits exactly into
   beats any fixed split);
 - **machinery** = ``fed - hindsight``: what running a fixed split through
   the adaptive machinery costs or gains (the probes' floor, timeouts, guard
-  rails, overrides), of which **overrides** = ``fed - fed, no overrides``.
+  rails, overrides), of which **overrides** = ``fed - fed, no overrides``
+  and **floor** = ``fed - fed, no floor`` (what the 2% each track keeps
+  costs a split that wants none).
 
 All as % of the hindsight split's objective. Each figure is one routing
 draw: per scenario it carries the chance that ``adaptation_noise.py``
@@ -44,7 +50,7 @@ measures (a median 0.1% of J), and the hindsight's search score its
 selection bias (about -0.07% on average); read the suite's means and
 medians, and a single scenario's figures only where they are large.
 
-About 4 runs and one hindsight search per scenario: 10-40 s each on one
+About 5 runs and one hindsight search per scenario: 10-40 s each on one
 core; ``--jobs`` runs scenarios in parallel.
 """
 
@@ -63,9 +69,10 @@ import _common
 
 import dualtrack.adapter.engine as engine
 import dualtrack.optimizer.facade as facade
-from dualtrack.adapter.strategy import load_strategies
+from dualtrack.adapter.strategy import StrategySet, load_strategies
 from dualtrack.bench.adaptation import QUICK_TIME_SCALE
 from dualtrack.bundled import bundled_dir
+from dualtrack.router.policy import RoutingPolicy
 from dualtrack.simulation import Simulation
 from dualtrack.simulation.generator import generate_scenario, scenario_name
 from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform_split
@@ -73,10 +80,13 @@ from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES
 from dualtrack.simulation.scenario import Scenario, load_scenario
 
 #: The runs of a scenario, in the order they are reported.
-RUNS = ("hindsight", "adaptive", "fed", "fed_no_overrides")
+RUNS = ("hindsight", "adaptive", "fed", "fed_no_overrides", "fed_no_floor")
 #: The parts of the gap, each a difference of two runs.
 PARTS = {"gap": ("adaptive", "hindsight"), "plan": ("adaptive", "fed"), "machinery": ("fed", "hindsight"),
-         "overrides": ("fed", "fed_no_overrides")}
+         "overrides": ("fed", "fed_no_overrides"), "floor": ("fed", "fed_no_floor")}
+#: What the summary says each part is.
+PART_TEXT = {"gap": "adaptive - hindsight", "plan": "adaptive - fed", "machinery": "fed - hindsight",
+             "overrides": "fed - fed without overrides", "floor": "fed - fed without the exploration floor"}
 
 # (name, a shipped scenario's name or None, seed, index, rules, quick)
 Job = Tuple[str, Optional[str], int, int, Optional[str], bool]
@@ -112,6 +122,31 @@ def overrides_off() -> Iterator[None]:
         yield
 
 
+def without_floor(strategies: StrategySet) -> StrategySet:
+    """The same strategies with no exploration floor: ``local_bias`` clamped only as their files say."""
+    out = {}
+    for name in strategies.names():
+        strategy = strategies[name]
+        data = strategy.document.data if strategy.document is not None else {}
+        lo, hi = (data.get("clamps") or {}).get("local_bias", (0.0, 1.0))
+        clamps = {**strategy.clamps, "local_bias": (float(lo), float(hi))}
+        out[name] = replace(strategy, exploration_floor=0.0, clamps=clamps)
+    return StrategySet(out, strategies.catalog)
+
+
+@contextmanager
+def router_floor(floor: float) -> Iterator[None]:
+    """While it lasts, a ``RoutingPolicy`` built without a ``floor`` gets ``floor``."""
+    original = RoutingPolicy.__init__
+
+    def init(self: RoutingPolicy, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("floor", floor)
+        original(self, *args, **kwargs)
+
+    with _common.replaced(RoutingPolicy, "__init__", init):
+        yield
+
+
 def _scenario(job: Job) -> Scenario:
     _name, shipped, seed, index, _rules, quick = job
     scenario = load_scenario(shipped) if shipped else generate_scenario(seed, index)
@@ -125,14 +160,16 @@ def decompose(scenario: Scenario, rules: Optional[str] = None) -> Dict[str, Any]
                                              for name in STATIC_POLICIES])
     strategies = load_strategies(rules or bundled_dir("rules"))
 
-    def adaptive() -> float:
-        return float(Simulation(scenario, "strategy:adaptive", strategies=strategies).run().summary["objective"])
+    def adaptive(rules: StrategySet = strategies) -> float:
+        return float(Simulation(scenario, "strategy:adaptive", strategies=rules).run().summary["objective"])
 
     runs = {"hindsight": float(found.objective), "adaptive": adaptive()}
     with plan_fed(found.split):
         runs["fed"] = adaptive()
         with overrides_off():
             runs["fed_no_overrides"] = adaptive()
+        with router_floor(0.0):
+            runs["fed_no_floor"] = adaptive(without_floor(strategies))
     parts = {part: (runs[a] - runs[b]) / runs["hindsight"] * 100 for part, (a, b) in PARTS.items()}
     return {"split": dict(found.split), "objectives": runs, "parts_percent": parts}
 
@@ -190,17 +227,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         results = dict(pool.map(_job, jobs))
-    print(f"\n{'scenario':24s} {'hindsight':>9s} {'adaptive':>9s} {'fed':>9s} {'fed, no ov':>10s} "
-          f"{'gap %':>7s} {'plan %':>7s} {'mach. %':>7s} {'overr. %':>8s}  split")
+    print(f"\n{'scenario':24s} {'hindsight':>9s} {'adaptive':>9s} {'fed':>9s} {'gap %':>7s} {'plan %':>7s} "
+          f"{'mach. %':>7s} {'overr. %':>8s} {'floor %':>7s}  split")
     for name, r in results.items():
         o, p = r["objectives"], r["parts_percent"]
         split = ", ".join(f"{c} {v:g}" for c, v in r["split"].items())
-        print(f"{name:24s} {o['hindsight']:9.4f} {o['adaptive']:9.4f} {o['fed']:9.4f} {o['fed_no_overrides']:10.4f} "
-              f"{p['gap']:+7.2f} {p['plan']:+7.2f} {p['machinery']:+7.2f} {p['overrides']:+8.2f}  {split}")
+        print(f"{name:24s} {o['hindsight']:9.4f} {o['adaptive']:9.4f} {o['fed']:9.4f} {p['gap']:+7.2f} "
+              f"{p['plan']:+7.2f} {p['machinery']:+7.2f} {p['overrides']:+8.2f} {p['floor']:+7.2f}  {split}")
     overall = summarize(results)
     print("\nover the scenarios, % of the hindsight split's objective (mean, median, range; scenarios below -1%):")
-    for part, what in (("gap", "adaptive - hindsight"), ("plan", "adaptive - fed"),
-                       ("machinery", "fed - hindsight"), ("overrides", "fed - fed without overrides")):
+    for part, what in PART_TEXT.items():
         s = overall[part]
         print(f"  {part:10s} ({what}): mean {s['mean']:+.3f}, median {s['median']:+.3f}, "
               f"{s['min']:+.2f} to {s['max']:+.2f}; {s['below_minus_1_percent']} below -1%")

@@ -40,6 +40,29 @@ def test_the_fed_split_is_what_the_router_applies_once_the_overrides_are_off() -
     assert any(row != pytest.approx(fed, abs=1e-9) for row in again[1:])
 
 
+def test_without_the_floor_a_split_of_all_or_nothing_is_applied_as_it_is() -> None:
+    mod = bench_script("gap_decomposition")
+    scenario = generate_scenario(1, 2).time_scaled(0.2)
+    classes = list(scenario.class_names)
+    fed = {c: float(i % 2) for i, c in enumerate(classes)}  # 0, 1, 0, ...
+    strategies = load_strategies(bundled_dir("rules"))
+    with mod.plan_fed(fed):
+        floored = _applied(Simulation(scenario, "strategy:adaptive", strategies=strategies).run().series)
+        with mod.router_floor(0.0):
+            exact = _applied(Simulation(scenario, "strategy:adaptive",
+                                        strategies=mod.without_floor(strategies)).run().series)
+    floor = strategies["adaptive"].exploration_floor
+    assert floor > 0
+    assert all(row == pytest.approx({c: min(max(v, floor), 1.0 - floor) for c, v in fed.items()})
+               for row in floored[1:])
+    assert all(row == pytest.approx(fed, abs=1e-12) for row in exact[1:])
+    # The strategies keep everything else; only the floor and the local_bias clamp it narrowed change.
+    bare = mod.without_floor(strategies)
+    assert bare.names() == strategies.names()
+    assert bare["adaptive"].clamps["local_bias"] == (0.0, 1.0)
+    assert bare["adaptive"].rules == strategies["adaptive"].rules
+
+
 def test_the_parts_add_up_to_the_gap() -> None:
     mod = bench_script("gap_decomposition")
     found = mod.decompose(generate_scenario(1, 2).time_scaled(0.2))
@@ -48,6 +71,7 @@ def test_the_parts_add_up_to_the_gap() -> None:
     assert p["plan"] + p["machinery"] == pytest.approx(p["gap"], abs=1e-9)
     assert p["gap"] == pytest.approx((o["adaptive"] - o["hindsight"]) / o["hindsight"] * 100)
     assert p["overrides"] == pytest.approx((o["fed"] - o["fed_no_overrides"]) / o["hindsight"] * 100)
+    assert p["floor"] == pytest.approx((o["fed"] - o["fed_no_floor"]) / o["hindsight"] * 100)
     assert all(0.0 <= v <= 1.0 for v in found["split"].values())
 
 
