@@ -48,6 +48,7 @@ from dualtrack.preferences import write_preferences  # noqa: E402
 from dualtrack.router.hedging import HedgePolicy  # noqa: E402
 from dualtrack.router.policy import RoutingPolicy  # noqa: E402
 from dualtrack.vocabulary import PARALLEL_NEVER  # noqa: E402
+from support.bench_scripts import bench_script  # noqa: E402
 from support.fakehttp import FakeHTTPServer  # noqa: E402
 
 #: How long a test waits for LiteLLM's callbacks to record every call: met at once on a quiet
@@ -676,6 +677,30 @@ def test_the_overhead_benchmark_runs(tmp_path: Path) -> None:
     assert replayed["calls"] == 50 and len(replayed["us_per_call"]) == replayed["repeats"] == 5
     assert replayed["all_recorded"] and replayed["us_per_call_median"] > 0
     assert "replayed on one routed call's real arguments" in proc.stdout
+
+
+def test_the_overhead_benchmark_waits_for_litellms_logging_before_a_batch_ends() -> None:
+    # Every variant's batch must include its own logging work (a sync call's on LiteLLM's logging
+    # threads, an async call's on the event loop), or it spills into the next variant's batch.
+    mod = bench_script("litellm_overhead")
+    done = threading.Event()
+    mod.executor.submit(lambda: (time.sleep(0.2), done.set()))
+    assert mod._logging_backlog() >= 1
+    mod.settle()
+    assert done.is_set() and mod._logging_backlog() == 0
+
+    finished: List[str] = []
+
+    async def logging_task() -> None:
+        await asyncio.sleep(0.1)
+        finished.append("logged")
+
+    async def batch() -> None:
+        asyncio.get_running_loop().create_task(logging_task())
+        await mod.settle_loop()
+        assert finished == ["logged"]
+
+    asyncio.run(batch())
 
 
 # --------------------------------------------------------------------------- without the extra
