@@ -287,6 +287,42 @@ def test_parallel_races_both_tracks_and_cancels_the_loser(setup: Setup, fake_htt
     assert len(fake_http.requests) == 1  # the local leg was really sent before it was cancelled
 
 
+def test_api_calls_in_flight_leave_local_open_under_the_concurrency_limit(tmp_path: Path, fake_http: Any) -> None:
+    # The recorder names each call's track at its start: three slow API calls in flight are three
+    # calls in flight, but none on this machine, so the concurrency override (limit 2) stays off.
+    # (The API is a slow server on loopback: a mock_response call is started only once answered.)
+    prefs = tmp_path / "preferences.json"
+    write_prefs(prefs, local_bias=0.0)
+    optimizer = DualTrackOptimizer(OptimizationConfig(
+        preferences_file=str(prefs), enable_resource_monitoring=False,
+        constraints=ResourceConstraints(max_concurrent_requests=2)))
+    fake_http.respond(200, OPENAI_ANSWER, delay=0.5)
+    router = Router(model_list=[
+        chat_group()[0],
+        {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-test",
+                                                  "api_base": fake_http.url + "/v1"},
+         "model_info": {"dualtrack_track": "api"}},
+    ])
+    handle = instrument(router, optimizer, policy=RoutingPolicy(optimizer, floor=0.0))
+    try:
+        async def calls() -> List[str]:
+            tasks = [asyncio.ensure_future(router.acompletion(model="chat", messages=MESSAGES)) for _ in range(3)]
+            deadline = time.monotonic() + 10
+            while optimizer.in_flight_count() < 3:
+                assert time.monotonic() < deadline, "the three API calls never showed in flight"
+                await asyncio.sleep(0.01)
+            assert optimizer.recorder.machine_calls_in_flight() == 0
+            assert optimizer.get_optimization_recommendations("q")["overrides"] == []
+            answers = [answer(r) for r in await asyncio.gather(*tasks)]
+            assert await handle.adrain(DRAIN_SECONDS)
+            return answers
+
+        assert len(asyncio.run(calls())) == 3
+        assert optimizer.in_flight_count() == 0 and len(fake_http.requests) == 3
+    finally:
+        handle.close()
+
+
 def test_a_retry_goes_to_the_other_track_and_is_counted(setup: Setup) -> None:
     router = Router(model_list=chat_group(local="litellm.InternalServerError"), num_retries=1, retry_after=0)
     setup.instrument(router)

@@ -601,6 +601,43 @@ def test_concurrency_over_limit_steers_away_from_local():
     assert o.get_optimization_recommendations("q")["overrides"] == []
 
 
+def test_api_calls_in_flight_do_not_count_against_the_concurrency_limit():
+    # The override steers away from local: API calls in flight load nothing it would relieve.
+    env = Env(constraints=ResourceConstraints(max_concurrent_requests=2))
+    o = env.optimizer
+    for rid in ("a1", "a2", "a3"):
+        o.record_request_start(rid, "q", {"track": "api"})
+    assert o.in_flight_count() == 3 and env.get("dualtrack_requests_in_flight") == 3
+    assert o.get_optimization_recommendations("q")["overrides"] == []
+    # A call on local and one whose track the start did not name both may load the machine.
+    o.record_request_start("l1", "q", {"track": "local"})
+    assert o.get_optimization_recommendations("q")["overrides"] == []
+    o.record_request_start("u1", "q")
+    assert o.get_optimization_recommendations("q")["overrides"] == ["concurrency"]
+    o.record_request_completion("u1", "local", {})
+    assert o.get_optimization_recommendations("q")["overrides"] == []
+    # An id restarted on local after an API start counts again; API completions are forgotten.
+    o.record_request_start("a1", "q", {"track": "local"})
+    assert o.get_optimization_recommendations("q")["overrides"] == ["concurrency"]
+    for rid in ("a2", "a3"):
+        o.record_request_completion(rid, "api", {})
+    o.record_request_completion("a1", "local", {})
+    assert o.recorder.machine_calls_in_flight() == 1 and o.in_flight_count() == 1
+
+
+def test_expired_api_calls_leave_the_machine_count_too():
+    env = Env(constraints=ResourceConstraints(max_concurrent_requests=2))
+    o = env.optimizer
+    o.record_request_start("a1", "q", {"track": "api"})
+    o.record_request_start("a2", "q", {"track": "api"})
+    env.clock.advance(o.config.inflight_ttl_seconds + 1)
+    o.recorder.sweep(env.clock.monotonic())
+    assert o.in_flight_count() == 0 and o.recorder.machine_calls_in_flight() == 0
+    o.record_request_start("l1", "q", {"track": "local"})
+    o.record_request_start("l2", "q", {"track": "local"})
+    assert o.get_optimization_recommendations("q")["overrides"] == ["concurrency"]
+
+
 def test_battery_low_and_unplugged_prefers_the_api():
     # Under the threshold (20%) the constraint is violated until the machine is plugged
     # in, whatever the routing: the override waits for half the threshold, where local

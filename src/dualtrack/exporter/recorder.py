@@ -87,6 +87,9 @@ class RequestRecorder:
         # entries older than the TTL are swept out (and counted).
         self._calls: Dict[Any, _Started] = {}
         self._parents: Dict[Any, _Started] = {}
+        # The ids of the calls in ``_calls`` whose start named the API track: they do not
+        # load the machine, so the concurrency override leaves them out (``machine_calls_in_flight``).
+        self._api_calls: Dict[Any, None] = {}
         self._sweep_lock = threading.Lock()  # one sweeper at a time; never taken per request
         self._starts_since_sweep = 0
         # Also sweep on time, not only every _SWEEP_EVERY starts: at low traffic
@@ -99,6 +102,12 @@ class RequestRecorder:
     def in_flight_count(self) -> int:
         """Model calls started and not completed (parallel requests count by their legs)."""
         return len(self._calls)
+
+    def machine_calls_in_flight(self) -> int:
+        """Model calls in flight that may be running on this machine: all but those whose start
+        named the API track (``context["track"] == "api"``). The concurrency override counts these:
+        API calls in flight load nothing that steering away from local would relieve."""
+        return max(0, len(self._calls) - len(self._api_calls))
 
     def calls_in_flight(self, track: str) -> int:
         """Model calls in flight on ``track``, of those whose start named it (``context["track"]``:
@@ -136,6 +145,10 @@ class RequestRecorder:
             previous = previous_call or parents.pop(request_id, None)
             track = context.get("track") if context else None
             (calls if counted else parents)[request_id] = (now, qc, track)
+            if track == "api" and counted:
+                self._api_calls[request_id] = None
+            elif previous_call is not None:
+                self._api_calls.pop(request_id, None)
             if previous is not None:
                 self.reject("start", "duplicate_request_id", request_id)
                 if previous_call is not None:
@@ -158,7 +171,7 @@ class RequestRecorder:
             self._next_sweep = now + self._sweep_period
             deadline = now - self.config.inflight_ttl_seconds
             overflow = len(self._calls) + len(self._parents) - self.config.max_inflight_tracked
-            calls, overflow = _expire(self._calls, deadline, overflow)
+            calls, overflow = _expire(self._calls, deadline, overflow, self._api_calls)
             parents, _ = _expire(self._parents, deadline, overflow)
         finally:
             self._sweep_lock.release()
@@ -190,6 +203,8 @@ class RequestRecorder:
             start = self._calls.pop(request_id, None)
             if start is not None:
                 metrics.in_flight.dec()
+                if start[2] == "api":
+                    self._api_calls.pop(request_id, None)
             else:
                 start = self._parents.pop(request_id, None)
         if start is not None:
@@ -338,9 +353,11 @@ class RequestRecorder:
                            "dualtrack: internal error in %s (counted, request unaffected): %r", component, err)
 
 
-def _expire(table: Dict[Any, _Started], deadline: float, overflow: int) -> Tuple[int, int]:
+def _expire(table: Dict[Any, _Started], deadline: float, overflow: int,
+            also: Optional[Dict[Any, None]] = None) -> Tuple[int, int]:
     """Drop the entries of ``table`` started before ``deadline``, and the
-    ``overflow`` oldest ones; return (how many were dropped, overflow left).
+    ``overflow`` oldest ones (and their ids from ``also``); return (how many
+    were dropped, overflow left).
 
     Insertion order is start order, so this stops at the first live entry: a
     sweep costs what it removes, not the size of the table. Other threads
@@ -362,6 +379,8 @@ def _expire(table: Dict[Any, _Started], deadline: float, overflow: int) -> Tuple
             overflow -= 1
             if table.pop(rid, None) is not None:
                 dropped += 1
+                if also is not None:
+                    also.pop(rid, None)
 
 
 def _hashable(value: Any) -> bool:

@@ -280,7 +280,8 @@ class DualTrackOptimizer:
         overrides = self._current_overrides(prefs)
         now = self.clock.monotonic()
         self.recorder.sweep_if_due(now)  # orphans past their TTL must not count as in flight
-        concurrency_full = self.recorder.in_flight_count() >= self.config.constraints.max_concurrent_requests
+        # API calls in flight do not load the machine: steering away from local would relieve nothing.
+        concurrency_full = self.recorder.machine_calls_in_flight() >= self.config.constraints.max_concurrent_requests
         routing = prefs.routing_for(qc)
         parallel = complexity >= routing.parallel_threshold
         key = (qc, parallel, concurrency_full)

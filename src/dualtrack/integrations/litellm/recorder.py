@@ -270,10 +270,12 @@ class DualTrackRecorder(CustomLogger):
         if messages is None:
             messages = kwargs.get("messages") if kwargs.get("messages") is not None else kwargs.get("input")
         context = metadata.get(CONTEXT_KEY)
-        context = as_mapping(context) if context is not None else None
+        # The call's track goes with its start: an API call in flight does not count against
+        # max_concurrent_requests (the concurrency override steers away from local only).
+        started = dict(as_mapping(context)) if context is not None else {}
+        started["track"] = track
         leg = metadata.get(LEG_KEY)
-        return _Call(track, prompt_text(messages), dict(context) if context else None,
-                     time.monotonic(), leg if type(leg) is str else None)
+        return _Call(track, prompt_text(messages), started, time.monotonic(), leg if type(leg) is str else None)
 
     def _count_attempt(self, metadata: Mapping[str, Any], track: str) -> None:
         # Read when the call starts: a sync call's metadata is shared with the attempts after it.
