@@ -163,7 +163,7 @@ def test_a_bad_rules_edit_keeps_the_last_good_rules_until_fixed(shared_stack, tm
     good = (rules / "balanced.yaml").read_text()
     assert adapter.run_cycle().result == "ok"
 
-    broken = good.replace("when: timeout_ratio > 0.05", "when: timeout_ration > 0.05")
+    broken = good.replace("timeout_ratio > 0.05", "timeout_ration > 0.05")
     assert broken != good
     (rules / "balanced.yaml").write_text(broken)
     with caplog.at_level(logging.ERROR, logger="dualtrack.adapter.loop"):

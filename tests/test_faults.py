@@ -561,7 +561,7 @@ def test_rule_file_edited_invalid_while_the_adapter_process_runs(tmp_path, obser
     Holds: the process keeps running and publishing on the last good rules (the 0.9 baseline
     never shows in the published preferences); dualtrack_adapter_rules_reload_success reads 0;
     each distinct error is logged once with the file and line (balanced.yaml:14 for the YAML,
-    balanced.yaml:38 and the field for the rule); the fix is picked up by itself (reload
+    balanced.yaml:40 and the field for the rule); the fix is picked up by itself (reload
     success 1 again, "rules reloaded" logged, the new baseline pulls local_bias up)."""
     rules = tmp_path / "rules"
     shutil.copytree(bundled_dir("rules"), rules)
@@ -569,10 +569,11 @@ def test_rule_file_edited_invalid_while_the_adapter_process_runs(tmp_path, obser
     target = rules / "balanced.yaml"
     good = target.read_text()
     assert good.splitlines()[12].startswith("preferences: {local_bias: 0.5,")  # line 13
-    assert "when: timeout_ratio > 0.05" in good.splitlines()[37]  # line 38
+    assert good.splitlines()[39].strip() == "when: >-"  # line 40
+    assert good.splitlines()[40].strip() == "timeout_ratio > 0.05"  # line 41
     raised = good.replace("preferences: {local_bias: 0.5,", "preferences: {local_bias: 0.9,")
     bad_yaml = raised.replace("quality_threshold: 0.8}\nclamps", "quality_threshold: 0.8\nclamps")
-    bad_rule = raised.replace("when: timeout_ratio > 0.05", "when: timeout_ration > 0.05")
+    bad_rule = raised.replace("timeout_ratio > 0.05", "timeout_ration > 0.05")
     fixed = good.replace("preferences: {local_bias: 0.5,", "preferences: {local_bias: 0.7,")
     out = tmp_path / PREFS
 
@@ -590,7 +591,7 @@ def test_rule_file_edited_invalid_while_the_adapter_process_runs(tmp_path, obser
             assert adapter.sample("dualtrack_adapter_rules_reload_success") == 1
 
             for text, where, what in ((bad_yaml, "balanced.yaml:14: invalid YAML", "YAML"),
-                                      (bad_rule, "balanced.yaml:38: rules[1].when", "timeout_ration")):
+                                      (bad_rule, "balanced.yaml:40: rules[1].when", "timeout_ration")):
                 _replace_file(target, text, staging)
                 adapter.wait_metric("dualtrack_adapter_rules_reload_success", lambda v: v == 0)
                 wait_until(lambda: where in adapter.log_text(), 10, f"the error {where!r} in the log")  # noqa: B023
