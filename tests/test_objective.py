@@ -394,6 +394,25 @@ def test_memory_is_fitted_on_the_calls_counted_with_its_reading() -> None:
     now_count.slots = 4.0
     assert now_count._busy_now(interval({}, local_calls_in_flight=9)) == 4.0
     assert now_count._busy_now(interval({}, local_calls_in_flight=9, memory_reading_local_calls=2)) == 2
+
+
+def test_a_memory_reading_with_more_calls_than_the_slots_is_not_fitted() -> None:
+    # memory = 0.5 + 0.02 x calls served: the limit at 25 calls. The slots are underestimated
+    # (10): at 20 calls in flight, all of them served, a reading fitted at the cap (10) would
+    # put the limit near 10; such readings are left out, and the line stays where it was.
+    est = Estimator(("short",))
+    for k in (3, 1, 4, 2, 5, 0, 3, 6):
+        est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)),
+                            gpu_memory_used_ratio=0.5 + 0.02 * k, memory_reading_local_calls=k), INTERVAL)
+    assert est.memory_slots == pytest.approx(25.0, rel=1e-6)
+    est.slots = 10.0
+    for _ in range(5):
+        est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)),
+                            gpu_memory_used_ratio=0.5 + 0.02 * 20, memory_reading_local_calls=20), INTERVAL)
+        est.slots = 10.0  # as estimated; the update may move it
+    assert est.memory_slots == pytest.approx(25.0, rel=1e-6)
+    assert est._busy_counts(interval({}, memory_reading_local_calls=20)) == (10.0, True)
+    assert est._busy_counts(interval({}, memory_reading_local_calls=7)) == (7, False)
 def test_a_price_spike_makes_an_api_query_dearer_than_usual() -> None:
     """The savings term is scaled by what a query usually costs on the API, not at the prices of
     the moment: the run's savings add up each query at its moment's prices, so an API query in a

@@ -348,7 +348,13 @@ class Estimator:
                 state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)
         self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
         memory = {name: v for name in MEMORY_SIGNALS if (v := values.get(name, {})) is not None}
-        busy_now = self._busy_now(values)
+        busy_now, capped = self._busy_counts(values)
+        if capped:
+            # More local calls than the slots seen: how many of them were being served (and
+            # held memory) is not known, and the slots may be underestimated. Fitted at the
+            # cap, such a reading steepens the line: in random_61_009 (a burst; 64 slots, 15
+            # seen) memory's limit came out at 12-14 busy calls where the GPU holds 28.
+            memory = {}
         self._update_local_capacity(fresh["local"], interval_seconds, memory, busy_now)
         self._update_battery(values, busy_now)
         self._update_usual_api_cost(sum(self.arrivals.get(c, 0.0) for c in self.classes) * interval_seconds)
@@ -403,7 +409,12 @@ class Estimator:
         return out
 
     def _busy_now(self, values: SignalValues) -> Optional[float]:
-        """Local calls being served at the moment of the memory reading, where a signal says it.
+        """Local calls being served at the moment of the memory reading (:meth:`_busy_counts`)."""
+        return self._busy_counts(values)[0]
+
+    def _busy_counts(self, values: SignalValues) -> Tuple[Optional[float], bool]:
+        """Local calls being served at the moment of the memory reading, where a signal says it,
+        and whether the count was capped at the slots.
 
         Memory is read at a moment, and at a moment it follows the calls being
         served then, not the interval's mean load: regressed on the mean, a
@@ -418,11 +429,13 @@ class Estimator:
         if mine is None:
             running = values.get("local_server_running", {})
             if running is not None:
-                return running
+                return running, False
             mine = values.get("local_calls_in_flight", {})
         if mine is None:
-            return None
-        return min(mine, self.slots) if self.slots else mine
+            return None, False
+        if self.slots and mine > self.slots:
+            return self.slots, True
+        return mine, False
 
     def _update_from_server(self, values: SignalValues) -> None:
         """Fold in the local server's own load signals (nothing when it exports none)."""
