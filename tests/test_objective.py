@@ -392,8 +392,8 @@ def test_memory_is_fitted_on_the_calls_counted_with_its_reading() -> None:
     assert now_count.memory_slots == pytest.approx(4.0, rel=1e-6)
     # That count also holds calls waiting for a slot, which hold no memory: capped at the slots.
     now_count.slots = 4.0
-    assert now_count._busy_now(interval({}, local_calls_in_flight=9)) == 4.0
-    assert now_count._busy_now(interval({}, local_calls_in_flight=9, memory_reading_local_calls=2)) == 2
+    assert now_count._busy_counts(interval({}, local_calls_in_flight=9))[0] == 4.0
+    assert now_count._busy_counts(interval({}, local_calls_in_flight=9, memory_reading_local_calls=2))[0] == 2
 
 
 def test_a_memory_reading_with_more_calls_than_the_slots_is_not_fitted() -> None:

@@ -408,10 +408,6 @@ class Estimator:
             out[c] = replace(t, calls=t.calls + extra, timeouts=t.timeouts + extra)
         return out
 
-    def _busy_now(self, values: SignalValues) -> Optional[float]:
-        """Local calls being served at the moment of the memory reading (:meth:`_busy_counts`)."""
-        return self._busy_counts(values)[0]
-
     def _busy_counts(self, values: SignalValues) -> Tuple[Optional[float], bool]:
         """Local calls being served at the moment of the memory reading, where a signal says it,
         and whether the count was capped at the slots.
