@@ -4,6 +4,7 @@ the suite figures computed from them. The figures themselves are chance: never a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def test_adaptation_noise_compares_with_an_earlier_run_of_the_same_scenarios(tmp
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", rules)
     adaptive = rules / "adaptive.yaml"
-    adaptive.write_text(adaptive.read_text().replace("  probe: 0.02\n", "  probe: 0.05\n"))
+    text, changed = re.subn(r"^  probe: [0-9.]+$", "  probe: 0.05", adaptive.read_text(), flags=re.M)
+    assert changed == 1
+    adaptive.write_text(text)
     proc = run_script("adaptation_noise", *common, "--rules", str(rules), "--baseline", str(first),
                       "--json", str(second))
     assert proc.returncode == 0, proc.stdout + proc.stderr

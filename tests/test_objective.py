@@ -9,6 +9,7 @@ arithmetic, not benchmark figures.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Dict, Mapping, Optional, Tuple
 
 import pytest
@@ -556,6 +557,69 @@ def test_each_class_goes_where_it_is_worth_more_and_keeps_a_probe() -> None:
     assert split.shares["short"] == pytest.approx(1.0 - probes["short"])
     assert split.shares["long"] == pytest.approx(probes["long"])
     assert any(r.startswith("short: local") for r in split.reasons)
+
+
+def close_calls_counts(short_local: float, long_local: float) -> Dict[Tuple[str, str], Tally]:
+    return {**steady(calls(60, quality=short_local), calls(60), "short"),
+            **steady(calls(30, quality=long_local), calls(30), "long")}
+
+
+def close_calls(short_local: float, long_local: float) -> Estimator:
+    """short (120 calls an interval) and long (60): local answers of the given quality against
+    the API's 0.9, so each class's gain is small and no probe is cut for being costly."""
+    est = Estimator(("short", "long"))
+    est.update(interval(close_calls_counts(short_local, long_local)), INTERVAL)
+    est.capacity = None  # unbounded
+    return est
+
+
+def test_a_track_other_classes_use_is_probed_at_the_floor_only() -> None:
+    """short chooses local, long the API: each track is watched by the traffic of the class
+    that chose it, so the other class keeps only the ``probe`` floor there, not the three
+    calls an interval ``probe_calls`` asks for."""
+    est = close_calls(short_local=0.95, long_local=0.85)
+    asked = ObjectiveSpec(value_noise=0.0, probe=0.005, probe_calls=3.0)
+    split = choose_split(est, asked)
+    assert split.shares["short"] == pytest.approx(1.0 - 3 / 120)
+    assert split.shares["long"] == pytest.approx(3 / 60)
+    watched = choose_split(est, replace(asked, observed_calls=5.0))
+    assert watched.shares["short"] == pytest.approx(0.995)
+    assert watched.shares["long"] == pytest.approx(0.005)
+    # At 100 calls, local (short's 120) is watched and the API (long's 60) is not.
+    half = choose_split(est, replace(asked, observed_calls=100.0))
+    assert half.shares["short"] == pytest.approx(1.0 - 3 / 120)
+    assert half.shares["long"] == pytest.approx(0.005)
+
+
+def test_a_track_no_class_uses_keeps_the_probes_a_recovery_needs() -> None:
+    """Both classes choose the API: nothing but the probes watches local, so they stay at
+    the calls ``probe_calls`` asks for."""
+    est = close_calls(short_local=0.85, long_local=0.85)
+    split = choose_split(est, ObjectiveSpec(value_noise=0.0, probe=0.005, probe_calls=3.0, observed_calls=5.0))
+    assert split.shares["short"] == pytest.approx(3 / 120)
+    assert split.shares["long"] == pytest.approx(3 / 60)
+
+
+def test_a_class_whose_own_answers_changed_keeps_its_probe_where_they_did() -> None:
+    """long's answers on local go bad, long's alone (a quality change of that class): short's
+    traffic still watches local, but it cannot show long's recovery there, so long keeps the
+    probe ``probe_calls`` asks for on local until it chooses local again."""
+    spec = ObjectiveSpec(value_noise=0.0, probe=0.005, probe_calls=3.0, observed_calls=5.0, probe_loss=1.0)
+    est = close_calls(short_local=0.95, long_local=0.95)
+    assert choose_split(est, spec).shares["long"] == pytest.approx(1.0 - 3 / 60)  # both local: nothing watches the API
+    events: Dict[str, str] = {}
+    for _ in range(3):
+        events.update(est.update(interval({**steady(calls(60, quality=0.95), calls(60), "short"),
+                                           **steady(calls(30, useful=0.1, quality=0.5), calls(30), "long")}),
+                                 INTERVAL))
+    assert events.get("local:long") == "quality" and ("local", "long") in est.own_changes
+    split = choose_split(est, spec)
+    assert split.shares["long"] == pytest.approx(3 / 60)  # not the floor, though short watches local
+    assert split.shares["short"] == pytest.approx(0.995)
+    for _ in range(6):  # long's answers on local recover, and long goes back there
+        est.update(interval(close_calls_counts(short_local=0.95, long_local=0.99)), INTERVAL)
+        choose_split(est, spec)
+    assert ("local", "long") not in est.own_changes
 
 
 def test_the_capacity_goes_to_the_classes_that_gain_most_per_busy_slot() -> None:

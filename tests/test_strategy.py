@@ -321,13 +321,19 @@ def test_range_errors(tmp_path: Path, yaml_text: str, line: int, field: str, mes
     assert (err.line, err.field, err.message) == (line, field, message)
 
 
-def test_the_objective_probe_calls(tmp_path: Path) -> None:
-    path = write(tmp_path, "s.yaml", "strategy: s\nobjective:\n  probe_calls: 2.5\n")
-    objective = load_strategies(path)["s"].objective
-    assert objective is not None and objective.probe_calls == 2.5
-    assert load_strategies(bundled_dir("rules"))["adaptive"].objective.probe_calls == 1.0  # the default
-    err = load_error(write(tmp_path, "t.yaml", "strategy: t\nobjective:\n  probe_calls: -1\n"))
-    assert (err.line, err.field, err.message) == (3, "objective.probe_calls", "-1 is less than the minimum of 0")
+@pytest.mark.parametrize("key, given, default, bundled", [
+    ("probe_calls", 2.5, 1.0, 1.0),
+    ("observed_calls", 8.0, 0.0, 5.0),  # off unless a strategy asks for it; adaptive does
+])
+def test_the_objective_probing_settings(tmp_path: Path, key: str, given: float, default: float,
+                                        bundled: float) -> None:
+    objective = load_strategies(write(tmp_path, "s.yaml", f"strategy: s\nobjective:\n  {key}: {given}\n"))["s"].objective
+    assert objective is not None and getattr(objective, key) == given
+    unset = load_strategies(write(tmp_path, "d.yaml", "strategy: d\nobjective:\n  probe: 0.02\n"))["d"].objective
+    assert getattr(unset, key) == default
+    assert getattr(load_strategies(bundled_dir("rules"))["adaptive"].objective, key) == bundled
+    err = load_error(write(tmp_path, "t.yaml", f"strategy: t\nobjective:\n  {key}: -1\n"))
+    assert (err.line, err.field, err.message) == (3, f"objective.{key}", "-1 is less than the minimum of 0")
 
 
 def test_the_objective_battery_horizon_is_a_duration(tmp_path: Path) -> None:

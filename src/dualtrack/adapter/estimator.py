@@ -86,7 +86,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Deque, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Deque, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 from ..vocabulary import TRACKS
 from .signals import SignalValues
@@ -288,6 +288,10 @@ class Estimator:
         self.planned_load: Optional[float] = None  # set by the split: local Erlangs it planned
         self.server_queue: Optional[float] = None  # requests waiting (server's gauge or calls in flight - slots)
         self.server_capacity: Optional[float] = None  # Erlangs the server was seen to carry without a queue
+        # (track, class) pairs whose answers changed on their own (a quality change of that class
+        # alone), until the class chooses that track again: the other classes' traffic there says
+        # nothing of its recovery, so its probe there is not cut (SplitPlanner).
+        self.own_changes: Set[Tuple[str, str]] = set()
         self.server_full = False  # the last reading showed the server over what the plan explains
         # Calls per track in the last interval: with fewer than ``min_calls`` the track's
         # estimates are the old ones (decay keeps the rates of the evidence it has).
@@ -343,6 +347,7 @@ class Estimator:
                 old = state.tallies.get(c)
                 if old is not None and self._quality_changed(state, c, old, new):
                     events[f"{track}:{c}"] = "quality"
+                    self.own_changes.add((track, c))
                     old = Tally(old.calls, old.successes, old.timeouts, old.within, cost=old.cost,
                                 latency_sum=old.latency_sum, latency_count=old.latency_count)
                 state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)

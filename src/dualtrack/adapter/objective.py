@@ -102,6 +102,10 @@ class ObjectiveSpec:
     probe_max: float = 0.05  # most share of a class spent probing
     probe_loss: float = 0.05  # a probe losing more than this per query is made rarer, in proportion
     probe_budget: float = 0.05  # most share of all traffic spent probing
+    # A track the classes choosing it send at least this many calls per interval is watched by
+    # that traffic: there the other classes keep only the ``probe`` floor (0: they probe as
+    # ``probe_calls`` asks wherever they are).
+    observed_calls: float = 0.0
     utilization: float = 0.9  # of the local capacity estimate the split may plan to use
     decay: float = 0.7  # weight of older evidence per interval (the estimator's)
     value_noise: float = 0.15  # standard deviation of one query's value: how much evidence a difference needs
@@ -344,6 +348,8 @@ class SplitPlanner:
             if abs(gains[c]) > spec.probe_loss:
                 probes[c] = max(spec.probe, probes.get(c, spec.probe) * spec.probe_loss / abs(gains[c]))
             self.preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
+        if spec.observed_calls > 0:
+            self._probe_watched_tracks_less(probes, interval_seconds)
         self.gains = gains
         self.probe = {c: probes.get(c, spec.probe) for c in gains}
         self.by_class = by_class = {v.query_class: v for v in self.valuations}
@@ -366,6 +372,33 @@ class SplitPlanner:
             carry = min(carry, estimator.server_capacity)
         self.carry = carry
         self.rate_limit = estimator.api_rate_limit
+
+    def _probe_watched_tracks_less(self, probes: Dict[str, float], interval_seconds: float) -> None:
+        """Cut the probes on a track other classes already watch with their own traffic.
+
+        A change of a whole track (an outage or its end, a slowdown, a price change)
+        shows in the calls of the classes that chose it, and the change detector
+        restarts every class's estimates on that track from them. A probe's own calls
+        are then needed only for what is the class's alone (its answers' quality and
+        latency there), and the ``probe`` floor watches that, but for a class whose
+        own answers there changed (a quality change of that class alone): until it
+        chooses that track again, its probes are the only evidence of a recovery.
+        A track no class sends ``observed_calls`` calls an interval keeps the probes
+        ``probe_calls`` asks for.
+        """
+        spec, preferred, own = self.spec, self.preferred, self.estimator.own_changes
+        watched = {"local": 0.0, "api": 0.0}
+        for c, share in preferred.items():
+            chosen = "local" if share >= 0.5 else "api"
+            watched[chosen] += self.arrivals.get(c, 0.0) * interval_seconds
+            own.discard((chosen, c))  # back on the track where its answers changed
+        for c, share in preferred.items():
+            probed = "api" if share >= 0.5 else "local"
+            if (probed, c) in own:
+                continue  # its own answers there changed: only its probes show when they recover
+            if watched[probed] >= spec.observed_calls and probes.get(c, spec.probe) > spec.probe:
+                probes[c] = spec.probe
+                preferred[c] = 1.0 - spec.probe if share >= 0.5 else spec.probe
 
     def local_value(self, c: str, busy: float, service_s: float) -> float:
         """A query of class ``c`` on local, with the local track carrying ``busy`` Erlangs of

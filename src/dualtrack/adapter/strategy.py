@@ -255,6 +255,7 @@ class _Compiler:
             objective = ObjectiveSpec(weights={t: w / total for t, w in weights.items()},
                                       probe=float(od.get("probe", 0.03)),
                                       probe_calls=float(od.get("probe_calls", 1.0)),
+                                      observed_calls=float(od.get("observed_calls", 0.0)),
                                       utilization=float(od.get("utilization", 0.9)),
                                       decay=float(od.get("decay", 0.7)),
                                       battery_horizon=self.duration(od.get("battery_horizon"),

@@ -11,8 +11,11 @@ is what the router does.
 - An immediate override from the optimizer (memory, GPU memory,
   concurrency, battery, cost) forces its path; a failing track's override
   only moves the share, so the track keeps its exploration floor.
-- Otherwise each track keeps at least ``floor`` of the traffic, so a track
-  that fell out of favour still produces the metrics that can bring it back.
+- Otherwise each track keeps at least ``floor`` of the traffic (0.5% by
+  default), so a track that fell out of favour still produces the metrics
+  that can bring it back. The strategies keep their own exploration floor
+  in the preferences they publish (``exploration_floor``, and the probes of
+  an objective); the router's is the backstop for preferences without one.
 - The other track is the fallback, tried once on error or timeout.
 
 How a plan's calls end in an answer is decided here too, by pure functions
@@ -52,13 +55,17 @@ other = other_track
 """The old name of :func:`dualtrack.vocabulary.other_track`."""
 
 
+#: The least share of the traffic each track keeps whatever the preferences say (see above).
+DEFAULT_FLOOR = 0.005
+
+
 class RoutingPolicy:
     """Turns recommendations into plans.
 
     ``rng`` is injectable so the simulator is deterministic for a seed.
     """
 
-    def __init__(self, optimizer: Any, *, rng: Optional[random.Random] = None, floor: float = 0.02,
+    def __init__(self, optimizer: Any, *, rng: Optional[random.Random] = None, floor: float = DEFAULT_FLOOR,
                  enable_preemption: Optional[bool] = None, fallback: bool = True) -> None:
         if not 0.0 <= floor <= 0.5:
             raise ValueError(f"floor: must be within [0, 0.5], got {floor!r}")
