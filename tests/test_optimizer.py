@@ -579,6 +579,29 @@ def test_memory_over_limit_does_not_steer_to_a_failing_api():
     assert o.get_optimization_recommendations("q")["overrides"] == ["memory"]
 
 
+def test_memory_over_limit_does_not_steer_to_an_api_that_refuses_calls():
+    """An API at its rate limit is full: what more it is sent comes back to local as refusals."""
+    env = Env(monitor=True, rss_mb=600, constraints=ResourceConstraints(max_memory_mb=512))
+    o = env.optimizer
+
+    def calls(prefix: str, n: int, refused_every: int = 0) -> None:
+        for i in range(n):
+            o.record_request_start(f"{prefix}{i}", "q")
+            env.clock.advance(0.1)
+            refused = refused_every and i % refused_every == 0
+            o.record_request_completion(f"{prefix}{i}", "api", {}, success=not refused,
+                                        error_type="rate_limited" if refused else None)
+
+    calls("a", 20, refused_every=10)  # 2 of the last 20 refused: the API is full, though not failing
+    env.monitor.sample_now()
+    rec = o.get_optimization_recommendations("q")
+    assert rec["overrides"] == [] and rec["routing"]["local_bias"] == 0.5
+    assert any("the API is refusing calls (its rate limit): not steering to it" in r for r in rec["reasons"])
+    calls("b", 19)  # one refusal left among the last 20: under a tenth
+    env.monitor.sample_now()
+    assert o.get_optimization_recommendations("q")["overrides"] == ["memory"]
+
+
 def test_gpu_memory_over_limit_steers_away_from_local():
     gpus = [FakeGpu("NVIDIA RTX 4090", utilization_percent=90, memory_used=3 * GIB, memory_total=24 * GIB)]
     env = Env(monitor=True, gpus=gpus, constraints=ResourceConstraints(max_gpu_memory_mb=2048))

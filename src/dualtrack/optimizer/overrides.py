@@ -18,8 +18,10 @@ the latest resource reading and the recent windows, in priority order:
    track its exploration share, so that its recovery shows.
 
 Steering to the API is pointless while its recent calls mostly fail (it would
-only add a round trip before the fallback): then the routing stays as preferred
-and the reasons say why. The overrides are recomputed only when the reading
+only add a round trip before the fallback), and while its rate limit refuses
+them (the API is full: what more it is sent comes back to local as refusals, in
+a random mix of classes, where the strategy's split sends the cheapest classes
+local): then the routing stays as preferred and the reasons say why. The overrides are recomputed only when the reading
 or the preferences change, never per request.
 """
 
@@ -32,12 +34,15 @@ from ..config import OptimizationConfig
 from ..constraints import MachineState, resource_checks
 from ..exporter.collector import MetricsCollector
 from ..preferences import Preferences, Routing
-from ..vocabulary import PARALLEL_NEVER
+from ..vocabulary import PARALLEL_NEVER, RATE_LIMITED
 
 #: Overrides the router applies with the exploration floor still in place (see ``failing``).
 SOFT_OVERRIDES = ("api_failing", "local_failing")
 #: A track is failing when most of its last this-many calls failed.
 RECENT_CALLS = 20
+
+#: The API is refusing when at least this share of its recent calls hit its rate limit.
+REFUSED_SHARE = 0.1
 
 #: The battery override acts under this share of the battery threshold.
 BATTERY_OVERRIDE_SHARE = 0.5
@@ -54,6 +59,7 @@ class Overrides:
     cost: Dict[str, str]  # query class -> reason, where local is preferred for cost
     api_failing: bool = False  # most recent API calls failed: steering to it would not help
     local_failing: bool = False  # most recent local calls failed
+    api_refusing: bool = False  # the API's rate limit refused a share of its recent calls: it is full
 
 
 def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collector: MetricsCollector,
@@ -75,11 +81,12 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                             f"${c.max_cost_per_request:.4f} and local quality {local_quality:.2f} is "
                             "acceptable: preferring local")
     api_failing, local_failing = (_failing(collector, track, since) for track in ("api", "local"))
+    api_refusing = _refusing(collector, since)
     battery = checks["battery"]
     battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
         and battery.value < BATTERY_OVERRIDE_SHARE * battery.limit
     return Overrides(snapshot, prefs, tuple(n for n in ("memory", "gpu_memory") if checks[n]),
-                     battery_low, cost, api_failing, local_failing)
+                     battery_low, cost, api_failing, local_failing, api_refusing)
 
 
 def _failing(collector: MetricsCollector, track: str, since: float) -> bool:
@@ -87,6 +94,13 @@ def _failing(collector: MetricsCollector, track: str, since: float) -> bool:
     calls = [r for r in collector.records(track, None, since) if r.outcome != "cancelled"]
     recent = calls[-RECENT_CALLS:]
     return len(recent) >= 5 and sum(r.outcome == "success" for r in recent) < len(recent) / 2
+
+
+def _refusing(collector: MetricsCollector, since: float) -> bool:
+    """Did the API's rate limit refuse at least a tenth of its recent calls (the last 20, at least 5)?"""
+    calls = [r for r in collector.records("api", None, since) if r.outcome != "cancelled"]
+    recent = calls[-RECENT_CALLS:]
+    return len(recent) >= 5 and sum(r.error_type == RATE_LIMITED for r in recent) >= REFUSED_SHARE * len(recent)
 
 
 def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel: bool, concurrency_full: bool,
@@ -103,8 +117,9 @@ def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel
     steer_away = list(overrides.over_limit)
     if concurrency_full:
         steer_away.append("concurrency")
-    if (steer_away or overrides.battery_low) and overrides.api_failing:
-        reasons.append(f"over limit ({', '.join(steer_away or ['battery'])}) but the API is failing: "
+    if (steer_away or overrides.battery_low) and (overrides.api_failing or overrides.api_refusing):
+        why = "is failing" if overrides.api_failing else "is refusing calls (its rate limit)"
+        reasons.append(f"over limit ({', '.join(steer_away or ['battery'])}) but the API {why}: "
                        "not steering to it")
         steer_away = []
     elif steer_away:
@@ -113,7 +128,7 @@ def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel
         preferred = "api"
         applied.extend(steer_away)
         reasons.append(f"over limit ({', '.join(steer_away)}): steering away from local and parallel")
-    elif overrides.battery_low and not overrides.api_failing:
+    elif overrides.battery_low and not (overrides.api_failing or overrides.api_refusing):
         values["local_bias"] = 0.0
         values["parallel_threshold"] = PARALLEL_NEVER
         preferred = "api"
