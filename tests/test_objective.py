@@ -821,6 +821,55 @@ def test_a_class_worth_more_on_a_rate_limited_api_sends_it_what_it_accepts() -> 
     assert any("rate limit" in r for r in split.reasons)
 
 
+def both_full_spec() -> ObjectiveSpec:
+    """The objective without savings: short's gain is its answers' quality alone (-0.0075 a query)."""
+    w = {"useful": 0.35, "within_target": 0.25, "quality": 0.15, "savings": 0.0, "compliance": 0.15}
+    return ObjectiveSpec(weights=w, utilization=1.0, probe=0.0, probe_calls=0.0, value_noise=0.0)
+
+
+def test_with_both_tracks_full_local_takes_the_queries_of_fewest_slots() -> None:
+    """A burst against the API's rate limit. short (2 queries/s of 1 s) is a little better on the
+    API, medium (2 queries/s of 3 s) better on local; the API accepts 2 calls/s and local has 3
+    slots (the plans keep it to 2.4 busy ones, among other caps). Built from the classes' preferred tracks, medium takes local's room (0.4 of
+    it) and short stays on the API, which is then sent 3.2 calls/s and refuses a third of them,
+    back to local in a random mix. What the API cannot take should go where it takes the fewest
+    local slots: short local, medium on the API."""
+    est = Estimator(("short", "medium"))
+    est.update(interval({**steady(calls(30, latency=1.0, quality=0.85), calls(30, cost=0.0001), "short"),
+                         **steady(calls(30, latency=3.0), calls(30, cost=0.0001, useful=0.85), "medium")}),
+               INTERVAL)
+    est.slots = 3.0
+    est.api_rate_limit = 2.0
+    spec = both_full_spec()
+    planner = SplitPlanner(est, spec, latency_target=5.0)
+    assert planner.gains["short"] < 0 < planner.gains["medium"]
+    greedy = planner.plan(2.4, None)
+    assert greedy.shares["short"] == 0.0 and greedy.shares["medium"] == pytest.approx(0.4)
+    assert planner.api_calls(greedy.shares) == pytest.approx(3.2)
+    both = planner.plan_both_full(2.4, None, 2.0)
+    assert planner.api_calls(both.shares) <= 2.0 + 1e-6  # within the limit...
+    wanted = planner.fallback_load + sum(planner.marginal[c] * both.shares[c] for c in ("short", "medium"))
+    assert wanted == pytest.approx(2.4)  # ...and within local's room
+    assert both.shares["short"] == pytest.approx(1.0) and both.shares["medium"] == pytest.approx(0.4 / 6)
+    assert both.score > greedy.score
+    split = choose_split(est, spec, latency_target=5.0)
+    assert split.shares["short"] > 0.9 and split.shares["medium"] < 0.2
+
+
+def test_where_local_is_full_before_the_api_is_within_its_limit_the_cheapest_queries_go_local() -> None:
+    """The same burst with room for one busy slot on local: no split keeps both. The API's
+    refusals would come back to local anyway, so the queries of fewest local slots take the rest."""
+    est = Estimator(("short", "medium"))
+    est.update(interval({**steady(calls(30, latency=1.0, quality=0.85), calls(30, cost=0.0001), "short"),
+                         **steady(calls(30, latency=3.0), calls(30, cost=0.0001, useful=0.85), "medium")}),
+               INTERVAL)
+    est.capacity = 1.0
+    planner = SplitPlanner(est, both_full_spec())
+    plan = planner.plan_both_full(1.0, None, 2.0)
+    assert plan.shares["short"] == pytest.approx(1.0) and plan.shares["medium"] == pytest.approx(0.0)
+    assert planner.api_calls(plan.shares) == pytest.approx(2.0)
+
+
 def test_memory_is_over_its_limit_with_the_first_call_beyond_it_a_poisson_count() -> None:
     # 1.5 calls on average, room for 2.96: over with the third, 1 - P(0, 1 or 2 calls).
     assert busy_beyond(1.5, 2.96) == pytest.approx(1.0 - math.exp(-1.5) * (1.0 + 1.5 + 1.5 ** 2 / 2))

@@ -584,20 +584,23 @@ def test_memory_over_limit_does_not_steer_to_an_api_that_refuses_calls():
     env = Env(monitor=True, rss_mb=600, constraints=ResourceConstraints(max_memory_mb=512))
     o = env.optimizer
 
-    def calls(prefix: str, n: int, refused_every: int = 0) -> None:
-        for i in range(n):
-            o.record_request_start(f"{prefix}{i}", "q")
-            env.clock.advance(0.1)
-            refused = refused_every and i % refused_every == 0
-            o.record_request_completion(f"{prefix}{i}", "api", {}, success=not refused,
-                                        error_type="rate_limited" if refused else None)
+    def call(name: str, refused: bool) -> None:
+        o.record_request_start(name, "q")
+        env.clock.advance(0.1)
+        o.record_request_completion(name, "api", {}, success=not refused,
+                                    error_type="rate_limited" if refused else None)
 
-    calls("a", 20, refused_every=10)  # 2 of the last 20 refused: the API is full, though not failing
+    for i in range(20):  # two refusals among twenty calls: not yet "full"
+        call(f"a{i}", refused=i in (3, 12))
+    env.monitor.sample_now()
+    assert o.get_optimization_recommendations("q")["overrides"] == ["memory"]
+    call("b", refused=True)  # the third within the minute: the API is full
     env.monitor.sample_now()
     rec = o.get_optimization_recommendations("q")
     assert rec["overrides"] == [] and rec["routing"]["local_bias"] == 0.5
     assert any("the API is refusing calls (its rate limit): not steering to it" in r for r in rec["reasons"])
-    calls("b", 19)  # one refusal left among the last 20: under a tenth
+    env.clock.advance(61)  # a minute without refusals: the limit has room again
+    call("c", refused=False)
     env.monitor.sample_now()
     assert o.get_optimization_recommendations("q")["overrides"] == ["memory"]
 

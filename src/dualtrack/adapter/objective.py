@@ -88,6 +88,11 @@ BUDGET_LEVELS: Tuple[float, ...] = (0.6, 0.75, 0.85, 0.95)
 #: The API call caps tried, as shares of its rate limit.
 RATE_LEVELS: Tuple[float, ...] = (1.0, 0.9, 0.8)
 
+#: The most an API call's price (per query, in the objective's units) is raised to keep the API
+#: within its rate limit (:meth:`SplitPlanner.plan_both_full`), and the bisection's steps.
+MU_MAX = 10.0
+MU_STEPS = 30
+
 #: What a fallback costs beyond its effect on the objective's terms, per query.
 FALLBACK_PENALTY = 0.05
 
@@ -449,21 +454,10 @@ class SplitPlanner:
         """The classes' preferred shares kept within a local load, a spend and an API call rate, scored."""
         if first and budget_cap is not None:
             return self.score(self.budget_first(local_cap, budget_cap), local_cap, budget_cap)
-        gains, probe, arrivals, marginal, spend_rate = self.gains, self.probe, self.arrivals, self.marginal, \
-            self.spend_rate
+        gains, probe, arrivals, marginal = self.gains, self.probe, self.arrivals, self.marginal
         shares = dict(self.preferred)
         if api_cap is not None:
-            # Within the API's rate limit: the classes that take the fewest local slots per
-            # query go local first.
-            sent = self.api_calls(shares)
-            for c in sorted(gains, key=lambda c: self.service.get(c, 0.0)):
-                if sent <= api_cap:
-                    break
-                rate_c = arrivals.get(c, 0.0)
-                take = min(rate_c * max(0.0, 1.0 - probe[c] - shares[c]), sent - api_cap)
-                if rate_c > 0 and take > 0:
-                    shares[c] += take / rate_c
-                    sent -= take
+            self._within_rate(shares, api_cap)
         wanted = self.fallback_load + sum(marginal[c] * shares[c] for c in gains)
         if api_cap is not None and local_cap is not None:
             local_cap = max(local_cap, wanted)  # the limit's load is not given back to the API
@@ -480,15 +474,83 @@ class SplitPlanner:
                     shares[c] -= freed / marginal[c]
                     excess -= freed
         if budget_cap is not None:
-            planned = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
-            # Move the classes that lose least per dollar saved to local first.
-            for c in sorted((c for c in gains if spend_rate[c] > 0),
-                            key=lambda c: -gains[c] * arrivals.get(c, 0.0) / spend_rate[c]):
-                if planned <= budget_cap:
+            self._keep_budget(shares, budget_cap)
+        return self.score(shares, local_cap, budget_cap)
+
+    def _within_rate(self, shares: Dict[str, float], api_cap: float) -> None:
+        """Within the API's rate limit: the classes that take the fewest local slots per query go local first."""
+        probe, arrivals = self.probe, self.arrivals
+        sent = self.api_calls(shares)
+        for c in sorted(self.gains, key=lambda c: self.service.get(c, 0.0)):
+            if sent <= api_cap:
+                break
+            rate_c = arrivals.get(c, 0.0)
+            take = min(rate_c * max(0.0, 1.0 - probe[c] - shares[c]), sent - api_cap)
+            if rate_c > 0 and take > 0:
+                shares[c] += take / rate_c
+                sent -= take
+
+    def _keep_budget(self, shares: Dict[str, float], budget_cap: float) -> None:
+        """Move the classes that lose least per dollar saved to local until the spend is within the cap."""
+        gains, probe, arrivals, spend_rate = self.gains, self.probe, self.arrivals, self.spend_rate
+        planned = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
+        for c in sorted((c for c in gains if spend_rate[c] > 0),
+                        key=lambda c: -gains[c] * arrivals.get(c, 0.0) / spend_rate[c]):
+            if planned <= budget_cap:
+                break
+            take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
+            shares[c] += take / spend_rate[c]
+            planned -= take
+
+    def plan_both_full(self, local_cap: Optional[float], budget_cap: Optional[float], api_cap: float) -> _Plan:
+        """The split that gains most within a local load *and* an API call rate, scored.
+
+        Where both tracks are full (a burst against the API's rate limit), what the
+        API cannot take must go local, and the classes that should are the ones that
+        take the fewest local slots per query, even where each gains a little more on
+        the API: building from the classes' preferred tracks (:meth:`plan`) sends the
+        class that prefers local there and leaves local no room for the rest. Each
+        class's local share is a fractional knapsack on local's load, its queries
+        valued at their gain plus a price ``mu`` of an API call; ``mu`` is the least
+        that keeps the API within ``api_cap``. Where no price does, the classes of
+        fewest local slots per query go local beyond ``local_cap`` until it does
+        (the API's refusals would come back to local anyway, in a random mix).
+        """
+        gains, probe, arrivals, marginal = self.gains, self.probe, self.arrivals, self.marginal
+        room = None if local_cap is None else local_cap - self.fallback_load
+
+        def fill(mu: float) -> Dict[str, float]:
+            shares = {c: probe[c] for c in gains}
+            left = None if room is None else room - sum(marginal[c] * probe[c] for c in gains)
+            worth = {c: arrivals.get(c, 0.0) * (gains[c] + mu) for c in gains}
+            for c in sorted((c for c in gains if worth[c] > 0),
+                            key=lambda c: -worth[c] / marginal[c] if marginal[c] > 0 else -math.inf):
+                top = 1.0 - probe[c]
+                if left is None or marginal[c] <= 0:
+                    shares[c] = top
+                    continue
+                if left <= 0:
                     break
-                take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
-                shares[c] += take / spend_rate[c]
-                planned -= take
+                shares[c] = min(top, shares[c] + left / marginal[c])
+                left -= marginal[c] * (shares[c] - probe[c])
+            return shares
+
+        shares = fill(0.0)
+        if self.api_calls(shares) > api_cap:
+            low, high = 0.0, MU_MAX
+            shares = fill(high)
+            if self.api_calls(shares) <= api_cap:
+                for _ in range(MU_STEPS):
+                    mid = 0.5 * (low + high)
+                    if self.api_calls(fill(mid)) <= api_cap:
+                        high = mid
+                    else:
+                        low = mid
+                shares = fill(high)
+            else:
+                self._within_rate(shares, api_cap)  # local is full before the API is within its limit
+        if budget_cap is not None:
+            self._keep_budget(shares, budget_cap)
         return self.score(shares, local_cap, budget_cap)
 
     def score(self, shares: Mapping[str, float], local_cap: Optional[float] = None,
@@ -569,6 +631,8 @@ class SplitPlanner:
         rate_limit = self.rate_limit
         if rate_limit is not None:
             plans += [plan(lc, bc, api_cap=k * rate_limit) for lc in local_caps for bc in budget_caps
+                      for k in RATE_LEVELS]
+            plans += [self.plan_both_full(lc, bc, k * rate_limit) for lc in local_caps for bc in budget_caps
                       for k in RATE_LEVELS]
         if max(plans, key=lambda p: p.score).p_budget > 0.5:
             # Over budget whatever the split of the local load: try keeping the budget first.

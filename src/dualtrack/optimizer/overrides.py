@@ -19,10 +19,11 @@ the latest resource reading and the recent windows, in priority order:
 
 Steering to the API is pointless while its recent calls mostly fail (it would
 only add a round trip before the fallback), and while its rate limit refuses
-them (the API is full: what more it is sent comes back to local as refusals, in
-a random mix of classes, where the strategy's split sends the cheapest classes
-local): then the routing stays as preferred and the reasons say why. The overrides are recomputed only when the reading
-or the preferences change, never per request.
+calls (three within the last minute: the API is full, and what more it is sent
+comes back to local as refusals, in a random mix of classes, where the
+strategy's split sends the classes that take the fewest local slots): then the
+routing stays as preferred and the reasons say why. The overrides are
+recomputed only when the reading or the preferences change, never per request.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ SOFT_OVERRIDES = ("api_failing", "local_failing")
 #: A track is failing when most of its last this-many calls failed.
 RECENT_CALLS = 20
 
-#: The API is refusing when at least this share of its recent calls hit its rate limit.
-REFUSED_SHARE = 0.1
+#: The API is refusing when its rate limit refused at least this many calls within the last
+#: minute (rate limits count calls per minute: a refusal says it is full for the minute).
+REFUSED_CALLS = 3
+REFUSED_WINDOW_SECONDS = 60.0
 
 #: The battery override acts under this share of the battery threshold.
 BATTERY_OVERRIDE_SHARE = 0.5
@@ -59,7 +62,7 @@ class Overrides:
     cost: Dict[str, str]  # query class -> reason, where local is preferred for cost
     api_failing: bool = False  # most recent API calls failed: steering to it would not help
     local_failing: bool = False  # most recent local calls failed
-    api_refusing: bool = False  # the API's rate limit refused a share of its recent calls: it is full
+    api_refusing: bool = False  # the API's rate limit refused calls within the last minute: it is full
 
 
 def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collector: MetricsCollector,
@@ -81,7 +84,7 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                             f"${c.max_cost_per_request:.4f} and local quality {local_quality:.2f} is "
                             "acceptable: preferring local")
     api_failing, local_failing = (_failing(collector, track, since) for track in ("api", "local"))
-    api_refusing = _refusing(collector, since)
+    api_refusing = _refusing(collector, max(since, now - REFUSED_WINDOW_SECONDS))
     battery = checks["battery"]
     battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
         and battery.value < BATTERY_OVERRIDE_SHARE * battery.limit
@@ -97,10 +100,8 @@ def _failing(collector: MetricsCollector, track: str, since: float) -> bool:
 
 
 def _refusing(collector: MetricsCollector, since: float) -> bool:
-    """Did the API's rate limit refuse at least a tenth of its recent calls (the last 20, at least 5)?"""
-    calls = [r for r in collector.records("api", None, since) if r.outcome != "cancelled"]
-    recent = calls[-RECENT_CALLS:]
-    return len(recent) >= 5 and sum(r.error_type == RATE_LIMITED for r in recent) >= REFUSED_SHARE * len(recent)
+    """Did the API's rate limit refuse calls (three or more) since ``since``?"""
+    return sum(r.error_type == RATE_LIMITED for r in collector.records("api", None, since)) >= REFUSED_CALLS
 
 
 def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel: bool, concurrency_full: bool,
