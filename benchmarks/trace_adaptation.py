@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""One scenario, cycle by cycle: what the adaptive plan chose, what it believed, and what it got.
+
+    python benchmarks/trace_adaptation.py random_76_016                        # a generated scenario
+    python benchmarks/trace_adaptation.py api_outage --reasons                 # a shipped one, with the reasons
+    python benchmarks/trace_adaptation.py random_75_019 --from 1110 --to 1530 \\
+        --compare perclass:short=1,medium=0,long=0                             # against a fixed split
+
+The bench says *that* ``strategy:adaptive`` is behind a fixed split in a
+scenario; this says *where*. It runs the scenario once with
+``strategy:adaptive`` (the scenario's own seed: the bench's draw) and prints
+
+1. **per cycle**: each query class's local share as the plan chose it, the
+   changes the estimator detected, and what the plan worked from: the local
+   slots it inferred, the capacity seen (Erlangs), the busy slots at which
+   memory reaches its limit, the local load it planned (busy slots at base
+   service times), each class's base service time on local and its arrival
+   rate; ``--reasons`` adds the plan's reasons (the per-class valuations,
+   the bounds that held);
+2. **per window** (``--from``/``--to``, seconds): for each query class and
+   the track that answered (``-``: none did), the queries, their useful,
+   within-target and quality rates, their cost per query against the run's
+   mean all-API cost per query, and ``value``, a query's share of ``J``'s
+   query terms (the weights of ``dualtrack.objective``: useful, within
+   target and quality, less savings' weight times that cost ratio);
+   for adaptive and for each ``--compare`` policy (any bench policy name:
+   ``all_api``, ``perclass:short=1,medium=0,long=0``, ``strategy:balanced``),
+   run on the same queries.
+
+A generated scenario is named as the bench names it, ``random_<seed>_<index>``
+(``dualtrack bench adaptation --random N --seeds S``); anything else is a
+shipped scenario's name or a scenario file. A trace is one routing draw:
+read a large difference, not a small one (``adaptation_noise.py`` measures
+what chance moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import _common
+
+import dualtrack.adapter.engine as engine
+from dualtrack.objective import OBJECTIVE
+from dualtrack.simulation import Simulation, SimulationResult
+from dualtrack.simulation.generator import generate_scenario
+from dualtrack.simulation.scenario import Scenario, load_scenario
+
+ADAPTIVE = "strategy:adaptive"
+_GENERATED = re.compile(r"random_(\d+)_(\d+)$")
+
+
+def scenario_for(name: str) -> Scenario:
+    """``random_<seed>_<index>`` as the generator draws it; else a shipped scenario or a file."""
+    match = _GENERATED.match(name)
+    if match:
+        return generate_scenario(int(match.group(1)), int(match.group(2)))
+    return load_scenario(name)
+
+
+def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationResult, List[Dict[str, Any]]]:
+    """Run ``strategy:adaptive`` on ``scenario``, keeping every request and, per cycle, the plan's
+    split and the estimates it was chosen from."""
+    cycles: List[Dict[str, Any]] = []
+    original = engine.choose_split
+
+    def recorded(estimator: Any, spec: Any, **kwargs: Any) -> Any:
+        split = original(estimator, spec, **kwargs)
+        cycles.append({
+            "shares": dict(split.shares), "reasons": list(split.reasons), "changed": dict(kwargs.get("changed") or {}),
+            "slots": estimator.slots, "capacity": estimator.capacity, "memory_slots": estimator.memory_slots,
+            "planned_load": estimator.planned_load, "base_service": dict(estimator.base_service),
+            "arrivals": dict(estimator.arrivals),
+        })
+        return split
+
+    with _common.replaced(engine, "choose_split", recorded):
+        result = Simulation(scenario, ADAPTIVE, rules_path=rules, keep_requests=True).run()
+    for i, cycle in enumerate(cycles):
+        cycle["t"] = round((i + 1) * scenario.adaptation_interval, 3)
+    return result, cycles
+
+
+def _number(value: Optional[float], digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def cycle_lines(cycles: Sequence[Mapping[str, Any]], start: float, end: float, reasons: bool) -> List[str]:
+    lines = []
+    for c in cycles:
+        if not start <= c["t"] <= end:
+            continue
+        shares = " ".join(f"{k}={v:.2f}" for k, v in c["shares"].items())
+        changed = ",".join(f"{k}:{v}" for k, v in c["changed"].items()) or "-"
+        base = ",".join(f"{k}={v:.1f}" for k, v in c["base_service"].items()) or "-"
+        arrivals = ",".join(f"{k}={v:.2f}" for k, v in c["arrivals"].items()) or "-"
+        lines.append(f"t={c['t']:7.0f}  {shares}  changed={changed}  slots={_number(c['slots'])} "
+                     f"capacity={_number(c['capacity'])} memory_slots={_number(c['memory_slots'])} "
+                     f"planned={_number(c['planned_load'])}  base_s={base}  arrivals/s={arrivals}")
+        if reasons:
+            lines.extend(f"           {r}" for r in c["reasons"])
+    return lines
+
+
+Table = Dict[Tuple[str, str], Dict[str, float]]
+
+
+def window_table(result: SimulationResult, scenario: Scenario, start: float, end: float) -> Table:
+    """Per (query class, answering track): the window's queries and their rates (see the module doc)."""
+    requests = result.requests or []
+    floor = float(scenario.constraints.get("min_quality_score", 0.0))
+    target = float(scenario.constraints["target_latency_ms"]) / 1000.0
+    all_api = float(result.summary.get("all_api_cost") or 0.0)
+    mean_api = all_api / len(requests) if requests else 0.0
+    sums: Dict[Tuple[str, str], Dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for q in requests:
+        if not start <= q.arrival < end:
+            continue
+        ok = q.outcome == "success"
+        row = sums[(q.spec.query_class, q.answered_by or "-")]
+        row["queries"] += 1
+        row["useful"] += ok and (q.quality or 0.0) >= floor
+        row["within"] += ok and q.latency <= target
+        row["quality"] += q.quality or 0.0
+        row["cost"] += q.cost
+    w = OBJECTIVE
+    out = {}
+    for key, row in sums.items():
+        n = row["queries"]
+        cost_ratio = row["cost"] / n / mean_api if mean_api > 0 else 0.0
+        rates = {"queries": n, "useful": row["useful"] / n, "within": row["within"] / n,
+                 "quality": row["quality"] / n, "cost_ratio": cost_ratio}
+        rates["value"] = (w.useful * rates["useful"] + w.within_target * rates["within"]
+                          + w.quality * rates["quality"] - w.savings * cost_ratio)
+        out[key] = rates
+    return out
+
+
+def window_lines(policy: str, result: SimulationResult, scenario: Scenario, start: float, end: float) -> List[str]:
+    lines = [f"{policy}: J {result.summary['objective']:.4f}"]
+    for (qc, track), r in sorted(window_table(result, scenario, start, end).items()):
+        lines.append(f"    {qc:>10s} on {track:5s}  queries {r['queries']:6.0f}  useful {r['useful']:.3f}  "
+                     f"within {r['within']:.3f}  quality {r['quality']:.3f}  cost/mean API {r['cost_ratio']:.2f}  "
+                     f"value {r['value']:+.3f}")
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="See the module's docstring (this file) for what each column means.")
+    parser.add_argument("scenario", help="random_<seed>_<index> (a generated scenario), a shipped scenario's name, "
+                                         "or a scenario file")
+    parser.add_argument("--from", dest="start", type=float, default=0.0, help="window start, seconds (default 0)")
+    parser.add_argument("--to", dest="end", type=float, default=None, help="window end, seconds (default: the end)")
+    parser.add_argument("--compare", action="append", default=[], metavar="POLICY",
+                        help="a policy to run on the same queries for the window table (repeatable)")
+    parser.add_argument("--reasons", action="store_true", help="print the plan's reasons under each cycle")
+    parser.add_argument("--rules", help="strategy rules folder (default: the bundled rules)")
+    args = parser.parse_args(argv)
+    try:
+        scenario = scenario_for(args.scenario)
+    except (OSError, ValueError) as exc:
+        parser.error(f"scenario {args.scenario!r}: {exc}")
+    end = scenario.duration if args.end is None else args.end
+    if end <= args.start:
+        parser.error(f"--to ({end:g}) must be after --from ({args.start:g})")
+    print(f"{scenario.name}: {scenario.description}")
+    for event in scenario.timeline:
+        print(f"  t={event.at:g}s  {event.label}")
+    result, cycles = trace(scenario, args.rules)
+    print(f"\ncycles from {args.start:g} s to {end:g} s (each class's local share, as planned):")
+    print("\n".join(cycle_lines(cycles, args.start, end, args.reasons)) or "  (none)")
+    print(f"\nqueries arriving from {args.start:g} s to {end:g} s, by class and the track that answered:")
+    print("\n".join(window_lines(ADAPTIVE, result, scenario, args.start, end)))
+    for policy in args.compare:
+        try:
+            other = Simulation(scenario, policy, rules_path=args.rules, keep_requests=True).run()
+        except ValueError as exc:
+            parser.error(f"--compare {policy!r}: {exc}")
+        print("\n".join(window_lines(policy, other, scenario, args.start, end)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""benchmarks/trace_adaptation.py: the per-cycle trace is the plan's own split, the window table's
+arithmetic is right, and the command line says what is wrong without a traceback."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, List
+
+import pytest
+
+from dualtrack.objective import OBJECTIVE
+from dualtrack.simulation.generator import generate_scenario
+from dualtrack.simulation.scenario import load_scenario
+from support.bench_scripts import bench_script, run_script
+
+
+def test_a_generated_scenario_is_named_as_the_bench_names_it() -> None:
+    mod = bench_script("trace_adaptation")
+    assert mod.scenario_for("random_3_010").name == generate_scenario(3, 10).name == "random_3_010"
+    assert mod.scenario_for("steady").name == "steady"
+
+
+def test_each_cycle_traced_is_the_split_the_preferences_published() -> None:
+    mod = bench_script("trace_adaptation")
+    scenario = load_scenario("api_outage").time_scaled(0.25)
+    result, cycles = mod.trace(scenario)
+    assert len(cycles) == len(result.series) > 10
+    for cycle, row in zip(cycles, result.series, strict=True):
+        assert cycle["t"] == pytest.approx(row["t"])
+        published = {c: v["local_bias"] for c, v in row["preferences"]["by_class"].items()}
+        assert cycle["shares"] == pytest.approx(published)
+        assert any(r.startswith("short: local") for r in cycle["reasons"])
+    # The outage is detected, and the trace says so in the cycle that saw it.
+    assert any("api" in c["changed"] for c in cycles)
+    assert result.requests is not None and len(result.requests) == result.summary["requests"]
+
+
+def _request(qc: str, track: Any, *, arrival: float, ok: bool = True, quality: float = 0.9, latency: float = 1.0,
+             cost: float = 0.0) -> SimpleNamespace:
+    return SimpleNamespace(spec=SimpleNamespace(query_class=qc), answered_by=track, arrival=arrival,
+                           outcome="success" if ok else "error", quality=quality if ok else None, latency=latency,
+                           cost=cost)
+
+
+def test_the_window_table_counts_each_class_and_track_and_values_a_query_as_j_does() -> None:
+    mod = bench_script("trace_adaptation")
+    scenario = SimpleNamespace(constraints={"min_quality_score": 0.7, "target_latency_ms": 2000})
+    requests: List[SimpleNamespace] = [
+        _request("short", "local", arrival=10.0, quality=0.9, latency=1.0),
+        _request("short", "local", arrival=20.0, quality=0.6, latency=3.0),  # below the floor, late
+        _request("short", "api", arrival=30.0, quality=0.8, latency=1.5, cost=0.004),
+        _request("long", None, arrival=40.0, ok=False),
+        _request("long", "api", arrival=500.0, cost=0.01),  # outside the window
+    ]
+    # The run's all-API cost: 0.02 over 5 queries, 0.004 a query on average.
+    result = SimpleNamespace(requests=requests, summary={"all_api_cost": 0.02})
+    table = mod.window_table(result, scenario, 0.0, 100.0)
+    assert sorted(table) == [("long", "-"), ("short", "api"), ("short", "local")]
+    local = table[("short", "local")]
+    assert local["queries"] == 2 and local["useful"] == 0.5 and local["within"] == 0.5
+    assert local["quality"] == pytest.approx(0.75) and local["cost_ratio"] == 0.0
+    api = table[("short", "api")]
+    assert api["cost_ratio"] == pytest.approx(1.0)
+    w = OBJECTIVE
+    assert api["value"] == pytest.approx(w.useful + w.within_target + w.quality * 0.8 - w.savings * 1.0)
+    assert table[("long", "-")]["value"] == 0.0
+
+
+def test_the_command_prints_cycles_and_both_windows() -> None:
+    proc = run_script("trace_adaptation", "steady", "--to", "300", "--compare", "all_api")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.count("\nt=") == 10  # ten cycles of 30 s up to 300 s
+    assert "strategy:adaptive: J " in out and "all_api: J " in out
+    assert " on api " in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["no_such_scenario"], "scenario 'no_such_scenario'"),
+    (["steady", "--from", "300", "--to", "100"], "--to (100) must be after --from (300)"),
+])
+def test_bad_arguments_are_one_line_errors(args: List[str], message: str) -> None:
+    proc = run_script("trace_adaptation", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
