@@ -13,6 +13,8 @@ from dataclasses import replace
 from typing import Dict, Mapping, Optional, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally
 from dualtrack.adapter.objective import (
@@ -868,6 +870,40 @@ def test_where_local_is_full_before_the_api_is_within_its_limit_the_cheapest_que
     plan = planner.plan_both_full(1.0, None, 2.0)
     assert plan.shares["short"] == pytest.approx(1.0) and plan.shares["medium"] == pytest.approx(0.0)
     assert planner.api_calls(plan.shares) == pytest.approx(2.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(latencies=st.tuples(*[st.floats(0.2, 20.0)] * 3), qualities=st.tuples(*[st.floats(0.5, 0.95)] * 3),
+       calls_per_class=st.tuples(*[st.integers(1, 60)] * 3), room=st.floats(0.1, 30.0),
+       api_share=st.floats(0.05, 1.2), probe=st.sampled_from([0.0, 0.02]))
+def test_both_full_keeps_the_api_within_its_cap_and_every_share_within_its_probes(
+        latencies: Tuple[float, float, float], qualities: Tuple[float, float, float],
+        calls_per_class: Tuple[int, int, int], room: float, api_share: float, probe: float) -> None:
+    """Whatever the classes' gains and service times: no share leaves [probe, 1 - probe]; the API
+    is sent at most its cap (with probes of zero, or where the cap leaves room for them); and
+    where the API's cap can be kept within local's room, local's planned load keeps to it too."""
+    classes = ("a", "b", "c")
+    est = Estimator(classes)
+    counts: Dict[Tuple[str, str], Tally] = {}
+    for c, latency, quality, n in zip(classes, latencies, qualities, calls_per_class, strict=True):
+        counts.update(steady(calls(n, latency=latency, quality=quality), calls(n, cost=0.001), c))
+    est.update(interval(counts), INTERVAL)
+    spec = ObjectiveSpec(probe=probe, probe_calls=0.0, probe_max=max(probe, 0.01), value_noise=0.0)
+    planner = SplitPlanner(est, spec)
+    total = sum(est.arrivals.values())
+    cap = api_share * total
+    plan = planner.plan_both_full(room, None, cap)
+    for c in classes:
+        assert planner.probe[c] - 1e-9 <= plan.shares[c] <= 1.0 - planner.probe[c] + 1e-9
+    least_api = sum(est.arrivals[c] * planner.probe[c] for c in classes)  # all but the probes local
+    if cap >= least_api:
+        assert planner.api_calls(plan.shares) <= cap + 1e-6
+    wanted = planner.fallback_load + sum(planner.marginal[c] * plan.shares[c] for c in classes)
+    cheapest_first = dict(planner.probe)
+    planner._within_rate(cheapest_first, cap)  # the least local load that keeps the API within its cap
+    needed = planner.fallback_load + sum(planner.marginal[c] * cheapest_first[c] for c in classes)
+    if needed <= room:
+        assert wanted <= room + 1e-6
 
 
 def test_memory_is_over_its_limit_with_the_first_call_beyond_it_a_poisson_count() -> None:

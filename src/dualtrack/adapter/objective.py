@@ -538,8 +538,7 @@ class SplitPlanner:
         shares = fill(0.0)
         if self.api_calls(shares) > api_cap:
             low, high = 0.0, MU_MAX
-            shares = fill(high)
-            if self.api_calls(shares) <= api_cap:
+            if self.api_calls(fill(high)) <= api_cap:
                 for _ in range(MU_STEPS):
                     mid = 0.5 * (low + high)
                     if self.api_calls(fill(mid)) <= api_cap:
@@ -548,7 +547,11 @@ class SplitPlanner:
                         low = mid
                 shares = fill(high)
             else:
-                self._within_rate(shares, api_cap)  # local is full before the API is within its limit
+                # Local is full before the API is within its limit: from the probes, the classes
+                # of fewest local slots per query go local until it is (the least local load that
+                # keeps the API's cap).
+                shares = {c: probe[c] for c in gains}
+                self._within_rate(shares, api_cap)
         if budget_cap is not None:
             self._keep_budget(shares, budget_cap)
         return self.score(shares, local_cap, budget_cap)
