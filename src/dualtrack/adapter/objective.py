@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ..objective import OBJECTIVE, TERMS
 from .estimator import RATE_LIMIT_WINDOW_SECONDS, Estimator, Tally, wait_seconds
@@ -353,6 +353,9 @@ class SplitPlanner:
             if abs(gains[c]) > spec.probe_loss:
                 probes[c] = max(spec.probe, probes.get(c, spec.probe) * spec.probe_loss / abs(gains[c]))
             self.preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
+        # The (track, class) pairs each class chose this cycle (choose_split ends their own-change
+        # exemption there; the planner itself leaves the estimator as it found it).
+        self.back: Set[Tuple[str, str]] = set()
         if spec.observed_calls > 0:
             self._probe_watched_tracks_less(probes, interval_seconds)
         self.gains = gains
@@ -391,12 +394,14 @@ class SplitPlanner:
         A track no class sends ``observed_calls`` calls an interval keeps the probes
         ``probe_calls`` asks for.
         """
-        spec, preferred, own = self.spec, self.preferred, self.estimator.own_changes
+        spec, preferred = self.spec, self.preferred
         watched = {"local": 0.0, "api": 0.0}
         for c, share in preferred.items():
             chosen = "local" if share >= 0.5 else "api"
             watched[chosen] += self.arrivals.get(c, 0.0) * interval_seconds
-            own.discard((chosen, c))  # back on the track where its answers changed
+            self.back.add((chosen, c))
+        # A class back on the track where its answers changed no longer needs its probe there.
+        own = self.estimator.own_changes - self.back
         for c, share in preferred.items():
             probed = "api" if share >= 0.5 else "local"
             if (probed, c) in own:
@@ -688,8 +693,10 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     and the best is kept: a constraint is kept when keeping it is worth what it
     costs in answers, and not when it is not.
     """
-    return SplitPlanner(estimator, spec, budget_per_hour=budget_per_hour, current=current,
-                        interval_seconds=interval_seconds, changed=changed, latency_target=latency_target).choose()
+    planner = SplitPlanner(estimator, spec, budget_per_hour=budget_per_hour, current=current,
+                           interval_seconds=interval_seconds, changed=changed, latency_target=latency_target)
+    estimator.own_changes -= planner.back
+    return planner.choose()
 
 
 __all__ = ["ObjectiveSpec", "Split", "SplitPlanner", "TERMS", "Valuation", "choose_split", "value_queries"]

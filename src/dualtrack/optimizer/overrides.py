@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import OptimizationConfig
 from ..constraints import MachineState, resource_checks
-from ..exporter.collector import MetricsCollector
+from ..exporter.collector import MetricsCollector, PerformanceMetrics
 from ..preferences import Preferences, Routing
 from ..vocabulary import PARALLEL_NEVER, RATE_LIMITED
 
@@ -83,8 +83,9 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                 cost[qc] = (f"API requests of class {qc} cost ${api_cost:.4f} > cap "
                             f"${c.max_cost_per_request:.4f} and local quality {local_quality:.2f} is "
                             "acceptable: preferring local")
-    api_failing, local_failing = (_failing(collector, track, since) for track in ("api", "local"))
-    api_refusing = _refusing(collector, max(since, now - REFUSED_WINDOW_SECONDS))
+    api_calls = collector.records("api", None, since)
+    api_failing, local_failing = _failing(api_calls), _failing(collector.records("local", None, since))
+    api_refusing = _refusing(api_calls, now - REFUSED_WINDOW_SECONDS)
     battery = checks["battery"]
     battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
         and battery.value < BATTERY_OVERRIDE_SHARE * battery.limit
@@ -92,16 +93,16 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                      battery_low, cost, api_failing, local_failing, api_refusing)
 
 
-def _failing(collector: MetricsCollector, track: str, since: float) -> bool:
-    """Did most of the track's recent calls (the last 20, at least 5) fail?"""
-    calls = [r for r in collector.records(track, None, since) if r.outcome != "cancelled"]
+def _failing(records: Sequence[PerformanceMetrics]) -> bool:
+    """Did most of a track's recent calls (the last 20, at least 5) fail?"""
+    calls = [r for r in records if r.outcome != "cancelled"]
     recent = calls[-RECENT_CALLS:]
     return len(recent) >= 5 and sum(r.outcome == "success" for r in recent) < len(recent) / 2
 
 
-def _refusing(collector: MetricsCollector, since: float) -> bool:
+def _refusing(api_calls: Sequence[PerformanceMetrics], since: float) -> bool:
     """Did the API's rate limit refuse calls (three or more) since ``since``?"""
-    return sum(r.error_type == RATE_LIMITED for r in collector.records("api", None, since)) >= REFUSED_CALLS
+    return sum(r.error_type == RATE_LIMITED and r.timestamp >= since for r in api_calls) >= REFUSED_CALLS
 
 
 def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel: bool, concurrency_full: bool,
