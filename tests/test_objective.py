@@ -275,6 +275,25 @@ def test_queueing_at_load_cuts_the_local_capacity_to_what_was_offered() -> None:
     assert est.capacity == pytest.approx(s.capacity_cut * 75 * 1.0 / INTERVAL)
 
 
+def test_a_class_local_has_not_answered_yet_plans_at_a_service_time_scaled_from_the_api() -> None:
+    """At a cold start local's first answers are the short calls (the long ones are still running).
+    A class with none plans at the seen classes' service times scaled by how much longer it takes
+    on the API, not as no load at all (which sent every long query local for free)."""
+    est = Estimator(("short", "long"))
+    assert est.service_time("long") is None  # nothing answered yet
+    counts = {("local", "short"): calls(30, latency=2.0), ("api", "short"): calls(10, latency=1.0),
+              ("api", "long"): calls(10, latency=6.0)}
+    est.update(interval(counts), INTERVAL)
+    assert est.service_time("short") == pytest.approx(2.0)
+    assert est.service_time("long") == pytest.approx(2.0 * 6.0 / 1.0)
+    planner = SplitPlanner(est, ObjectiveSpec())
+    assert planner.service["long"] == pytest.approx(12.0)
+    # Without the API's latency for it either: the longest seen.
+    bare = Estimator(("short", "long"))
+    bare.update(interval({("local", "short"): calls(30, latency=2.0), ("api", "short"): calls(10)}), INTERVAL)
+    assert bare.service_time("long") == pytest.approx(2.0)
+
+
 def test_slow_at_low_load_is_a_slower_model_not_less_capacity() -> None:
     est = Estimator(("short",))
     est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)

@@ -306,6 +306,29 @@ class Estimator:
     def pooled(self, track: str) -> Tally:
         return _pool(self.tracks[track].tallies.values())
 
+    def service_time(self, query_class: str) -> Optional[float]:
+        """A class's base service time on local, seconds; for a class local has not answered
+        yet, a prior: the classes it has answered, each scaled by how much longer the class
+        takes than it on the API (answers' length drives both tracks' times), or else the
+        longest seen. None before local has answered any class.
+
+        Without the prior a class local has yet to answer would plan as no load at all:
+        at a cold start the first interval's answers are the short calls (the long ones
+        are still running), and the first plan sent every long query local for free.
+        """
+        base = self.base_service
+        if query_class in base:
+            return base[query_class]
+        if not base:
+            return None
+        api = self.tally("api", query_class).mean_latency
+        scaled = []
+        for c, seconds in base.items():
+            other = self.tally("api", c).mean_latency
+            if api is not None and other:
+                scaled.append(seconds * api / other)
+        return sum(scaled) / len(scaled) if scaled else max(base.values())
+
     # ------------------------------------------------------------ update
 
     def update(self, values: SignalValues, interval_seconds: float) -> Dict[str, str]:

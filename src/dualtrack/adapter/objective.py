@@ -328,7 +328,7 @@ class SplitPlanner:
         self.valuations, _ = value_queries(estimator, spec)
         arrivals = self.arrivals = estimator.arrivals
         probes = probe_shares(arrivals, spec, interval_seconds)
-        service = self.service = estimator.base_service
+        service = self.service = {c: estimator.service_time(c) or 0.0 for c in estimator.classes}
         self.reasons: List[str] = []
         # A change detected this cycle (``changed``: "api", "local:short", ...) is news:
         # the classes it touches choose afresh, without holding on to their current track.
