@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Where in a run adaptive loses to the hindsight split: its gap cut at the scenario's events.
+
+    dualtrack bench adaptation --random 20 --seeds 89,90 --jobs 2 --json results.json
+    python benchmarks/gap_by_event.py results.json                  # every scenario in it
+    python benchmarks/gap_by_event.py results.json --per-scenario   # and each scenario's segments
+    python benchmarks/gap_by_event.py results.json --scenario random_89_018
+
+The bench says how far ``strategy:adaptive`` is from ``perclass_hindsight``
+over a whole run; this says in which stretch of the run. For each scenario
+of a bench JSON (``--json`` of ``dualtrack bench adaptation``) it runs
+adaptive and the scenario's hindsight split (read from the JSON) again on
+the same queries (the scenario's own seed: the bench's draw), and cuts the
+run at its events: the stretch before the first event (``start``), then
+from each event to the next, each named by its event's label. A stretch's
+share of the gap is the difference in ``J`` that the queries arriving in it
+make, plus the compliance term of its seconds:
+
+    useful and within-target: weight x (the stretch's useful / within answers) / the run's queries
+    quality:                  weight x (the stretch's answers' quality) / the run's answers (J's mean)
+    savings:                  -weight x (the stretch's cost) / the run's all-API cost
+    compliance:               -weight x (the stretch's seconds with a constraint violated) / the run's length
+
+The stretches add up to the whole gap, but for what ``J`` clamps (savings
+at 0 when a run costs more than all-API) and for the compliance seconds of
+an interval where two constraints were violated at different moments (the
+series keeps the seconds per constraint, counted here as their largest):
+the ``residual`` column says how much that left out.
+
+Then, over all the scenarios, the stretches that follow each kind of event
+(labels with their numbers as ``N``): their total share of the gap, as a
+mean per scenario of the suite (percent of ``J``, so that the kinds add up
+to the suite's mean gap), how many there were, and the worst.
+
+A generated scenario is named as the bench names it, ``random_<seed>_<index>``;
+a shipped one by its name. One routing draw: read a large figure, not a small
+one (``adaptation_noise.py`` measures what chance moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from dualtrack.objective import OBJECTIVE
+from dualtrack.simulation import Simulation, SimulationResult
+from dualtrack.simulation.generator import generate_scenario
+from dualtrack.simulation.scenario import Scenario, load_scenario
+
+ADAPTIVE = "strategy:adaptive"
+HINDSIGHT = "perclass_hindsight"
+START = "start (before any event)"
+
+
+def scenario_for(name: str) -> Scenario:
+    """A generated scenario from its bench name, ``random_<seed>_<index>``, else a shipped one or a file."""
+    match = re.fullmatch(r"random_(\d+)_(\d+)", name)
+    if match:
+        return generate_scenario(int(match.group(1)), int(match.group(2)))
+    return load_scenario(name)
+
+
+def kind(label: str) -> str:
+    """An event's kind: its label with the numbers as ``N`` (``API prices x3.6`` -> ``API prices xN``)."""
+    return re.sub(r"\d+(\.\d+)?", "N", label)
+
+
+def stretches(scenario: Scenario) -> List[Tuple[str, float, float]]:
+    """(label, start, end) of the run cut at its events; ``START`` before the first."""
+    cuts = [(START, 0.0)] + [(e.label, e.at) for e in scenario.timeline]
+    ends = [at for _, at in cuts[1:]] + [scenario.duration + 1.0]
+    return [(label, at, end) for (label, at), end in zip(cuts, ends, strict=True) if end > at]
+
+
+def shares_of_j(result: SimulationResult, scenario: Scenario) -> List[float]:
+    """Each stretch's part of ``J`` (see the module doc), in the order of :func:`stretches`."""
+    w = OBJECTIVE
+    requests = result.requests or []
+    floor = float(scenario.constraints.get("min_quality_score", 0.0))
+    target = float(scenario.constraints["target_latency_ms"]) / 1000.0
+    summary = result.summary
+    queries = max(1, len(requests))
+    answers = max(1, sum(1 for q in requests if q.quality is not None))
+    all_api = float(summary.get("all_api_cost") or 0.0)
+    cuts = stretches(scenario)
+    out = [0.0] * len(cuts)
+
+    def index(t: float) -> int:
+        for i, (_, start, end) in enumerate(cuts):
+            if start <= t < end:
+                return i
+        return len(cuts) - 1
+
+    for q in requests:
+        ok = q.outcome == "success"
+        useful, within = ok and (q.quality or 0.0) >= floor, ok and q.latency <= target
+        value = (w.useful * useful + w.within_target * within) / queries
+        value += w.quality * (q.quality or 0.0) / answers
+        if all_api > 0:
+            value -= w.savings * q.cost / all_api
+        out[index(q.arrival)] += value
+    duration = float(scenario.duration)
+    for row in result.series:
+        violated = max((row.get("violations") or {}).values(), default=0.0)
+        if violated:
+            # An interval's row is stamped at its end: its seconds belong to the stretch it ends in
+            # (an interval an event cuts is counted whole on the later side).
+            out[index(float(row["t"]) - 1e-9)] -= w.compliance * float(violated) / duration
+    return out
+
+
+def constant_part(result: SimulationResult) -> float:
+    """What ``J`` holds beyond the stretches' parts: the savings and compliance terms' constant 1."""
+    return OBJECTIVE.savings + OBJECTIVE.compliance if result.summary.get("all_api_cost") else OBJECTIVE.compliance
+
+
+def gap_by_stretch(scenario: Scenario, split: Mapping[str, float],
+                   rules: Optional[str] = None) -> Dict[str, Any]:
+    """Adaptive against the fixed ``split`` on ``scenario``: each stretch's share of the gap."""
+    policy = "perclass:" + ",".join(f"{c}={v:g}" for c, v in split.items())
+    adaptive = Simulation(scenario, ADAPTIVE, rules_path=rules, keep_requests=True).run()
+    fixed = Simulation(scenario, policy, rules_path=rules, keep_requests=True).run()
+    a, h = shares_of_j(adaptive, scenario), shares_of_j(fixed, scenario)
+    gap = adaptive.summary["objective"] - fixed.summary["objective"]
+    parts = [x - y for x, y in zip(a, h, strict=True)]
+    return {
+        "scenario": scenario.name, "gap": gap,
+        "stretches": [{"label": label, "kind": kind(label) if label != START else START, "from": start,
+                       "to": min(end, scenario.duration), "gap": part}
+                      for (label, start, end), part in zip(stretches(scenario), parts, strict=True)],
+        "residual": gap - sum(parts) - (constant_part(adaptive) - constant_part(fixed)),
+    }
+
+
+def _one(job: Tuple[str, Dict[str, float], Optional[str]]) -> Dict[str, Any]:
+    name, split, rules = job
+    return gap_by_stretch(scenario_for(name), split, rules)
+
+
+def by_kind(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The stretches of all the scenarios by the kind of event they follow: the total share of the
+    gap as a mean per scenario, the count, the worst; the largest losses first."""
+    kinds: Dict[str, List[Tuple[float, str]]] = defaultdict(list)
+    for row in rows:
+        for s in row["stretches"]:
+            kinds[s["kind"]].append((s["gap"], row["scenario"]))
+    n = max(1, len(rows))
+    out = [{"kind": k, "mean_gap": sum(g for g, _ in v) / n, "count": len(v),
+            "worst": min(v)[0], "worst_scenario": min(v)[1]} for k, v in kinds.items()]
+    return sorted(out, key=lambda r: r["mean_gap"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="See the module's docstring (this file) for how a stretch's share "
+                                            "is counted.")
+    parser.add_argument("results",
+                        help="a JSON written by `dualtrack bench adaptation --json` (with perclass_hindsight)")
+    parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                        help="only this scenario of the JSON (repeatable)")
+    parser.add_argument("--per-scenario", action="store_true", help="also print each scenario's stretches")
+    parser.add_argument("--rules", help="strategy rules folder (default: the bundled rules)")
+    parser.add_argument("--jobs", type=int, default=1, help="scenarios in parallel (default 1)")
+    parser.add_argument("--json", dest="out", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.results, encoding="utf-8") as fh:
+            results = json.load(fh)
+        scenarios = results["scenarios"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parser.error(f"{args.results}: not a bench JSON with scenarios ({exc})")
+    jobs = []
+    for name in args.scenario or sorted(scenarios):
+        entry = scenarios.get(name)
+        split = (entry or {}).get("policies", {}).get(HINDSIGHT, {}).get("split")
+        if not split:
+            parser.error(f"{args.results}: no {HINDSIGHT} split for scenario {name!r}")
+        jobs.append((name, split, args.rules))
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        rows = list(pool.map(_one, jobs))
+    if args.per_scenario:
+        for row in rows:
+            print(f"{row['scenario']}: gap {100 * row['gap']:+.3f}% of J (residual {100 * row['residual']:+.3f})")
+            for s in row["stretches"]:
+                print(f"    {s['from']:7.0f}-{s['to']:<7.0f} {100 * s['gap']:+.3f}%  {s['label']}")
+    mean_gap = sum(r["gap"] for r in rows) / max(1, len(rows))
+    print(f"\n{len(rows)} scenarios, mean gap to {HINDSIGHT} {100 * mean_gap:+.3f}% of J; by the stretch it fell in:")
+    print(f"{'share of the mean gap':>22s}  {'count':>5s}  {'kind of stretch':45s} worst")
+    table = by_kind(rows)
+    for r in table:
+        print(f"{100 * r['mean_gap']:+21.3f}%  {r['count']:5d}  {r['kind']:45s} "
+              f"{100 * r['worst']:+.2f}% {r['worst_scenario']}")
+    residual = max((abs(r["residual"]) for r in rows), default=0.0)
+    print(f"(largest residual, what the stretches leave out: {100 * residual:.3f}% of J)")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump({"scenarios": rows, "by_kind": table, "mean_gap": mean_gap}, fh, indent=2)
+            fh.write("\n")
+        print(f"figures written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

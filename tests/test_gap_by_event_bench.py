@@ -1,0 +1,85 @@
+"""benchmarks/gap_by_event.py: the run is cut at its events, each stretch's share of J is counted as
+J counts it, the stretches add up to the whole gap, and the command line says what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dualtrack.objective import OBJECTIVE
+from dualtrack.simulation.scenario import load_scenario
+from support.bench_scripts import bench_script, run_script
+
+
+def _scenario(events: Any, duration: float = 300.0) -> SimpleNamespace:
+    return SimpleNamespace(timeline=[SimpleNamespace(label=label, at=at) for label, at in events], duration=duration,
+                           constraints={"min_quality_score": 0.7, "target_latency_ms": 2000})
+
+
+def test_the_run_is_cut_at_its_events_and_a_kind_has_no_numbers() -> None:
+    mod = bench_script("gap_by_event")
+    cuts = mod.stretches(_scenario([("API prices x3.6", 100.0), ("API prices back to normal", 200.0)]))
+    assert cuts == [(mod.START, 0.0, 100.0), ("API prices x3.6", 100.0, 200.0),
+                    ("API prices back to normal", 200.0, 301.0)]
+    assert mod.kind("API rate limit of 34/min") == "API rate limit of N/min"
+    assert mod.kind("API prices x3.6") == "API prices xN"
+    assert mod.stretches(_scenario([])) == [(mod.START, 0.0, 301.0)]
+
+
+def _request(arrival: float, *, ok: bool = True, quality: float = 0.9, latency: float = 1.0,
+             cost: float = 0.0) -> SimpleNamespace:
+    return SimpleNamespace(arrival=arrival, outcome="success" if ok else "error", quality=quality if ok else None,
+                           latency=latency, cost=cost)
+
+
+def test_each_stretch_holds_its_queries_and_seconds_as_j_weighs_them() -> None:
+    mod = bench_script("gap_by_event")
+    scenario = _scenario([("local model server down", 100.0)])
+    requests = [
+        _request(10.0, quality=0.9, latency=1.0),               # useful, in time
+        _request(50.0, quality=0.6, latency=3.0, cost=0.01),    # below the floor, late, paid
+        _request(150.0, ok=False),                              # failed: no answer
+        _request(250.0, quality=0.8, latency=1.0, cost=0.03),
+    ]
+    series = [{"t": 100.0, "violations": {"memory": 4.0}},
+              {"t": 200.0, "violations": {"memory": 2.0, "cost_budget": 6.0}},  # the larger counted
+              {"t": 300.0, "violations": {}}]
+    result = SimpleNamespace(requests=requests, series=series, summary={"all_api_cost": 0.08})
+    before, after = mod.shares_of_j(result, scenario)
+    w = OBJECTIVE
+    # Four queries, three answers; the all-API cost 0.08; a 300-second run.
+    assert before == pytest.approx((w.useful + w.within_target) / 4 + w.quality * (0.9 + 0.6) / 3
+                                   - w.savings * 0.01 / 0.08 - w.compliance * 4.0 / 300)
+    assert after == pytest.approx((w.useful + w.within_target) / 4 + w.quality * 0.8 / 3
+                                  - w.savings * 0.03 / 0.08 - w.compliance * 6.0 / 300)
+
+
+def test_the_stretches_of_a_real_run_add_up_to_its_gap() -> None:
+    mod = bench_script("gap_by_event")
+    scenario = load_scenario("api_outage").time_scaled(0.25)
+    row = mod.gap_by_stretch(scenario, {"short": 1.0, "medium": 0.0, "long": 0.0})
+    labels = [s["label"] for s in row["stretches"]]
+    assert labels == [mod.START] + [e.label for e in scenario.timeline]
+    assert row["gap"] != 0.0
+    assert abs(row["residual"]) < 0.002
+    assert sum(s["gap"] for s in row["stretches"]) == pytest.approx(row["gap"] - row["residual"])
+    table = mod.by_kind([row])
+    assert {r["kind"] for r in table} == {s["kind"] for s in row["stretches"]}
+    assert [r["mean_gap"] for r in table] == sorted(r["mean_gap"] for r in table)
+
+
+def test_a_file_that_is_not_a_bench_json_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    proc = run_script("gap_by_event", str(bad))
+    assert proc.returncode == 2
+    assert "not a bench JSON" in proc.stderr and "Traceback" not in proc.stderr
+    missing = tmp_path / "no_split.json"
+    missing.write_text(json.dumps({"scenarios": {"steady": {"policies": {}}}}))
+    proc = run_script("gap_by_event", str(missing))
+    assert proc.returncode == 2
+    assert "no perclass_hindsight split for scenario 'steady'" in proc.stderr
