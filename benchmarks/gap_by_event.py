@@ -29,8 +29,10 @@ the ``residual`` column says how much that left out.
 
 Then, over all the scenarios, the stretches that follow each kind of event
 (labels with their numbers as ``N``): their total share of the gap, as a
-mean per scenario of the suite (percent of ``J``, so that the kinds add up
-to the suite's mean gap), how many there were, and the worst.
+mean per scenario of the suite (so that the kinds add up
+to the suite's mean gap), how many there were, and the worst. Figures are
+differences of ``J`` times 100 ("points": -0.5 is 0.005 of ``J``), not
+ratios, so that they add up.
 
 A generated scenario is named as the bench names it, ``random_<seed>_<index>``;
 a shipped one by its name. One routing draw: read a large figure, not a small
@@ -186,18 +188,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = list(pool.map(_one, jobs))
     if args.per_scenario:
         for row in rows:
-            print(f"{row['scenario']}: gap {100 * row['gap']:+.3f}% of J (residual {100 * row['residual']:+.3f})")
+            print(f"{row['scenario']}: gap {100 * row['gap']:+.3f} points of J (residual {100 * row['residual']:+.3f})")
             for s in row["stretches"]:
-                print(f"    {s['from']:7.0f}-{s['to']:<7.0f} {100 * s['gap']:+.3f}%  {s['label']}")
+                print(f"    {s['from']:7.0f}-{s['to']:<7.0f} {100 * s['gap']:+.3f}  {s['label']}")
     mean_gap = sum(r["gap"] for r in rows) / max(1, len(rows))
-    print(f"\n{len(rows)} scenarios, mean gap to {HINDSIGHT} {100 * mean_gap:+.3f}% of J; by the stretch it fell in:")
+    print(f"\n{len(rows)} scenarios, mean gap to {HINDSIGHT} {100 * mean_gap:+.3f} points of J (x100); "
+          "by the stretch it fell in:")
     print(f"{'share of the mean gap':>22s}  {'count':>5s}  {'kind of stretch':45s} worst")
     table = by_kind(rows)
     for r in table:
-        print(f"{100 * r['mean_gap']:+21.3f}%  {r['count']:5d}  {r['kind']:45s} "
-              f"{100 * r['worst']:+.2f}% {r['worst_scenario']}")
+        print(f"{100 * r['mean_gap']:+22.3f}  {r['count']:5d}  {r['kind']:45s} "
+              f"{100 * r['worst']:+.2f} {r['worst_scenario']}")
     residual = max((abs(r["residual"]) for r in rows), default=0.0)
-    print(f"(largest residual, what the stretches leave out: {100 * residual:.3f}% of J)")
+    print(f"(largest residual, what the stretches leave out: {100 * residual:.3f} points)")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"scenarios": rows, "by_kind": table, "mean_gap": mean_gap}, fh, indent=2)
