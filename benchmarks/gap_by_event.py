@@ -49,22 +49,15 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import _common
+from trace_adaptation import ADAPTIVE, scenario_for
+
 from dualtrack.objective import OBJECTIVE
 from dualtrack.simulation import Simulation, SimulationResult
-from dualtrack.simulation.generator import generate_scenario
-from dualtrack.simulation.scenario import Scenario, load_scenario
+from dualtrack.simulation.scenario import Scenario
 
-ADAPTIVE = "strategy:adaptive"
 HINDSIGHT = "perclass_hindsight"
 START = "start (before any event)"
-
-
-def scenario_for(name: str) -> Scenario:
-    """A generated scenario from its bench name, ``random_<seed>_<index>``, else a shipped one or a file."""
-    match = re.fullmatch(r"random_(\d+)_(\d+)", name)
-    if match:
-        return generate_scenario(int(match.group(1)), int(match.group(2)))
-    return load_scenario(name)
 
 
 def kind(label: str) -> str:
@@ -202,10 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     residual = max((abs(r["residual"]) for r in rows), default=0.0)
     print(f"(largest residual, what the stretches leave out: {100 * residual:.3f} points)")
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            json.dump({"scenarios": rows, "by_kind": table, "mean_gap": mean_gap}, fh, indent=2)
-            fh.write("\n")
-        print(f"figures written to {args.out}")
+        _common.write_json(args.out, {"machine": _common.machine(), "scenarios": rows, "by_kind": table,
+                                      "mean_gap": mean_gap})
     return 0
 
 
