@@ -375,6 +375,30 @@ def test_memory_against_local_load_says_where_the_limit_is() -> None:
     assert flat.memory_slots is None
 
 
+def test_memory_over_its_limit_before_the_line_is_fitted_caps_the_slots_at_the_reading() -> None:
+    # memory = 0.6 + 0.1 x calls (the limit at 4 calls). Too few readings for a line, but one
+    # finds memory over its limit with 5 calls running: until the line says, all of memory is
+    # put down to the calls (slots = calls / ratio over the readings), below where the limit is.
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=2,
+                        gpu_memory_used_ratio=0.8), INTERVAL)
+    assert est.memory_slots is None  # under its limit: no guess
+    est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=5,
+                        gpu_memory_used_ratio=1.1), INTERVAL)
+    assert est.memory_slots is not None
+    d = EstimatorSettings().memory_decay  # the earlier reading weighs d
+    assert est.memory_slots == pytest.approx((d * 2 + 5) / (d * 0.8 + 1.1), rel=1e-6)
+    assert est.memory_slots < 4.0
+    # Back under its limit, no guess again; and once fitted, the line says where the limit is.
+    est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=1,
+                        gpu_memory_used_ratio=0.7), INTERVAL)
+    assert est.memory_slots is None
+    for k in (3, 0, 4):
+        est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=k,
+                            gpu_memory_used_ratio=0.6 + 0.1 * k), INTERVAL)
+    assert est.memory_slots == pytest.approx(4.0, rel=1e-6)  # every reading was on the line
+
+
 def test_memory_and_gpu_memory_each_have_their_line() -> None:
     # Memory = 0.714 + 0.019 x calls (limit at 15), GPU memory = 0.619 + 0.0323 x calls
     # (limit at 11.8): memory is the larger below 7.3 calls, GPU memory above. A line
