@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally
+from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally, erlang_b
 from dualtrack.adapter.objective import (
     BUDGET_LEVELS,
     FALLBACK_PENALTY,
@@ -360,6 +360,24 @@ def test_the_inferred_slots_grow_while_local_keeps_up_near_them_and_the_split_wa
     far.slots, far.wanted_load = 10.0, 20.0
     far.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # 2 of 10 slots: no news about 10
     assert far.slots == 10.0
+
+
+def test_failures_beyond_what_a_full_server_turns_away_are_errors_not_capacity() -> None:
+    # A server with a bounded queue turns calls away when full, and a sudden share of failures
+    # under load cuts the capacity estimate. But at 2.6 Erlangs on 5 slots, every slot is busy
+    # for about 8% of the calls (Erlang B): 59% failing is the model's errors, and the capacity
+    # stays unknown. On 2 slots, half the calls find them full: those failures may be rejections.
+    def run(slots: Optional[float]) -> Estimator:
+        est = Estimator(("short",))
+        est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # base service 1 s
+        est.slots = slots
+        est.update(interval(steady(calls(78, success=0.41, latency=1.0), calls(10))), INTERVAL)
+        return est
+
+    assert erlang_b(5, 2.6) == pytest.approx(0.077, abs=0.001)
+    assert run(5.0).capacity is None
+    assert run(2.0).capacity is not None and run(2.0).capacity < 2.6
+    assert run(None).capacity is not None  # slots unknown: read as a full server, as before
 
 
 def test_memory_against_local_load_says_where_the_limit_is() -> None:

@@ -728,6 +728,12 @@ class Estimator:
         # OLLAMA_MAX_QUEUE): a sudden share of failures under load is queueing too, and
         # those instant failures would otherwise make the latency look better than ever.
         rejecting = failed > s.rejected_share and (usual is None or failed > 3.0 * usual)
+        if rejecting and self.slots is not None:
+            # A full server turns away at most the calls that find every slot busy (Erlang B,
+            # none waiting; with a queue fewer still): failures far beyond that share, at a
+            # load the slots carry, are the model's errors, not its capacity. (random_90_002:
+            # 59% of the calls failing at 2.6 Erlangs on 5 slots cut the capacity to 0.5.)
+            rejecting = failed <= 2.0 * erlang_b(max(1, int(round(self.slots))), offered) + 0.05
         if rejecting and self.capacity is None or rejecting and offered >= 0.5 * (self.capacity or 0.0):
             cut = s.capacity_cut * offered * (1.0 - failed)
             self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
@@ -764,15 +770,24 @@ class Estimator:
                     self.slots = min(512.0, self.slots * s.capacity_growth)
 
 
+def erlang_b(slots: int, load: float) -> float:
+    """The chance a call finds every slot busy with no room to wait (Erlang B): ``slots`` servers,
+    ``load`` Erlangs offered."""
+    if load <= 0:
+        return 0.0
+    b = 1.0
+    for k in range(1, slots + 1):  # by its recursion, stable for any size
+        b = load * b / (k + load * b)
+    return b
+
+
 def erlang_c(slots: int, load: float) -> float:
     """The chance a call waits for a slot (Erlang C): ``slots`` servers, ``load`` Erlangs offered."""
     if load <= 0:
         return 0.0
     if load >= slots:
         return 1.0
-    b = 1.0
-    for k in range(1, slots + 1):  # Erlang B by its recursion, stable for any size
-        b = load * b / (k + load * b)
+    b = erlang_b(slots, load)
     return slots * b / (slots - load * (1.0 - b))
 
 
@@ -838,5 +853,5 @@ def _fit_line(sums: Iterable[float]) -> Optional[Tuple[float, float]]:
     return (y - slope * x) / w, slope
 
 
-__all__ = ["EstimatorSettings", "Estimator", "INTERVAL_SIGNALS", "Tally", "erlang_c", "queue_length", "slots_for",
-           "wait_seconds"]
+__all__ = ["EstimatorSettings", "Estimator", "INTERVAL_SIGNALS", "Tally", "erlang_b", "erlang_c", "queue_length",
+           "slots_for", "wait_seconds"]
