@@ -323,6 +323,19 @@ def test_slow_at_a_load_its_slots_carry_without_queueing_is_a_slower_model() -> 
     assert full.base_service["short"] == pytest.approx(1.0)
 
 
+def test_slow_while_the_routers_count_more_local_calls_than_slots_is_a_queue_not_a_slower_model() -> None:
+    """The same x2.5 at 1 Erlang, but the routers count 9 local calls in flight on 6 slots: the
+    calls that ended are fewer than those waiting (a saturated server completes at its pace, so
+    the load it finished looks small). Read as a slower model, the base service times took the
+    queue's waits in (random_89_018: 2.1 s -> 14.8 s for short answers, then 48 "slots")."""
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    est.capacity, est.slots = 1.5, 6.0
+    est.update(interval(steady(calls(30, latency=2.5), calls(10)), local_calls_in_flight=9), INTERVAL)
+    assert est.base_service["short"] == pytest.approx(1.0)
+    assert est.capacity is not None and est.capacity < 1.5  # queueing: what it carried
+
+
 def test_the_capacity_grows_while_local_keeps_up_and_the_split_wants_more() -> None:
     s = EstimatorSettings()
     est = Estimator(("short",), s)

@@ -32,8 +32,12 @@ with), the base service times follow the latency, and the slots are not
 inferred from that interval's "waits". Judged by the capacity alone, a
 throttle that began at a load near it was read as queueing: the capacity
 was cut again and again, the slots fell to their floor, and the plan kept
-too little local load for a model that was only slower. Memory against
-local load is fitted with a line,
+too little local load for a model that was only slower. But not while the
+routers count more local calls in flight than the slots: a saturated server
+finishes calls at its own pace, so the load it finished looks small, and its
+queue's waits read as a slower model took them into the base service times
+(x7 for short answers in random_89_018, after which the slots grew to 48).
+Memory against local load is fitted with a line,
 which says at how many busy slots memory reaches its limit. Each point
 pairs a memory reading with the local calls counted at the same moment (the
 resource monitor's load probe, exported as
@@ -389,7 +393,7 @@ class Estimator:
             # cap, such a reading steepens the line: in random_61_009 (a burst; 64 slots, 15
             # seen) memory's limit came out at 12-14 busy calls where the GPU holds 28.
             memory = {}
-        self._update_local_capacity(fresh["local"], interval_seconds, memory, busy_now)
+        self._update_local_capacity(fresh["local"], interval_seconds, memory, busy_now, queued=capped)
         self._update_battery(values, busy_now)
         self._update_usual_api_cost(sum(self.arrivals.get(c, 0.0) for c in self.classes) * interval_seconds)
         self._update_from_server(values)
@@ -698,7 +702,8 @@ class Estimator:
             self.battery_drain = (0.0, slope)
 
     def _update_local_capacity(self, fresh: Mapping[str, Tally], interval_seconds: float,
-                               memory: Mapping[str, float], busy_now: Optional[float] = None) -> None:
+                               memory: Mapping[str, float], busy_now: Optional[float] = None,
+                               queued: bool = False) -> None:
         s = self.settings
         base = self.base_service
         offered = 0.0  # Erlangs at base service times
@@ -742,7 +747,8 @@ class Estimator:
             return  # latency of a failing interval says nothing about service times
         # Slow at a load that queues little: the model got slower (throttling), not full. Its
         # waits then say nothing about the slots (they would read as very few).
-        slower = inflation >= s.congested_inflation and self._queues_little(offered)
+        # (Not while the routers count more local calls in flight than the slots: that is a queue.)
+        slower = inflation >= s.congested_inflation and self._queues_little(offered) and not queued
         if not slower:
             self._infer_slots(offered, in_system - offered)
         if inflation >= s.congested_inflation:
