@@ -20,6 +20,7 @@ from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally, erl
 from dualtrack.adapter.objective import (
     BUDGET_LEVELS,
     FALLBACK_PENALTY,
+    SWAY_CYCLES,
     ObjectiveSpec,
     SplitPlanner,
     busy_beyond,
@@ -860,6 +861,22 @@ def test_a_close_call_keeps_its_track_until_the_evidence_says_otherwise() -> Non
     assert choose_split(est, spec, current={"short": 1.0}).shares["short"] == 1.0  # stays local
     assert choose_split(est, spec).shares["short"] == 1.0  # nothing to hold on to: the better one
     assert choose_split(est, spec, current={"short": 0.0}, changed=["api"]).shares["short"] == 1.0
+
+
+def test_a_gain_that_keeps_pointing_the_same_way_moves_a_held_class() -> None:
+    """The noise band holds a class where it is, but a gain that points the other way cycle
+    after cycle is evidence too: a class probing a track with a few calls an interval never
+    narrows the band (random_89_019: medium worth 0.03 more on local, held on the API for 1,000 s)."""
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(60, useful=0.75), calls(60, cost=0.001), "short")), INTERVAL)
+    spec = ObjectiveSpec(probe=0.0, probe_calls=0.0, value_noise=0.15)
+    held = [choose_split(est, spec, current={"short": 0.0}).shares["short"] for _ in range(SWAY_CYCLES)]
+    assert held == [0.0] * (SWAY_CYCLES - 1) + [1.0]
+    assert est.held_against == {"short": 0}
+    # A cycle where the gain agrees with the track held resets the count.
+    est.held_against = {"short": SWAY_CYCLES - 1}
+    assert choose_split(est, spec, current={"short": 1.0}).shares["short"] == 1.0
+    assert est.held_against == {}
 
 
 def test_probes_respect_the_per_class_and_overall_budgets() -> None:

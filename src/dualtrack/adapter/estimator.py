@@ -303,6 +303,9 @@ class Estimator:
         # nothing of its recovery, so its probe there is not cut (SplitPlanner).
         self.own_changes: Set[Tuple[str, str]] = set()
         self.server_full = False  # the last reading showed the server over what the plan explains
+        # Cycles in a row each class's gain has pointed away from the track it is held on, within
+        # the noise (SplitPlanner: a class follows a gain that keeps pointing the same way).
+        self.held_against: Dict[str, int] = {}
         # Calls per track in the last interval: with fewer than ``min_calls`` the track's
         # estimates are the old ones (decay keeps the rates of the evidence it has).
         self.interval_calls: Dict[str, float] = {t: 0.0 for t in TRACKS}

@@ -22,8 +22,11 @@ track ``o`` once on a failure) is::
 Each class goes to the track where a query is worth more, all but a probe
 share (at least ``probe``, enough for a couple of calls per interval) that
 keeps evidence coming from the other track, so that a recovery shows. A class
-changes track only when the gain is beyond the estimates' noise, or when a
-change was just detected: noise does not make it flip-flop.
+changes track only when the gain is beyond the estimates' noise, when a
+change was just detected, or when the gain has pointed the same way for
+``SWAY_CYCLES`` cycles in a row: noise does not make it flip-flop, and a
+class whose evidence on one track is a probe's few calls is not held
+against its gain for good.
 
 Then the compliance term. Local load is capped at ``utilization`` of the
 estimated capacity (queueing) by giving back first the classes that gain
@@ -92,6 +95,10 @@ RATE_LEVELS: Tuple[float, ...] = (1.0, 0.9, 0.8)
 #: within its rate limit (:meth:`SplitPlanner.plan_both_full`), and the bisection's steps.
 MU_MAX = 10.0
 MU_STEPS = 30
+
+#: Cycles in a row a class's gain points away from the track it is held on (within the noise)
+#: before it follows the gain.
+SWAY_CYCLES = 3
 
 #: What a fallback costs beyond its effect on the objective's terms, per query.
 FALLBACK_PENALTY = 0.05
@@ -338,6 +345,7 @@ class SplitPlanner:
         self.preferred: Dict[str, float] = {}
         self.fixed: Dict[str, float] = {}
         gains: Dict[str, float] = {}
+        self.against: Dict[str, int] = {}  # estimator.held_against after this cycle
         for v in self.valuations:
             c = v.query_class
             if not v.known:
@@ -352,6 +360,12 @@ class SplitPlanner:
             # A probe of a track far worse than the other is costly: probe it less, down to the floor.
             if abs(gains[c]) > spec.probe_loss:
                 probes[c] = max(spec.probe, probes.get(c, spec.probe) * spec.probe_loss / abs(gains[c]))
+            if held is not None and abs(gains[c]) <= spread and (gains[c] > 0) != (held >= 0.5):
+                # Held by the noise band against its gain: a gain that keeps pointing the same way
+                # for SWAY_CYCLES cycles is evidence too (the probes alone never narrow the band).
+                self.against[c] = estimator.held_against.get(c, 0) + 1
+                if self.against[c] >= SWAY_CYCLES:
+                    held, self.against[c] = None, 0
             self.preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
         # The (track, class) pairs each class chose this cycle (choose_split ends their own-change
         # exemption there; the planner itself leaves the estimator as it found it).
@@ -696,6 +710,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     planner = SplitPlanner(estimator, spec, budget_per_hour=budget_per_hour, current=current,
                            interval_seconds=interval_seconds, changed=changed, latency_target=latency_target)
     estimator.own_changes -= planner.back
+    estimator.held_against = planner.against
     return planner.choose()
 
 
