@@ -5,6 +5,7 @@
     python benchmarks/gap_by_event.py results.json                  # every scenario in it
     python benchmarks/gap_by_event.py results.json --per-scenario   # and each scenario's segments
     python benchmarks/gap_by_event.py results.json --scenario random_89_018
+    python benchmarks/gap_by_event.py results.json --warm-up 120       # the first 2 minutes apart
 
 The bench says how far ``strategy:adaptive`` is from ``perclass_hindsight``
 over a whole run; this says in which stretch of the run. For each scenario
@@ -30,7 +31,12 @@ the ``residual`` column says how much that left out.
 Then, over all the scenarios, the stretches that follow each kind of event
 (labels with their numbers as ``N``): their total share of the gap, as a
 mean per scenario of the suite (so that the kinds add up
-to the suite's mean gap), how many there were, and the worst. Figures are
+to the suite's mean gap), how much of it is the compliance term (seconds
+with a constraint violated, against the queries' terms), how many there
+were, and the worst. ``--warm-up SECONDS`` cuts the run's first seconds
+from the start stretch (where no event comes first): the first decision
+comes after one adaptation interval, and the estimates fill over a few
+more. Figures are
 differences of ``J`` times 100 ("points": -0.5 is 0.005 of ``J``), not
 ratios, so that they add up.
 
@@ -65,15 +71,54 @@ def kind(label: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", label)
 
 
-def stretches(scenario: Scenario) -> List[Tuple[str, float, float]]:
-    """(label, start, end) of the run cut at its events; ``START`` before the first."""
+def warm_up_label(seconds: float) -> str:
+    """The label of the run's first ``seconds``, cut from the start by ``--warm-up``."""
+    return f"warm-up (the first {seconds:g} s)"
+
+
+def stretches(scenario: Scenario, warm_up: float = 0.0) -> List[Tuple[str, float, float]]:
+    """(label, start, end) of the run cut at its events; ``START`` before the first, and with
+    ``warm_up`` its first seconds on their own (when no event comes before)."""
     cuts = [(START, 0.0)] + [(e.label, e.at) for e in scenario.timeline]
+    if warm_up > 0 and all(e.at >= warm_up for e in scenario.timeline):
+        cuts = [(warm_up_label(warm_up), 0.0), (START, warm_up)] + cuts[1:]
     ends = [at for _, at in cuts[1:]] + [scenario.duration + 1.0]
     return [(label, at, end) for (label, at), end in zip(cuts, ends, strict=True) if end > at]
 
 
-def shares_of_j(result: SimulationResult, scenario: Scenario) -> List[float]:
+def shares_of_j(result: SimulationResult, scenario: Scenario, warm_up: float = 0.0) -> List[float]:
     """Each stretch's part of ``J`` (see the module doc), in the order of :func:`stretches`."""
+    queries = query_shares_of_j(result, scenario, warm_up)
+    return [q + c for q, c in zip(queries, compliance_of_j(result, scenario, warm_up), strict=True)]
+
+
+def _index(cuts: Sequence[Tuple[str, float, float]]) -> Any:
+    def index(t: float) -> int:
+        for i, (_, start, end) in enumerate(cuts):
+            if start <= t < end:
+                return i
+        return len(cuts) - 1
+    return index
+
+
+def compliance_of_j(result: SimulationResult, scenario: Scenario, warm_up: float = 0.0) -> List[float]:
+    """Each stretch's compliance part of ``J``: minus the weight x its seconds with a constraint
+    violated / the run's length."""
+    cuts = stretches(scenario, warm_up)
+    index = _index(cuts)
+    out = [0.0] * len(cuts)
+    duration = float(scenario.duration)
+    for row in result.series:
+        violated = max((row.get("violations") or {}).values(), default=0.0)
+        if violated:
+            # An interval's row is stamped at its end: its seconds belong to the stretch it ends in
+            # (an interval an event cuts is counted whole on the later side).
+            out[index(float(row["t"]) - 1e-9)] -= OBJECTIVE.compliance * float(violated) / duration
+    return out
+
+
+def query_shares_of_j(result: SimulationResult, scenario: Scenario, warm_up: float = 0.0) -> List[float]:
+    """Each stretch's part of ``J`` from its queries (useful, within target, quality, savings)."""
     w = OBJECTIVE
     requests = result.requests or []
     floor = float(scenario.constraints.get("min_quality_score", 0.0))
@@ -82,15 +127,9 @@ def shares_of_j(result: SimulationResult, scenario: Scenario) -> List[float]:
     queries = max(1, len(requests))
     answers = max(1, sum(1 for q in requests if q.quality is not None))
     all_api = float(summary.get("all_api_cost") or 0.0)
-    cuts = stretches(scenario)
+    cuts = stretches(scenario, warm_up)
+    index = _index(cuts)
     out = [0.0] * len(cuts)
-
-    def index(t: float) -> int:
-        for i, (_, start, end) in enumerate(cuts):
-            if start <= t < end:
-                return i
-        return len(cuts) - 1
-
     for q in requests:
         ok = q.outcome == "success"
         useful, within = ok and (q.quality or 0.0) >= floor, ok and q.latency <= target
@@ -99,13 +138,6 @@ def shares_of_j(result: SimulationResult, scenario: Scenario) -> List[float]:
         if all_api > 0:
             value -= w.savings * q.cost / all_api
         out[index(q.arrival)] += value
-    duration = float(scenario.duration)
-    for row in result.series:
-        violated = max((row.get("violations") or {}).values(), default=0.0)
-        if violated:
-            # An interval's row is stamped at its end: its seconds belong to the stretch it ends in
-            # (an interval an event cuts is counted whole on the later side).
-            out[index(float(row["t"]) - 1e-9)] -= w.compliance * float(violated) / duration
     return out
 
 
@@ -115,37 +147,43 @@ def constant_part(result: SimulationResult) -> float:
 
 
 def gap_by_stretch(scenario: Scenario, split: Mapping[str, float],
-                   rules: Optional[str] = None) -> Dict[str, Any]:
-    """Adaptive against the fixed ``split`` on ``scenario``: each stretch's share of the gap."""
+                   rules: Optional[str] = None, warm_up: float = 0.0) -> Dict[str, Any]:
+    """Adaptive against the fixed ``split`` on ``scenario``: each stretch's share of the gap, and
+    of it the compliance term's."""
     policy = "perclass:" + ",".join(f"{c}={v:g}" for c, v in split.items())
     adaptive = Simulation(scenario, ADAPTIVE, rules_path=rules, keep_requests=True).run()
     fixed = Simulation(scenario, policy, rules_path=rules, keep_requests=True).run()
-    a, h = shares_of_j(adaptive, scenario), shares_of_j(fixed, scenario)
+    a, h = shares_of_j(adaptive, scenario, warm_up), shares_of_j(fixed, scenario, warm_up)
+    ca, ch = compliance_of_j(adaptive, scenario, warm_up), compliance_of_j(fixed, scenario, warm_up)
     gap = adaptive.summary["objective"] - fixed.summary["objective"]
     parts = [x - y for x, y in zip(a, h, strict=True)]
+    compliance = [x - y for x, y in zip(ca, ch, strict=True)]
     return {
         "scenario": scenario.name, "gap": gap,
         "stretches": [{"label": label, "kind": kind(label) if label != START else START, "from": start,
-                       "to": min(end, scenario.duration), "gap": part}
-                      for (label, start, end), part in zip(stretches(scenario), parts, strict=True)],
+                       "to": min(end, scenario.duration), "gap": part, "compliance": held}
+                      for (label, start, end), part, held
+                      in zip(stretches(scenario, warm_up), parts, compliance, strict=True)],
         "residual": gap - sum(parts) - (constant_part(adaptive) - constant_part(fixed)),
     }
 
 
-def _one(job: Tuple[str, Dict[str, float], Optional[str]]) -> Dict[str, Any]:
-    name, split, rules = job
-    return gap_by_stretch(scenario_for(name), split, rules)
+def _one(job: Tuple[str, Dict[str, float], Optional[str], float]) -> Dict[str, Any]:
+    name, split, rules, warm_up = job
+    return gap_by_stretch(scenario_for(name), split, rules, warm_up)
 
 
 def by_kind(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """The stretches of all the scenarios by the kind of event they follow: the total share of the
     gap as a mean per scenario, the count, the worst; the largest losses first."""
     kinds: Dict[str, List[Tuple[float, str]]] = defaultdict(list)
+    held: Dict[str, float] = defaultdict(float)
     for row in rows:
         for s in row["stretches"]:
             kinds[s["kind"]].append((s["gap"], row["scenario"]))
+            held[s["kind"]] += s.get("compliance", 0.0)
     n = max(1, len(rows))
-    out = [{"kind": k, "mean_gap": sum(g for g, _ in v) / n, "count": len(v),
+    out = [{"kind": k, "mean_gap": sum(g for g, _ in v) / n, "mean_compliance": held[k] / n, "count": len(v),
             "worst": min(v)[0], "worst_scenario": min(v)[1]} for k, v in kinds.items()]
     return sorted(out, key=lambda r: r["mean_gap"])
 
@@ -161,6 +199,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="only this scenario of the JSON (repeatable)")
     parser.add_argument("--per-scenario", action="store_true", help="also print each scenario's stretches")
     parser.add_argument("--rules", help="strategy rules folder (default: the bundled rules)")
+    parser.add_argument("--warm-up", type=float, default=0.0, metavar="SECONDS",
+                        help="cut the run's first SECONDS from the start stretch (before the first decisions "
+                             "and while the estimates fill; default 0: not cut)")
     parser.add_argument("--jobs", type=int, default=1, help="scenarios in parallel (default 1)")
     parser.add_argument("--json", dest="out", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -176,22 +217,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         split = (entry or {}).get("policies", {}).get(HINDSIGHT, {}).get("split")
         if not split:
             parser.error(f"{args.results}: no {HINDSIGHT} split for scenario {name!r}")
-        jobs.append((name, split, args.rules))
+        jobs.append((name, split, args.rules, max(0.0, args.warm_up)))
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         rows = list(pool.map(_one, jobs))
     if args.per_scenario:
         for row in rows:
             print(f"{row['scenario']}: gap {100 * row['gap']:+.3f} points of J (residual {100 * row['residual']:+.3f})")
             for s in row["stretches"]:
-                print(f"    {s['from']:7.0f}-{s['to']:<7.0f} {100 * s['gap']:+.3f}  {s['label']}")
+                print(f"    {s['from']:7.0f}-{s['to']:<7.0f} {100 * s['gap']:+.3f} (compliance "
+                      f"{100 * s['compliance']:+.3f})  {s['label']}")
     mean_gap = sum(r["gap"] for r in rows) / max(1, len(rows))
     print(f"\n{len(rows)} scenarios, mean gap to {HINDSIGHT} {100 * mean_gap:+.3f} points of J (x100); "
           "by the stretch it fell in:")
-    print(f"{'share of the mean gap':>22s}  {'count':>5s}  {'kind of stretch':45s} worst")
+    print(f"{'share of the mean gap':>22s}  {'of it compliance':>16s}  {'count':>5s}  {'kind of stretch':45s} worst")
     table = by_kind(rows)
     for r in table:
-        print(f"{100 * r['mean_gap']:+22.3f}  {r['count']:5d}  {r['kind']:45s} "
-              f"{100 * r['worst']:+.2f} {r['worst_scenario']}")
+        print(f"{100 * r['mean_gap']:+22.3f}  {100 * r['mean_compliance']:+16.3f}  {r['count']:5d}  "
+              f"{r['kind']:45s} {100 * r['worst']:+.2f} {r['worst_scenario']}")
+    held = sum(r["mean_compliance"] for r in table)
+    print(f"{100 * held:+22.3f}  of the mean gap is the compliance term (time with a constraint violated)")
     residual = max((abs(r["residual"]) for r in rows), default=0.0)
     print(f"(largest residual, what the stretches leave out: {100 * residual:.3f} points)")
     if args.out:

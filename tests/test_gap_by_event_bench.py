@@ -28,6 +28,13 @@ def test_the_run_is_cut_at_its_events_and_a_kind_has_no_numbers() -> None:
     assert mod.kind("API rate limit of 34/min") == "API rate limit of N/min"
     assert mod.kind("API prices x3.6") == "API prices xN"
     assert mod.stretches(_scenario([])) == [(mod.START, 0.0, 301.0)]
+    # --warm-up cuts the first seconds from the start stretch, unless an event comes first.
+    warm = mod.warm_up_label(60.0)
+    assert mod.stretches(_scenario([("API prices x3.6", 100.0)]), warm_up=60.0) == [
+        (warm, 0.0, 60.0), (mod.START, 60.0, 100.0), ("API prices x3.6", 100.0, 301.0)]
+    assert mod.stretches(_scenario([("API prices x3.6", 30.0)]), warm_up=60.0) == [
+        (mod.START, 0.0, 30.0), ("API prices x3.6", 30.0, 301.0)]
+    assert mod.kind(warm) == "warm-up (the first N s)"
 
 
 def _request(arrival: float, *, ok: bool = True, quality: float = 0.9, latency: float = 1.0,
@@ -50,6 +57,8 @@ def test_each_stretch_holds_its_queries_and_seconds_as_j_weighs_them() -> None:
               {"t": 300.0, "violations": {}}]
     result = SimpleNamespace(requests=requests, series=series, summary={"all_api_cost": 0.08})
     before, after = mod.shares_of_j(result, scenario)
+    assert mod.compliance_of_j(result, scenario) == pytest.approx([-OBJECTIVE.compliance * 4.0 / 300,
+                                                                  -OBJECTIVE.compliance * 6.0 / 300])
     w = OBJECTIVE
     # Four queries, three answers; the all-API cost 0.08; a 300-second run.
     assert before == pytest.approx((w.useful + w.within_target) / 4 + w.quality * (0.9 + 0.6) / 3
@@ -61,14 +70,17 @@ def test_each_stretch_holds_its_queries_and_seconds_as_j_weighs_them() -> None:
 def test_the_stretches_of_a_real_run_add_up_to_its_gap() -> None:
     mod = bench_script("gap_by_event")
     scenario = load_scenario("api_outage").time_scaled(0.25)
-    row = mod.gap_by_stretch(scenario, {"short": 1.0, "medium": 0.0, "long": 0.0})
+    row = mod.gap_by_stretch(scenario, {"short": 1.0, "medium": 0.0, "long": 0.0}, warm_up=30.0)
     labels = [s["label"] for s in row["stretches"]]
-    assert labels == [mod.START] + [e.label for e in scenario.timeline]
+    assert labels == [mod.warm_up_label(30.0), mod.START] + [e.label for e in scenario.timeline]
+    # Each stretch's compliance part is within its share, and both are differences of J's terms.
+    assert all(abs(s["compliance"]) <= OBJECTIVE.compliance for s in row["stretches"])
     assert row["gap"] != 0.0
     assert abs(row["residual"]) < 0.002
     assert sum(s["gap"] for s in row["stretches"]) == pytest.approx(row["gap"] - row["residual"])
     table = mod.by_kind([row])
     assert {r["kind"] for r in table} == {s["kind"] for s in row["stretches"]}
+    assert sum(r["mean_compliance"] for r in table) == pytest.approx(sum(s["compliance"] for s in row["stretches"]))
     assert [r["mean_gap"] for r in table] == sorted(r["mean_gap"] for r in table)
 
 
