@@ -560,6 +560,28 @@ def test_memory_over_limit_steers_to_api_and_disables_parallel():
     assert env.get("dualtrack_constraint_violated", constraint="memory") == 0
 
 
+@pytest.mark.parametrize("failure, share, failing", [
+    ("model_error", 0.6, False),   # error bursts: the strategy weighs their fallbacks
+    ("model_error", 0.9, True),    # nearly every call fails: a crash
+    ("unavailable", 0.6, True),    # HTTP 503, connection refused: down or full
+    ("timeout", 0.6, True),        # most calls time out: stuck or saturated
+])
+def test_a_track_is_failing_when_most_calls_fail_but_the_models_errors_only_when_nearly_all_do(
+        failure: str, share: float, failing: bool) -> None:
+    env = Env(strategy="balanced")
+    o = env.optimizer
+    for i in range(20):
+        o.record_request_start(f"r{i}", "q")
+        env.clock.advance(0.1)
+        failed = i < round(20 * share)
+        o.record_request_completion(f"r{i}", "local", {}, success=not failed,
+                                    error_type=failure if failed else None)
+    rec = o.get_optimization_recommendations("q")
+    assert ("local_failing" in rec["overrides"]) is failing
+    if failing:
+        assert rec["routing"]["local_bias"] == 0.0
+
+
 def test_memory_over_limit_does_not_steer_to_a_failing_api():
     env = Env(monitor=True, rss_mb=600, constraints=ResourceConstraints(max_memory_mb=512))
     o = env.optimizer

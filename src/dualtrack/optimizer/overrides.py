@@ -12,10 +12,13 @@ the latest resource reading and the recent windows, in priority order:
    call: the adaptive objective's ``battery_horizon``, resource_efficient's ``battery_low`` rule);
 3. **cost**: a class whose API requests cost more than the per-request cap,
    while local answers it acceptably: prefer local;
-4. **a failing track** (most of its recent calls failed: an outage, a crash):
-   prefer the other track at once, without waiting for the next cycle. Unlike
-   the others this override is *soft*: the router still sends the failing
-   track its exploration share, so that its recovery shows.
+4. **a failing track** (most of its recent calls failed: an outage, a crash,
+   a saturated server; when most of the failures are the model's own errors,
+   not timeouts or a server down or full, more than 80% of them: a model that
+   answers half its calls has error bursts, and the strategy weighs their
+   fallbacks): prefer the other track at once, without waiting for the next
+   cycle. Unlike the others this override is *soft*: the router still sends the
+   failing track its exploration share, so that its recovery shows.
 
 Steering to the API is pointless while its recent calls mostly fail (it would
 only add a round trip before the fallback), and while its rate limit refuses
@@ -41,6 +44,11 @@ from ..vocabulary import PARALLEL_NEVER, RATE_LIMITED
 SOFT_OVERRIDES = ("api_failing", "local_failing")
 #: A track is failing when most of its last this-many calls failed.
 RECENT_CALLS = 20
+#: ... but when most of the failures were the model's errors, only when more than this share failed.
+ERRORS_FAILING_SHARE = 0.8
+#: Error kinds that say the server is down or full (HTTP 503, connection refused; the simulator
+#: names a full queue ``queue_full``), not that a call it served failed.
+UNAVAILABLE = ("unavailable", "queue_full", RATE_LIMITED)
 
 #: The API is refusing when its rate limit refused at least this many calls within the last
 #: minute (rate limits count calls per minute: a refusal says it is full for the minute).
@@ -97,7 +105,17 @@ def _failing(records: Sequence[PerformanceMetrics]) -> bool:
     """Did most of a track's recent calls (the last 20, at least 5) fail?"""
     calls = [r for r in records if r.outcome != "cancelled"]
     recent = calls[-RECENT_CALLS:]
-    return len(recent) >= 5 and sum(r.outcome == "success" for r in recent) < len(recent) / 2
+    if len(recent) < 5:
+        return False
+    ok = sum(r.outcome == "success" for r in recent)
+    errors = sum(r.outcome == "error" and r.error_type not in UNAVAILABLE for r in recent)
+    if errors > len(recent) - ok - errors:
+        # Mostly the model's errors (not timeouts, not a server down or full): a crash fails
+        # every call, but a model that answers a fifth of its calls or more has error bursts,
+        # whose fallbacks the strategy weighs (steered away at once, a budget that its answers
+        # kept was spent on the API: random_93_017, 47% of local calls failing).
+        return ok < len(recent) * (1.0 - ERRORS_FAILING_SHARE)
+    return ok < len(recent) / 2
 
 
 def _refusing(api_calls: Sequence[PerformanceMetrics], since: float) -> bool:
