@@ -10,8 +10,11 @@ The bench says *that* ``strategy:adaptive`` is behind a fixed split in a
 scenario; this says *where*. It runs the scenario once with
 ``strategy:adaptive`` (the scenario's own seed: the bench's draw) and prints
 
-1. **per cycle**: each query class's local share as the plan chose it, the
-   changes the estimator detected, and what the plan worked from: the local
+1. **per cycle**: each query class's local share as the plan chose it (and,
+   under it, ``applied:`` the shares the router applied over the next
+   interval where they were 0.1 or more away: an immediate override, such
+   as a failing track or memory over its limit; ``fired:`` the rules that
+   fired beside the objective), the changes the estimator detected, and what the plan worked from: the local
    slots it inferred, the capacity seen (Erlangs), the busy slots at which
    memory reaches its limit, the local load it planned (busy slots at base
    service times), each class's base service time on local and its arrival
@@ -51,6 +54,10 @@ from dualtrack.simulation.generator import generate_scenario
 from dualtrack.simulation.scenario import Scenario, load_scenario
 
 ADAPTIVE = "strategy:adaptive"
+#: Rules that fire every cycle of ``adaptive``: the trace names only the others.
+ROUTINE_RULES = ("objective", "no_racing")
+#: A class's applied local share this far from the plan's is printed beside it.
+APPLIED_GAP = 0.1
 _GENERATED = re.compile(r"random_(\d+)_(\d+)$")
 
 
@@ -80,8 +87,13 @@ def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationRe
 
     with _common.replaced(engine, "choose_split", recorded):
         result = Simulation(scenario, ADAPTIVE, rules_path=rules, keep_requests=True).run()
+    rows = {round(float(row["t"]), 3): row for row in result.series}
     for i, cycle in enumerate(cycles):
-        cycle["t"] = round((i + 1) * scenario.adaptation_interval, 3)
+        cycle["t"] = t = round((i + 1) * scenario.adaptation_interval, 3)
+        cycle["fired"] = [f for f in (rows.get(t) or {}).get("fired", []) if f not in ROUTINE_RULES]
+        # What the router applied in the interval after the cycle (overrides included).
+        applied = ((rows.get(round(t + scenario.adaptation_interval, 3)) or {}).get("applied") or {}).get("by_class")
+        cycle["applied"] = {c: v["local_bias"] for c, v in applied.items()} if applied else None
     return result, cycles
 
 
@@ -101,6 +113,12 @@ def cycle_lines(cycles: Sequence[Mapping[str, Any]], start: float, end: float, r
         lines.append(f"t={c['t']:7.0f}  {shares}  changed={changed}  slots={_number(c['slots'])} "
                      f"capacity={_number(c['capacity'])} memory_slots={_number(c['memory_slots'])} "
                      f"planned={_number(c['planned_load'])}  base_s={base}  arrivals/s={arrivals}")
+        applied = c.get("applied") or {}
+        if any(abs(applied.get(k, v) - v) > APPLIED_GAP for k, v in c["shares"].items()):
+            # The router did not follow the plan (an immediate override: a failing track, memory, ...).
+            lines.append("           applied: " + " ".join(f"{k}={v:.2f}" for k, v in applied.items()))
+        if c.get("fired"):
+            lines.append("           fired: " + ", ".join(c["fired"]))
         if reasons:
             lines.extend(f"           {r}" for r in c["reasons"])
     return lines

@@ -35,6 +35,25 @@ def test_each_cycle_traced_is_the_split_the_preferences_published() -> None:
     assert result.requests is not None and len(result.requests) == result.summary["requests"]
 
 
+def test_a_cycle_shows_what_the_router_applied_when_it_did_not_follow_the_plan() -> None:
+    mod = bench_script("trace_adaptation")
+    base = {"changed": {}, "slots": None, "capacity": None, "memory_slots": None, "planned_load": None,
+            "base_service": {}, "arrivals": {}, "reasons": []}
+    followed = dict(base, t=30.0, shares={"short": 0.99, "long": 0.01}, applied={"short": 0.95, "long": 0.01},
+                    fired=[])
+    overridden = dict(base, t=60.0, shares={"short": 0.99, "long": 0.01}, applied={"short": 0.0, "long": 0.0},
+                      fired=["unhealthy_track"])
+    lines = mod.cycle_lines([followed, overridden], 0.0, 100.0, reasons=False)
+    assert len(lines) == 4 and lines[0].startswith("t=     30") and lines[1].startswith("t=     60")
+    assert lines[2].strip() == "applied: short=0.00 long=0.00"
+    assert lines[3].strip() == "fired: unhealthy_track"
+    # A real run: the applied shares are the next interval's, and routine rules are left out.
+    result, cycles = mod.trace(load_scenario("api_outage").time_scaled(0.25))
+    assert all(set(c["fired"]).isdisjoint(mod.ROUTINE_RULES) for c in cycles)
+    assert cycles[-1]["applied"] is None and all(c["applied"] for c in cycles[:-1])
+    assert any(c["fired"] for c in cycles)
+
+
 def _request(qc: str, track: Any, *, arrival: float, ok: bool = True, quality: float = 0.9, latency: float = 1.0,
              cost: float = 0.0) -> SimpleNamespace:
     return SimpleNamespace(spec=SimpleNamespace(query_class=qc), answered_by=track, arrival=arrival,
