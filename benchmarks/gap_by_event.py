@@ -53,13 +53,14 @@ import re
 import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import _common
-from trace_adaptation import ADAPTIVE, scenario_for
+from trace_adaptation import ADAPTIVE, scenario_for, useful_and_within
 
 from dualtrack.objective import OBJECTIVE
 from dualtrack.simulation import Simulation, SimulationResult
+from dualtrack.simulation.planners import perclass_policy
 from dualtrack.simulation.scenario import Scenario
 
 HINDSIGHT = "perclass_hindsight"
@@ -92,7 +93,7 @@ def shares_of_j(result: SimulationResult, scenario: Scenario, warm_up: float = 0
     return [q + c for q, c in zip(queries, compliance_of_j(result, scenario, warm_up), strict=True)]
 
 
-def _index(cuts: Sequence[Tuple[str, float, float]]) -> Any:
+def _index(cuts: Sequence[Tuple[str, float, float]]) -> Callable[[float], int]:
     def index(t: float) -> int:
         for i, (_, start, end) in enumerate(cuts):
             if start <= t < end:
@@ -121,8 +122,7 @@ def query_shares_of_j(result: SimulationResult, scenario: Scenario, warm_up: flo
     """Each stretch's part of ``J`` from its queries (useful, within target, quality, savings)."""
     w = OBJECTIVE
     requests = result.requests or []
-    floor = float(scenario.constraints.get("min_quality_score", 0.0))
-    target = float(scenario.constraints["target_latency_ms"]) / 1000.0
+    terms = useful_and_within(scenario)
     summary = result.summary
     queries = max(1, len(requests))
     answers = max(1, sum(1 for q in requests if q.quality is not None))
@@ -131,8 +131,7 @@ def query_shares_of_j(result: SimulationResult, scenario: Scenario, warm_up: flo
     index = _index(cuts)
     out = [0.0] * len(cuts)
     for q in requests:
-        ok = q.outcome == "success"
-        useful, within = ok and (q.quality or 0.0) >= floor, ok and q.latency <= target
+        useful, within = terms(q)
         value = (w.useful * useful + w.within_target * within) / queries
         value += w.quality * (q.quality or 0.0) / answers
         if all_api > 0:
@@ -150,14 +149,13 @@ def gap_by_stretch(scenario: Scenario, split: Mapping[str, float],
                    rules: Optional[str] = None, warm_up: float = 0.0) -> Dict[str, Any]:
     """Adaptive against the fixed ``split`` on ``scenario``: each stretch's share of the gap, and
     of it the compliance term's."""
-    policy = "perclass:" + ",".join(f"{c}={v:g}" for c, v in split.items())
     adaptive = Simulation(scenario, ADAPTIVE, rules_path=rules, keep_requests=True).run()
-    fixed = Simulation(scenario, policy, rules_path=rules, keep_requests=True).run()
-    a, h = shares_of_j(adaptive, scenario, warm_up), shares_of_j(fixed, scenario, warm_up)
+    fixed = Simulation(scenario, perclass_policy(split), rules_path=rules, keep_requests=True).run()
+    qa, qh = query_shares_of_j(adaptive, scenario, warm_up), query_shares_of_j(fixed, scenario, warm_up)
     ca, ch = compliance_of_j(adaptive, scenario, warm_up), compliance_of_j(fixed, scenario, warm_up)
     gap = adaptive.summary["objective"] - fixed.summary["objective"]
-    parts = [x - y for x, y in zip(a, h, strict=True)]
     compliance = [x - y for x, y in zip(ca, ch, strict=True)]
+    parts = [x - y + held for x, y, held in zip(qa, qh, compliance, strict=True)]
     return {
         "scenario": scenario.name, "gap": gap,
         "stretches": [{"label": label, "kind": kind(label) if label != START else START, "from": start,

@@ -43,7 +43,7 @@ import argparse
 import re
 import sys
 from collections import defaultdict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import _common
 
@@ -127,22 +127,33 @@ def cycle_lines(cycles: Sequence[Mapping[str, Any]], start: float, end: float, r
 Table = Dict[Tuple[str, str], Dict[str, float]]
 
 
+def useful_and_within(scenario: Scenario) -> Callable[[Any], Tuple[bool, bool]]:
+    """A query's (useful, within target) as ``J`` counts them: answered at or above the scenario's
+    quality floor, answered within its latency target."""
+    floor = float(scenario.constraints.get("min_quality_score", 0.0))
+    target = float(scenario.constraints["target_latency_ms"]) / 1000.0
+
+    def terms(q: Any) -> Tuple[bool, bool]:
+        ok = q.outcome == "success"
+        return ok and (q.quality or 0.0) >= floor, ok and q.latency <= target
+    return terms
+
+
 def window_table(result: SimulationResult, scenario: Scenario, start: float, end: float) -> Table:
     """Per (query class, answering track): the window's queries and their rates (see the module doc)."""
     requests = result.requests or []
-    floor = float(scenario.constraints.get("min_quality_score", 0.0))
-    target = float(scenario.constraints["target_latency_ms"]) / 1000.0
+    terms = useful_and_within(scenario)
     all_api = float(result.summary.get("all_api_cost") or 0.0)
     mean_api = all_api / len(requests) if requests else 0.0
     sums: Dict[Tuple[str, str], Dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for q in requests:
         if not start <= q.arrival < end:
             continue
-        ok = q.outcome == "success"
+        useful, within = terms(q)
         row = sums[(q.spec.query_class, q.answered_by or "-")]
         row["queries"] += 1
-        row["useful"] += ok and (q.quality or 0.0) >= floor
-        row["within"] += ok and q.latency <= target
+        row["useful"] += useful
+        row["within"] += within
         row["quality"] += q.quality or 0.0
         row["cost"] += q.cost
     w = OBJECTIVE
