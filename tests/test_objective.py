@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally, erlang_b
 from dualtrack.adapter.objective import (
+    BUDGET_HORIZON_SECONDS,
     BUDGET_LEVELS,
+    BUDGET_WINDOW_SECONDS,
     FALLBACK_PENALTY,
     SWAY_CYCLES,
     ObjectiveSpec,
@@ -745,6 +747,26 @@ def test_a_budget_not_worth_keeping_is_not() -> None:
     est, spec = long_on_the_api(compliance=0.05)
     split = choose_split(est, spec, budget_per_hour=14.4)
     assert not split.budget_bound and split.shares["long"] == 0.0
+
+
+def test_the_budget_is_judged_on_its_trailing_window_over_the_horizon() -> None:
+    """After ten intervals all on the API ($28.8/h), a split spending 85% of a $14.4/h budget
+    leaves the 5-minute window over the budget for its first 8 intervals (the window's mean is
+    28.8 - 1.656 k $/h after k of them): over it 8 of the horizon's 20 intervals, not never.
+    After ten intervals at $7.2/h, a split at $18/h is over it from the 7th interval on: 14 of 20,
+    not all the time. Without any spend seen, the window is the split's own."""
+    est, spec = long_on_the_api()
+    assert est.spent == [pytest.approx(30 * 0.004)]  # each interval's dollars, as measured
+    est.spent = [28.8 * INTERVAL / 3600.0] * 10
+    assert BUDGET_HORIZON_SECONDS == 20 * INTERVAL and BUDGET_WINDOW_SECONDS == 10 * INTERVAL
+    planner = SplitPlanner(est, spec, budget_per_hour=14.4, interval_seconds=INTERVAL)
+    assert planner.over_budget(0.85 * 14.4, 1e-9, 14.4) == pytest.approx(8 / 20)
+    est.spent = [7.2 * INTERVAL / 3600.0] * 10
+    planner = SplitPlanner(est, spec, budget_per_hour=14.4, interval_seconds=INTERVAL)
+    assert planner.over_budget(18.0, 1e-9, 14.4) == pytest.approx(14 / 20)
+    est.spent = []
+    planner = SplitPlanner(est, spec, budget_per_hour=14.4, interval_seconds=INTERVAL)
+    assert planner.over_budget(18.0, 1.0, 14.4) == pytest.approx(0.5 * math.erfc(-3.6 / math.sqrt(2.0)))
 
 
 def test_compliance_is_lost_once_when_memory_and_the_budget_are_both_over() -> None:

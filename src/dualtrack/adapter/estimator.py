@@ -96,13 +96,15 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Deque, Dict, Iterable, Mapping, Optional, Set, Tuple
+from typing import Deque, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ..vocabulary import TRACKS
 from .signals import SignalValues
 
 #: A rate limit counts the calls of a window of this many seconds (requests per minute).
 RATE_LIMIT_WINDOW_SECONDS = 60.0
+#: Intervals of spend kept (:attr:`Estimator.spent`): a budget window of 5 minutes at 5-second intervals.
+SPEND_MEMORY = 60
 
 #: The per-interval counts the estimator reads, per ``path`` and ``query_class``.
 INTERVAL_SIGNALS: Tuple[str, ...] = (
@@ -294,6 +296,9 @@ class Estimator:
         # and the budget is judged on what was really spent.
         self.spend_bias = 1.0
         self.planned_spend: Optional[float] = None  # set by the split: $/h it planned
+        # Dollars spent in each of the last intervals, newest last (the budget is judged on a
+        # trailing window: what was spent lately is part of what the next minutes will read).
+        self.spent: List[float] = []
         # The local server's own signals, when it exports them (None: it does not).
         self.planned_load: Optional[float] = None  # set by the split: local Erlangs it planned
         self.server_queue: Optional[float] = None  # requests waiting (server's gauge or calls in flight - slots)
@@ -350,6 +355,7 @@ class Estimator:
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
         decided = {t: sum(fresh[t][c].calls for c in self.classes) for t in TRACKS}
+        self.spent = (self.spent + [sum(fresh[t][c].cost for t in TRACKS for c in self.classes)])[-SPEND_MEMORY:]
         # The API's call rate: of this interval or the last, whichever is higher (a hang leaves
         # this interval with few decided calls).
         rate = max(decided["api"], self.interval_calls["api"]) / interval_seconds
