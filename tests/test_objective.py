@@ -769,6 +769,20 @@ def test_the_budget_is_judged_on_its_trailing_window_over_the_horizon() -> None:
     assert planner.over_budget(18.0, 1.0, 14.4) == pytest.approx(0.5 * math.erfc(-3.6 / math.sqrt(2.0)))
 
 
+def test_keeping_the_budget_does_not_load_local_past_the_plans_cap() -> None:
+    """All on the API long costs $28.8/h; a $14.4/h budget needs half of it local (2 of the 4
+    Erlangs it brings at 2 s a query). A plan whose local load is capped at one Erlang (memory's,
+    say) moves a quarter, not half: the rest of the budget is weighed in its score, not kept by
+    loading local past the cap that plan was built for."""
+    est, spec = long_on_the_api()
+    planner = SplitPlanner(est, spec, budget_per_hour=14.4, interval_seconds=INTERVAL)
+    assert planner.marginal["long"] == pytest.approx(4.0)
+    assert planner.plan(None, 14.4).shares["long"] == pytest.approx(0.5)
+    capped = planner.plan(1.0, 14.4)
+    assert capped.shares["long"] == pytest.approx(0.25) and capped.load == pytest.approx(1.0)
+    assert capped.spend == pytest.approx(0.75 * 28.8)
+
+
 def test_compliance_is_lost_once_when_memory_and_the_budget_are_both_over() -> None:
     """Compliance counts the time with *any* constraint violated. Half the queries on local
     (1.8 busy slots: a Poisson count beyond one slot 54% of the time) with room for one call in

@@ -497,7 +497,7 @@ class SplitPlanner:
                     shares[c] -= freed / marginal[c]
                     excess -= freed
         if budget_cap is not None:
-            self._keep_budget(shares, budget_cap)
+            self._keep_budget(shares, budget_cap, local_cap)
         return self.score(shares, local_cap, budget_cap)
 
     def _within_rate(self, shares: Dict[str, float], api_cap: float) -> None:
@@ -513,17 +513,24 @@ class SplitPlanner:
                 shares[c] += take / rate_c
                 sent -= take
 
-    def _keep_budget(self, shares: Dict[str, float], budget_cap: float) -> None:
-        """Move the classes that lose least per dollar saved to local until the spend is within the cap."""
+    def _keep_budget(self, shares: Dict[str, float], budget_cap: float, local_cap: Optional[float] = None) -> None:
+        """Move the classes that lose least per dollar saved to local until the spend is within the cap
+        (and no further than ``local_cap`` lets local's load go)."""
         gains, probe, arrivals, spend_rate = self.gains, self.probe, self.arrivals, self.spend_rate
+        marginal = self.marginal
         planned = sum(spend_rate[c] * (1.0 - shares[c]) for c in gains)
+        room = math.inf if local_cap is None else max(
+            0.0, local_cap - self.fallback_load - sum(marginal[c] * shares[c] for c in gains))
         for c in sorted((c for c in gains if spend_rate[c] > 0),
                         key=lambda c: -gains[c] * arrivals.get(c, 0.0) / spend_rate[c]):
-            if planned <= budget_cap:
+            if planned <= budget_cap or room <= 0:
                 break
             take = min(spend_rate[c] * max(0.0, 1.0 - probe[c] - shares[c]), planned - budget_cap)
+            if marginal[c] > 0:
+                take = min(take, room / marginal[c] * spend_rate[c])
             shares[c] += take / spend_rate[c]
             planned -= take
+            room -= marginal[c] * take / spend_rate[c]
 
     def plan_both_full(self, local_cap: Optional[float], budget_cap: Optional[float], api_cap: float) -> _Plan:
         """The split that gains most within a local load *and* an API call rate, scored.
