@@ -544,7 +544,8 @@ class SplitPlanner:
         valued at their gain plus a price ``mu`` of an API call; ``mu`` is the least
         that keeps the API within ``api_cap``. Where no price does, the classes of
         fewest local slots per query go local beyond ``local_cap`` until it does
-        (the API's refusals would come back to local anyway, in a random mix).
+        (the API's refusals would come back to local anyway, in a random mix). The
+        budget then moves classes local only within ``local_cap``, as in :meth:`plan`.
         """
         gains, probe, arrivals, marginal = self.gains, self.probe, self.arrivals, self.marginal
         room = None if local_cap is None else local_cap - self.fallback_load
@@ -583,7 +584,7 @@ class SplitPlanner:
                 shares = {c: probe[c] for c in gains}
                 self._within_rate(shares, api_cap)
         if budget_cap is not None:
-            self._keep_budget(shares, budget_cap)
+            self._keep_budget(shares, budget_cap, local_cap)
         return self.score(shares, local_cap, budget_cap)
 
     def score(self, shares: Mapping[str, float], local_cap: Optional[float] = None,
