@@ -757,6 +757,9 @@ def test_the_budget_is_judged_on_its_trailing_window_over_the_horizon() -> None:
     not all the time. Without any spend seen, the window is the split's own."""
     est, spec = long_on_the_api()
     assert est.spent == [pytest.approx(30 * 0.004)]  # each interval's dollars, as measured
+    for _ in range(12):  # no more intervals are kept than the window holds
+        est.update(interval(steady(calls(30, latency=2.0), calls(30, cost=0.004), "long")), INTERVAL)
+    assert len(est.spent) == 10
     est.spent = [28.8 * INTERVAL / 3600.0] * 10
     assert BUDGET_HORIZON_SECONDS == 20 * INTERVAL and BUDGET_WINDOW_SECONDS == 10 * INTERVAL
     planner = SplitPlanner(est, spec, budget_per_hour=14.4, interval_seconds=INTERVAL)

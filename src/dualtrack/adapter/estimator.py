@@ -103,8 +103,9 @@ from .signals import SignalValues
 
 #: A rate limit counts the calls of a window of this many seconds (requests per minute).
 RATE_LIMIT_WINDOW_SECONDS = 60.0
-#: Intervals of spend kept (:attr:`Estimator.spent`): a budget window of 5 minutes at 5-second intervals.
-SPEND_MEMORY = 60
+#: The budget is judged on the spend of a trailing window of this many seconds (the benchmark's,
+#: and an alert's on ``rate(dualtrack_cost_dollars_total[5m])``): :attr:`Estimator.spent` covers it.
+BUDGET_WINDOW_SECONDS = 300.0
 
 #: The per-interval counts the estimator reads, per ``path`` and ``query_class``.
 INTERVAL_SIGNALS: Tuple[str, ...] = (
@@ -355,7 +356,8 @@ class Estimator:
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
         decided = {t: sum(fresh[t][c].calls for c in self.classes) for t in TRACKS}
-        self.spent = (self.spent + [sum(fresh[t][c].cost for t in TRACKS for c in self.classes)])[-SPEND_MEMORY:]
+        kept = max(1, math.ceil(BUDGET_WINDOW_SECONDS / interval_seconds)) if interval_seconds > 0 else 1
+        self.spent = (self.spent + [sum(fresh[t][c].cost for t in TRACKS for c in self.classes)])[-kept:]
         # The API's call rate: of this interval or the last, whichever is higher (a hang leaves
         # this interval with few decided calls).
         rate = max(decided["api"], self.interval_calls["api"]) / interval_seconds

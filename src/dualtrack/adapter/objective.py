@@ -72,10 +72,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ..objective import OBJECTIVE, TERMS
-from .estimator import RATE_LIMIT_WINDOW_SECONDS, Estimator, Tally, wait_seconds
+from .estimator import BUDGET_WINDOW_SECONDS, RATE_LIMIT_WINDOW_SECONDS, Estimator, Tally, wait_seconds
 
-#: The budget is judged on the spend of a trailing window of this many seconds (the benchmark's).
-BUDGET_WINDOW_SECONDS = 300.0
 #: A split's budget compliance is what that window reads over this many seconds, the split kept.
 BUDGET_HORIZON_SECONDS = 600.0
 
