@@ -739,7 +739,7 @@ def test_a_budget_worth_keeping_is_kept() -> None:
     assert BUDGET_LEVELS == (0.6, 0.75, 0.85, 0.95)
     spend = 28.8 * (1.0 - split.shares["long"])
     assert spend == pytest.approx(0.85 * 14.4)
-    assert any("API spend planned" in r for r in split.reasons)
+    assert any("API spend planned" in r and "of the next 10 minutes" in r for r in split.reasons)
 
 
 def test_a_budget_not_worth_keeping_is_not() -> None:

@@ -736,7 +736,8 @@ class SplitPlanner:
                            f"it {sent * 60:.0f}/min ({refused_share(sent, rate_limit):.0%} refused)")
         if split.budget_bound and best.budget_cap is not None and best.spend is not None:
             reasons.append(f"API spend planned at ${best.spend:.2f}/h, budget ${budget_per_hour:g}/h "
-                           f"(over it {best.p_budget:.0%} of the time)")
+                           f"(the {BUDGET_WINDOW_SECONDS / 60:g}-minute spend over it {best.p_budget:.0%} of the next "
+                           f"{BUDGET_HORIZON_SECONDS / 60:g} minutes)")
         return split
 
 
