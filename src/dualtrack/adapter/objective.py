@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ..objective import OBJECTIVE, TERMS
@@ -333,7 +334,6 @@ class SplitPlanner:
         self.estimator, self.spec = estimator, spec
         self.budget_per_hour, self.latency_target = budget_per_hour, latency_target
         self.interval_seconds = interval_seconds
-        self._windows: Optional[List[Tuple[float, float, float]]] = None  # over_budget's, built once
         self.valuations, _ = value_queries(estimator, spec)
         arrivals = self.arrivals = estimator.arrivals
         probes = probe_shares(arrivals, spec, interval_seconds)
@@ -639,9 +639,7 @@ class SplitPlanner:
         buy nothing (random_89_006 moved its long queries local and back for that); below
         budget, the window's room lasts a while.
         """
-        windows = self._windows
-        if windows is None:
-            windows = self._windows = self._budget_windows()
+        windows = self._budget_windows
         if not windows:
             return _normal_tail((budget - spend) / spread)
         total = 0.0
@@ -650,6 +648,7 @@ class SplitPlanner:
             total += _normal_tail((budget - mean) / (spread * fresh / length))
         return total / len(windows)
 
+    @cached_property
     def _budget_windows(self) -> List[Tuple[float, float, float]]:
         """For each interval ahead within the horizon: (seconds of the window yet to spend, the
         window's length, dollars already in it). Empty before any spend was seen."""
