@@ -339,6 +339,38 @@ def test_slow_while_the_routers_count_more_local_calls_than_slots_is_a_queue_not
     assert est.capacity is not None and est.capacity < 1.5  # queueing: what it carried
 
 
+def test_slow_while_the_calls_held_were_as_many_as_the_slots_is_a_queue_not_a_slower_model() -> None:
+    """x2.5 at 1 Erlang finished, with no count of calls in flight: but by Little's law local held
+    2.5 calls on average, as many as the slots it was seen to carry load with. More calls than
+    slots is a queue, whatever the load finished suggests; the base service times stay."""
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    est.capacity, est.slots = 10.0, 2.0  # 1 Erlang is under half the capacity seen: "queues little"
+    est._slots_seen_free = 2
+    est.update(interval(steady(calls(30, latency=2.5), calls(10))), INTERVAL)  # 2.5 calls held on average
+    assert est.base_service["short"] == pytest.approx(1.0)
+    assert est.capacity == pytest.approx(EstimatorSettings().capacity_cut * 1.0)  # what it carried
+
+
+def test_more_calls_waiting_than_served_lowers_the_slots_seen_free() -> None:
+    """A first interval already queueing sets the base service times to its waits, and then reads
+    as a large load carried freely: slots "seen free" it never had (random_97_010: 13 of 8). They
+    are a floor under the inferred slots; a later interval with more calls waiting than served
+    takes the floor down to the slots that explain it."""
+    est = Estimator(("short",))
+    est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # base 1 s, 2 Erlangs
+    est.slots, est._slots_seen_free = 13.0, 13
+    est.update(interval(steady(calls(120, latency=4.0), calls(10))), INTERVAL)  # 4 Erlangs, 12 waiting
+    assert est._slots_seen_free < 13
+    assert est.slots is not None and est.slots < 13.0
+    # Waiting less than served is weaker evidence: the floor holds.
+    held = Estimator(("short",))
+    held.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+    held.slots, held._slots_seen_free = 13.0, 13
+    held.update(interval(steady(calls(120, latency=1.5), calls(10))), INTERVAL)  # 4 Erlangs, 2 waiting
+    assert held._slots_seen_free == 13
+
+
 def test_the_capacity_grows_while_local_keeps_up_and_the_split_wants_more() -> None:
     s = EstimatorSettings()
     est = Estimator(("short",), s)

@@ -628,6 +628,12 @@ class Estimator:
             if self.slots is not None and self.slots < self._slots_seen_free:
                 self.slots = float(self._slots_seen_free)
             return
+        if waiting >= load and self._slots_seen_free:
+            # More calls waiting than served: the slots "seen free" came from an interval whose
+            # base service times were off (a first interval already queueing reads its waits
+            # as service: random_97_010, 13 "free" slots of 8, after which real queues read
+            # as a slower model and the plan swung between all local and all API).
+            self._slots_seen_free = min(self._slots_seen_free, slots_for(load, waiting))
         k = max(slots_for(load, waiting), self._slots_seen_free)
         if self.slots is None:
             self.slots = float(k)
@@ -759,6 +765,10 @@ class Estimator:
         # Slow at a load that queues little: the model got slower (throttling), not full. Its
         # waits then say nothing about the slots (they would read as very few).
         # (Not while the routers count more local calls in flight than the slots: that is a queue.)
+        # Nor while the calls held, on average, were at least the slots it has been seen to
+        # carry: more calls than slots is a queue, whatever the load finished suggests.
+        known = self._slots_seen_free or self.slots
+        queued = queued or (known is not None and in_system >= known)
         slower = inflation >= s.congested_inflation and self._queues_little(offered) and not queued
         if not slower:
             self._infer_slots(offered, in_system - offered)
