@@ -582,6 +582,24 @@ def test_a_track_is_failing_when_most_calls_fail_but_the_models_errors_only_when
         assert rec["routing"]["local_bias"] == 0.0
 
 
+def test_an_api_refusing_most_calls_for_its_rate_limit_is_full_not_failing() -> None:
+    """Refusals (HTTP 429) come back to local at once; steering every class away from the
+    API would leave the calls its limit allows unused. Only the calls it took judge it."""
+
+    def overrides(answered: str) -> Any:
+        env = Env(strategy="balanced")
+        o = env.optimizer
+        for i in range(20):  # 15 of the last 20 refused; the 5 it took answered as ``answered``
+            error_type = "rate_limited" if i % 4 else (None if answered == "success" else answered)
+            o.record_request_start(f"r{i}", "q")
+            env.clock.advance(0.1)
+            o.record_request_completion(f"r{i}", "api", {}, success=error_type is None, error_type=error_type)
+        return o.get_optimization_recommendations("q")["overrides"]
+
+    assert "api_failing" not in overrides("success")
+    assert "api_failing" in overrides("unavailable")  # the calls it took failed: that is failing
+
+
 def test_memory_over_limit_does_not_steer_to_a_failing_api():
     env = Env(monitor=True, rss_mb=600, constraints=ResourceConstraints(max_memory_mb=512))
     o = env.optimizer

@@ -13,7 +13,7 @@ the latest resource reading and the recent windows, in priority order:
 3. **cost**: a class whose API requests cost more than the per-request cap,
    while local answers it acceptably: prefer local;
 4. **a failing track** (most of its recent calls failed: an outage, a crash,
-   a saturated server; when most of the failures are the model's own errors,
+   a saturated server, not counting calls refused by a rate limit; when most of the failures are the model's own errors,
    not timeouts or a server down or full, more than 80% of them: a model that
    answers half its calls has error bursts, and the strategy weighs their
    fallbacks): prefer the other track at once, without waiting for the next
@@ -102,8 +102,15 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
 
 
 def _failing(records: Sequence[PerformanceMetrics]) -> bool:
-    """Did most of a track's recent calls (the last 20, at least 5) fail?"""
-    calls = [r for r in records if r.outcome != "cancelled"]
+    """Did most of a track's recent calls (the last 20, at least 5) fail?
+
+    Calls refused by a rate limit are left out: an API at its limit is full, not failing.
+    It answers what the limit allows and refuses the rest, which come back to local at
+    once as fallbacks; steered away, it answers nothing, and local carries every query
+    (random_102_003, a limit of 21 calls a minute: the last 20 calls mostly refused at
+    the end of each minute, every class sent local past its slots, 211 queries of 1,200
+    unanswered; 0.8213 -> 0.8444 without it)."""
+    calls = [r for r in records if r.outcome != "cancelled" and r.error_type != RATE_LIMITED]
     recent = calls[-RECENT_CALLS:]
     if len(recent) < 5:
         return False
