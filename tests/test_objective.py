@@ -405,9 +405,47 @@ def test_the_inferred_slots_grow_while_local_keeps_up_near_them_and_the_split_wa
     assert est.slots < grown
     far = Estimator(("short",), s)
     far.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
-    far.slots, far.wanted_load = 10.0, 20.0
+    far.slots, far.wanted_load, far.capacity = 10.0, 20.0, 12.0
     far.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # 2 of 10 slots: no news about 10
     assert far.slots == 10.0
+
+
+def test_slots_local_never_queued_at_grow_when_the_split_wants_more_than_them() -> None:
+    """Slots inferred from a noisy wait at low load (8, where the server has 64) are a guess
+    nothing tested. Where local never queued (no capacity seen) and memory holds more, a split
+    that wants more than them (a budget that more local load would keep) tries more, though
+    the load it carries now is far below them: otherwise it never loads local enough to learn."""
+    s = EstimatorSettings()
+
+    def after(capacity: Optional[float], memory_slots: Optional[float]) -> Optional[float]:
+        est = Estimator(("short",), s)
+        est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)
+        est.slots, est.wanted_load, est.capacity, est.memory_slots = 8.0, 20.0, capacity, memory_slots
+        est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # 2 Erlangs, keeping up
+        return est.slots
+
+    assert after(None, None) == pytest.approx(8.0 * s.capacity_growth)
+    assert after(None, 30.0) == pytest.approx(8.0 * s.capacity_growth)
+    assert after(None, 6.0) == 8.0  # memory holds fewer busy slots: more would not be used
+    assert after(6.0, None) == 8.0  # local queued at 6 Erlangs: the slots were tested
+
+
+def test_a_budget_that_more_local_load_would_keep_wants_that_load() -> None:
+    """The split's wanted load (what the estimator tries more slots for) includes the least
+    local load of the uncapped candidates that keep the budget, not only the classes' choice."""
+    est = Estimator(("short", "long"))
+    api = {"short": calls(20, cost=0.01, latency=1.0), "long": calls(20, cost=0.10, latency=3.0)}
+    local = {"short": calls(20, latency=1.0, useful=1.0), "long": calls(20, latency=3.0, useful=0.5, quality=0.6)}
+    counts = {("api", c): t for c, t in api.items()} | {("local", c): t for c, t in local.items()}
+    est.update(interval(counts), INTERVAL)
+    est.slots = 1.5
+    planner = SplitPlanner(est, ObjectiveSpec())
+    classes_want = planner.fallback_load + sum(planner.marginal[c] * planner.preferred[c] for c in planner.gains)
+    # All on the API: 20/30 x $0.01 + 20/30 x $0.10 per second = $264/h. A budget of $100/h is kept
+    # only by sending the long queries local: 20/30 per second x 3 s = 2 Erlangs there.
+    budgeted = SplitPlanner(est, ObjectiveSpec(), budget_per_hour=100.0)
+    split = budgeted.choose()
+    assert split.wanted_load is not None and split.wanted_load > classes_want + 1.0
 
 
 def test_failures_beyond_what_a_full_server_turns_away_are_errors_not_capacity() -> None:

@@ -210,7 +210,7 @@ class Split:
     preferred: Dict[str, float] = field(default_factory=dict)  # each class's share before the constraints
     capacity_bound: bool = False
     budget_bound: bool = False
-    wanted_load: Optional[float] = None  # local Erlangs the split would use without the capacity bound
+    wanted_load: Optional[float] = None  # local Erlangs it would use uncapped (or keeping the budget takes)
 
 
 def probe_shares(arrivals: Mapping[str, float], spec: ObjectiveSpec, interval_seconds: float) -> Dict[str, float]:
@@ -708,7 +708,11 @@ class SplitPlanner:
         shares = {**self.fixed, **best.shares}
         preferred = self.preferred
         wanted = self.fallback_load + sum(self.marginal[c] * preferred[c] for c in gains)
-        split = Split(shares, reasons, preferred=dict(preferred), wanted_load=wanted)
+        # A budget kept only by more local load wants that load too (the least of the uncapped
+        # candidates that keep it): the estimator tries more slots for it where they are a guess.
+        budget_wanted = min((p.load for p in plans if p.local_cap is None and p.budget_cap is not None),
+                            default=0.0)
+        split = Split(shares, reasons, preferred=dict(preferred), wanted_load=max(wanted, budget_wanted))
         split.capacity_bound = best.local_cap is not None and wanted > best.local_cap + 1e-9
         split.budget_bound = best.budget_cap is not None and any(best.shares[c] > preferred[c] + 1e-9
                                                                  for c in gains)
