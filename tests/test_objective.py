@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally, erlang_b
 from dualtrack.adapter.objective import (
+    BACK_OFF_CYCLES,
     BUDGET_HORIZON_SECONDS,
     BUDGET_LEVELS,
     BUDGET_WINDOW_SECONDS,
@@ -876,6 +877,32 @@ def test_compliance_is_lost_once_when_memory_and_the_budget_are_both_over() -> N
     all_api = planner.score({"long": 0.0})
     assert all_api.p_memory == 0.0 and all_api.p_budget > 0.99
     assert plan.score - all_api.score > plan.value - all_api.value - 0.15 * 0.03
+
+
+def test_for_a_few_cycles_after_local_queued_no_plan_goes_beyond_the_capacity_it_showed() -> None:
+    """Local is better for both classes, and 9 inferred slots would carry their 6 Erlangs. But
+    local queued two cycles ago at about 4 Erlangs: for BACK_OFF_CYCLES cycles the plan keeps
+    within utilization x that capacity; then the slots take over again. With a budget (local load
+    is what keeps it) the back-off does not apply."""
+    def planned(since: Optional[int], budget: Optional[float] = None) -> float:
+        est = Estimator(("short", "long"))
+        est.update(interval({**steady(calls(60, latency=1.0), calls(60, cost=0.001, useful=0.8), "short"),
+                             **steady(calls(30, latency=4.0), calls(30, cost=0.004, useful=0.8), "long")}),
+                   INTERVAL)
+        est.slots, est.capacity, est.cycles_since_queued = 9.0, 4.0, since
+        spec = ObjectiveSpec(value_noise=0.0, probe=0.0, probe_calls=0.0)
+        split = choose_split(est, spec, budget_per_hour=budget, interval_seconds=INTERVAL, latency_target=10.0)
+        assert est.planned_load is not None
+        if since is not None and since <= BACK_OFF_CYCLES and budget is None:
+            assert any("local queued" in r for r in split.reasons)
+        return est.planned_load
+
+    utilization = ObjectiveSpec().utilization
+    assert planned(None) > 5.0  # never queued: the slots' plan, both classes local
+    assert planned(2) <= utilization * 4.0 + 1e-9
+    assert planned(BACK_OFF_CYCLES) <= utilization * 4.0 + 1e-9
+    assert planned(BACK_OFF_CYCLES + 1) > 5.0
+    assert planned(2, budget=1000.0) > 5.0
 
 
 def test_a_budget_kept_by_swapping_which_class_runs_local() -> None:

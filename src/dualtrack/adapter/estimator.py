@@ -270,6 +270,7 @@ class Estimator:
         self.arrivals: Dict[str, float] = {}  # requests per second per class (decayed)
         self.base_service: Dict[str, float] = {}  # local base service time per class, seconds
         self.capacity: Optional[float] = None  # local capacity budget, Erlangs
+        self.cycles_since_queued: Optional[int] = None  # cycles since local last queued (cut the capacity)
         self.wanted_load: Optional[float] = None  # set by the optimizer: local load it would use uncapped
         # The local server's slots, inferred from the queueing it shows (Erlang C): the
         # fewest slots consistent with the calls seen waiting, and at least what was
@@ -353,6 +354,8 @@ class Estimator:
     def update(self, values: SignalValues, interval_seconds: float) -> Dict[str, str]:
         """Fold one interval's counts in; return the changes detected (track or track:class -> what)."""
         s = self.settings
+        if self.cycles_since_queued is not None:
+            self.cycles_since_queued += 1
         events: Dict[str, str] = {}
         fresh = {t: {c: Tally.from_signals(values, t, c) for c in self.classes} for t in TRACKS}
         decided = {t: sum(fresh[t][c].calls for c in self.classes) for t in TRACKS}
@@ -766,6 +769,7 @@ class Estimator:
         if rejecting and self.capacity is None or rejecting and offered >= 0.5 * (self.capacity or 0.0):
             cut = s.capacity_cut * offered * (1.0 - failed)
             self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
+            self.cycles_since_queued = 0
             return
         if failed > 1.0 - s.base_min_success:
             return  # latency of a failing interval says nothing about service times
@@ -788,6 +792,7 @@ class Estimator:
                 # Unknown until the track first shows queueing: then what it carried.
                 cut = s.capacity_cut * offered
                 self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
+                self.cycles_since_queued = 0
         else:
             rate = 1.0 if inflation < 1.0 / s.congested_inflation else s.base_learning_rate
             if inflation < s.uncongested_inflation or rate == 1.0:
