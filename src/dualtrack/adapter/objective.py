@@ -105,7 +105,7 @@ SWAY_CYCLES = 3
 FALLBACK_PENALTY = 0.05
 
 #: Cycles after local queued during which no plan loads it beyond ``utilization`` of the
-#: capacity it showed (without a budget: see :meth:`SplitPlanner.choose`).
+#: capacity it showed (without a budget: see :meth:`SplitPlanner._backed_off`).
 BACK_OFF_CYCLES = 5
 
 

@@ -13,10 +13,10 @@ the latest resource reading and the recent windows, in priority order:
 3. **cost**: a class whose API requests cost more than the per-request cap,
    while local answers it acceptably: prefer local;
 4. **a failing track** (most of its recent calls failed: an outage, a crash,
-   a saturated server, not counting calls refused by a rate limit; when most of the failures are the model's own errors,
-   not timeouts or a server down or full, more than 80% of them: a model that
-   answers half its calls has error bursts, and the strategy weighs their
-   fallbacks): prefer the other track at once, without waiting for the next
+   a saturated server, not counting calls refused by a rate limit; when most
+   of the failures are the model's own errors, not timeouts or a server down
+   or full, more than 80% of them: a model that answers half its calls has
+   error bursts, and the strategy weighs their fallbacks): prefer the other track at once, without waiting for the next
    cycle. Unlike the others this override is *soft*: the router still sends the
    failing track its exploration share, so that its recovery shows.
 
