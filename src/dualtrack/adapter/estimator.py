@@ -651,13 +651,24 @@ class Estimator:
         return (slots is not None and load > slots and self.capacity is None
                 and (self.memory_slots is None or self.memory_slots > slots))
 
+    @property
+    def _known_slots(self) -> Optional[float]:
+        """The slots local was seen to carry load with, else the inferred ones (None: neither)."""
+        return self._slots_seen_free or self.slots
+
+    def _cut_capacity(self, cut: float) -> None:
+        """Local queued (or turned calls away) carrying more than ``cut`` Erlangs: the capacity is
+        at most that, and the back-off after a queue starts again (:attr:`cycles_since_queued`)."""
+        self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
+        self.cycles_since_queued = 0
+
     def _queues_little(self, load: float) -> bool:
         """Would ``load`` Erlangs queue little on local: under half the capacity seen, or a wait
         within the uncongested inflation (Erlang C) at the slots it has been seen to carry load
         with? (Not at slots tried higher since: those are a guess the waits may refute.)"""
         if self.capacity is not None and load < 0.5 * self.capacity:
             return True
-        known = self._slots_seen_free or self.slots
+        known = self._known_slots
         if known is None:
             return False
         k = max(1, int(round(known)))
@@ -767,9 +778,7 @@ class Estimator:
             # 59% of the calls failing at 2.6 Erlangs on 5 slots cut the capacity to 0.5.)
             rejecting = failed <= 2.0 * erlang_b(max(1, int(round(self.slots))), offered) + 0.05
         if rejecting and self.capacity is None or rejecting and offered >= 0.5 * (self.capacity or 0.0):
-            cut = s.capacity_cut * offered * (1.0 - failed)
-            self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
-            self.cycles_since_queued = 0
+            self._cut_capacity(s.capacity_cut * offered * (1.0 - failed))
             return
         if failed > 1.0 - s.base_min_success:
             return  # latency of a failing interval says nothing about service times
@@ -778,7 +787,7 @@ class Estimator:
         # (Not while the routers count more local calls in flight than the slots: that is a queue.)
         # Nor while the calls held, on average, were at least the slots it has been seen to
         # carry: more calls than slots is a queue, whatever the load finished suggests.
-        known = self._slots_seen_free or self.slots
+        known = self._known_slots
         queued = queued or (known is not None and in_system >= known)
         slower = inflation >= s.congested_inflation and self._queues_little(offered) and not queued
         if not slower:
@@ -790,9 +799,7 @@ class Estimator:
                         base[c] = t.mean_latency
             else:
                 # Unknown until the track first shows queueing: then what it carried.
-                cut = s.capacity_cut * offered
-                self.capacity = max(0.5, cut if self.capacity is None else min(self.capacity, cut))
-                self.cycles_since_queued = 0
+                self._cut_capacity(s.capacity_cut * offered)
         else:
             rate = 1.0 if inflation < 1.0 / s.congested_inflation else s.base_learning_rate
             if inflation < s.uncongested_inflation or rate == 1.0:

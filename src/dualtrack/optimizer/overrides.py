@@ -16,9 +16,10 @@ the latest resource reading and the recent windows, in priority order:
    a saturated server, not counting calls refused by a rate limit; when most
    of the failures are the model's own errors, not timeouts or a server down
    or full, more than 80% of them: a model that answers half its calls has
-   error bursts, and the strategy weighs their fallbacks): prefer the other track at once, without waiting for the next
-   cycle. Unlike the others this override is *soft*: the router still sends the
-   failing track its exploration share, so that its recovery shows.
+   error bursts, and the strategy weighs their fallbacks): prefer the other
+   track at once, without waiting for the next cycle. Unlike the others this
+   override is *soft*: the router still sends the failing track its
+   exploration share, so that its recovery shows.
 
 Steering to the API is pointless while its recent calls mostly fail (it would
 only add a round trip before the fallback), and while its rate limit refuses
