@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import pytest
 from hypothesis import given, settings
@@ -903,6 +903,29 @@ def test_for_a_few_cycles_after_local_queued_no_plan_goes_beyond_the_capacity_it
     assert planned(BACK_OFF_CYCLES) <= utilization * 4.0 + 1e-9
     assert planned(BACK_OFF_CYCLES + 1) > 5.0
     assert planned(2, budget=1000.0) > 5.0
+
+
+def test_no_back_off_while_the_api_fails_most_of_its_calls() -> None:
+    """Local queued two cycles ago at about 4 Erlangs, but the API answers 1 call in 10: the
+    other 9 come back to local whatever the split, so sending the classes there frees next to
+    no local load and only adds a detour. Both stay local (the back-off would send them to the
+    API to free 0.6 of their 6 Erlangs). An API that refuses most calls for its rate limit is
+    full, not failing: the back-off still holds there."""
+    def planner(api: Callable[[float, float], Tally]) -> SplitPlanner:
+        est = Estimator(("short", "long"))
+        est.update(interval({**steady(calls(60, latency=1.0), api(60, 0.001), "short"),
+                             **steady(calls(30, latency=4.0), api(30, 0.004), "long")}), INTERVAL)
+        est.slots, est.capacity, est.cycles_since_queued = 9.0, 4.0, 2
+        spec = ObjectiveSpec(value_noise=0.0, probe=0.0, probe_calls=0.0)
+        return SplitPlanner(est, spec, interval_seconds=INTERVAL, latency_target=10.0)
+
+    failing = planner(lambda n, cost: calls(n, success=0.1, cost=cost, latency=0.2))
+    assert failing._backed_off() is None
+    split = failing.choose()
+    assert split.shares == pytest.approx({"short": 1.0, "long": 1.0})
+    assert not any("local queued" in r for r in split.reasons)
+    full = planner(lambda n, cost: calls(n / 5, cost=cost, useful=0.8, refused=4 * n / 5))
+    assert full._backed_off() == pytest.approx(ObjectiveSpec().utilization * 4.0)
 
 
 def test_a_budget_kept_by_swapping_which_class_runs_local() -> None:

@@ -107,6 +107,9 @@ FALLBACK_PENALTY = 0.05
 #: Cycles after local queued during which no plan loads it beyond ``utilization`` of the
 #: capacity it showed (without a budget: see :meth:`SplitPlanner._backed_off`).
 BACK_OFF_CYCLES = 5
+#: A track answering less than this share of its calls (refusals by a rate limit counted as
+#: answered) fails most of them: the health gate's default line (``unhealthy_when``).
+ANSWERING_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -682,12 +685,19 @@ class SplitPlanner:
         that the slots (and the capacity, which grows while local keeps up) take over again.
         Not with a budget: there local load is what keeps the budget, and the capacity read
         off one congested interval is too little to keep it (`random_3_004` -1.2%,
-        `random_3_010` -2.0% with the back-off applied there too)."""
+        `random_3_010` -2.0% with the back-off applied there too). Nor while the API fails
+        most of its calls (a refusal by its rate limit counts as answered, as in the health
+        gate): they come back to local whatever the split, and a class sent there frees next
+        to no load (the demo's API outage: local queued at 1 s cycles, its capacity read as
+        1.2 busy slots of 16, and the short queries went to the failing API)."""
         estimator = self.estimator
         since, capacity = estimator.cycles_since_queued, estimator.capacity
         if since is None or since > BACK_OFF_CYCLES or capacity is None:
             return None
         if self.budget_per_hour is not None and self.budget_per_hour > 0:
+            return None
+        api = estimator.pooled("api")
+        if api.calls > 0 and api.successes + api.rate_limited < ANSWERING_SHARE * api.calls:
             return None
         return self.spec.utilization * capacity
 
