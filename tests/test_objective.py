@@ -125,6 +125,45 @@ def test_a_class_without_calls_in_the_changed_interval_follows_the_pooled_change
     assert long_api.calls <= 2.0 + 1e-9  # shrunk to little weight: fresh evidence takes over quickly
 
 
+def test_an_outage_leaves_the_price_of_an_answer_as_it_was() -> None:
+    """A failed call is not billed: the class the outage's interval had no call of keeps its
+    price per answer ($0.004 for long), and the API's usual cost per query stays about what the
+    prices make it. (Kept at its dollars over a tenth of its answers, long's price per answer
+    read 10x too high, and the usual cost, which remembers for an hour, with it.)"""
+    est = Estimator(("short", "long"))
+    for _ in range(5):
+        est.update(interval({**steady(calls(20), calls(20, cost=0.001)),
+                             **steady(calls(5), calls(5, cost=0.004), "long")}), INTERVAL)
+    usual = est.usual_api_cost
+    assert usual == pytest.approx((20 * 0.001 + 5 * 0.004) / 25)
+    # 2 of short's 20 API calls answered, and billed; no long calls at all.
+    failing = Tally(calls=20, successes=2, within=2, useful=2, quality_sum=1.8, quality_count=2, cost=0.002,
+                    latency_sum=20, latency_count=20)
+    assert est.update(interval(steady(calls(20), failing)), INTERVAL) == {"api": "success"}
+    long_api = est.tally("api", "long")
+    assert long_api.success_rate == pytest.approx(0.1)
+    assert long_api.cost / long_api.successes == pytest.approx(0.004)
+    assert usual is not None and est.usual_api_cost is not None
+    assert est.usual_api_cost <= 1.05 * usual
+
+
+def test_a_price_change_seen_on_one_class_rescales_the_others_by_the_price_not_by_the_mix() -> None:
+    """Prices double in an interval when only long queries went to the API ($0.01 -> $0.02 a
+    call). Pooled over the classes, the interval's cost per call is 13x the track's (mostly
+    cheap short calls before); per class it is 2x, and that is what short and medium get."""
+    est = Estimator(("short", "medium", "long"))
+    for _ in range(5):
+        est.update(interval({**steady(calls(20), calls(20, cost=0.001)),
+                             **steady(calls(5), calls(5, cost=0.002), "medium"),
+                             **steady(calls(1), calls(1, cost=0.01), "long")}), INTERVAL)
+    events = est.update(interval({**steady(calls(20), Tally()), **steady(calls(5), Tally(), "medium"),
+                                  **steady(calls(1), calls(10, cost=0.02), "long")}), INTERVAL)
+    assert events == {"api": "cost"}
+    assert est.tally("api", "short").cost_per_call == pytest.approx(0.002)
+    assert est.tally("api", "medium").cost_per_call == pytest.approx(0.004)
+    assert est.tally("api", "long").cost_per_call == pytest.approx(0.02)
+
+
 def test_chance_variation_is_not_a_change() -> None:
     est = Estimator(("short",))
     for i in range(40):
