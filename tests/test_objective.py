@@ -318,6 +318,24 @@ def test_queueing_at_load_cuts_the_local_capacity_to_what_was_offered() -> None:
     assert est.capacity == pytest.approx(s.capacity_cut * 75 * 1.0 / INTERVAL)
 
 
+def test_an_interval_of_a_few_calls_does_not_cut_the_local_capacity() -> None:
+    """At 1 s cycles a queue lets few calls finish: 3 calls at x4 their service time, while the
+    routers count 20 in flight on 4 slots, would read as a 1-Erlang capacity. Fewer than
+    ``min_calls`` calls say too little to cut on; 4 do."""
+    s = EstimatorSettings()
+    assert s.min_calls == 4
+
+    def after(n: int) -> Optional[float]:
+        est = Estimator(("short",), s)
+        est.update(interval(steady(calls(6, latency=10.0), calls(10))), INTERVAL)  # 2 Erlangs, no queueing
+        est.slots = 4.0
+        est.update(interval(steady(calls(n, latency=40.0), calls(10)), local_calls_in_flight=20), INTERVAL)
+        return est.capacity
+
+    assert after(3) is None
+    assert after(4) == pytest.approx(s.capacity_cut * 4 * 10.0 / INTERVAL)
+
+
 def test_a_class_local_has_not_answered_yet_plans_at_a_service_time_scaled_from_the_api() -> None:
     """At a cold start local's first answers are the short calls (the long ones are still running).
     A class with none plans at the seen classes' service times scaled by how much longer it takes

@@ -205,7 +205,7 @@ class EstimatorSettings:
     arrival_decay: float = 0.3  # the same for the arrival rates
     change_z: float = 3.0  # standard errors for a change
     change_slack: float = 0.05  # and at least this much (rates)
-    min_calls: float = 4.0  # an interval needs this many calls to signal a change
+    min_calls: float = 4.0  # an interval needs this many calls to signal a change (or cut the capacity)
     latency_change: float = 1.5  # a pooled latency ratio beyond x1.5 (or /1.5) is a change
     cost_change: float = 1.25  # a pooled price ratio beyond x1.25 (or /1.25) is a change
     latency_dispersion: float = 0.5  # spread of one call's latency around its class's (lognormal sigma)
@@ -809,8 +809,10 @@ class Estimator:
                 for c, t in fresh.items():
                     if t.mean_latency is not None:
                         base[c] = t.mean_latency
-            else:
-                # Unknown until the track first shows queueing: then what it carried.
+            elif calls >= s.min_calls:
+                # Unknown until the track first shows queueing: then what it carried. (Not off
+                # an interval of a few calls: at 1 s cycles a queue lets few finish, and their
+                # load read local's capacity as 1.2 busy slots of 16 in the demo.)
                 self._cut_capacity(s.capacity_cut * offered)
         else:
             rate = 1.0 if inflation < 1.0 / s.congested_inflation else s.base_learning_rate
