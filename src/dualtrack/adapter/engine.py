@@ -39,7 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from ..vocabulary import DEFAULT_QUERY_CLASSES, PATHS, ROUTING_NAMES, TRACKS
 from .conditions import Context
 from .estimator import Estimator, EstimatorSettings
-from .objective import ObjectiveSpec, Split, choose_split
+from .objective import ANSWERING_SHARE, ObjectiveSpec, Split, choose_split
 from .signals import SignalValues
 from .strategy import Action, Rule, Strategy, StrategySet
 
@@ -435,7 +435,7 @@ class RuleEngine:
         if est.interval_calls.get(track, 0.0) >= est.settings.min_calls:
             return True
         rate = est.pooled(track).success_rate
-        return rate is not None and rate < 0.5
+        return rate is not None and rate < ANSWERING_SHARE
 
     def _timeouts(self, strat: Strategy, values: SignalValues) -> Dict[str, float]:
         t = strat.timeouts
