@@ -6,12 +6,15 @@ The scripts run as ``python benchmarks/<name>.py``, so this folder is on
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 from contextlib import contextmanager
 from importlib.metadata import version
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from dualtrack.simulation.scenario import Scenario, load_scenario
 
 
 def machine() -> Dict[str, Any]:
@@ -27,6 +30,18 @@ def announce(title: str) -> Dict[str, Any]:
     info = machine()
     print(f"{title} — Python {info['python']}, {info['cpus']} CPUs, prometheus_client {info['prometheus_client']}")
     return info
+
+
+def named_scenarios(names: Optional[Sequence[str]], parser: argparse.ArgumentParser) -> List[Tuple[str, Scenario]]:
+    """Each ``--scenario NAME`` (a shipped scenario's name or a file), loaded; one that does not load is
+    the parser's error, naming it."""
+    out: List[Tuple[str, Scenario]] = []
+    for name in names or []:
+        try:
+            out.append((name, load_scenario(name)))
+        except (OSError, ValueError) as err:
+            parser.error(f"--scenario {name}: {err}")
+    return out
 
 
 def write_json(path: str, figures: Dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ from dualtrack.adapter import objective
 from dualtrack.adapter.objective import BUDGET_HORIZON_SECONDS, Split, SplitPlanner
 from dualtrack.simulation import Simulation
 from dualtrack.simulation.generator import generate_scenario
-from dualtrack.simulation.scenario import Scenario, load_scenario
+from dualtrack.simulation.scenario import Scenario
 
 #: Bands of the plan's expected chance, for the table.
 BANDS = ((0.0, 0.02), (0.02, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.0))
@@ -99,12 +99,7 @@ def _one(item: Tuple[str, Scenario]) -> Tuple[str, Dict[str, List[Pair]]]:
 
 
 def _scenarios(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[Tuple[str, Scenario]]:
-    out: List[Tuple[str, Scenario]] = []
-    for name in args.scenario or []:
-        try:
-            out.append((name, load_scenario(name)))
-        except (OSError, ValueError) as err:
-            parser.error(f"--scenario {name}: {err}")
+    out = _common.named_scenarios(args.scenario, parser)
     for seed in args.seed or []:
         out += [(f"random_{seed}_{i:03d}", generate_scenario(seed, i)) for i in range(args.count)]
     if not out:

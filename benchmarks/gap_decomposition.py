@@ -189,13 +189,9 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
 
 
 def _jobs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[Job]:
-    jobs: List[Job] = []
-    for name in args.scenario or []:
-        try:
-            load_scenario(name)
-        except (OSError, ValueError) as err:
-            parser.error(f"--scenario {name}: {err}")
-        jobs.append((name, name, 0, 0, args.rules, args.quick))
+    # The named scenarios are loaded here to name a bad one at once; each job loads its own.
+    jobs: List[Job] = [(name, name, 0, 0, args.rules, args.quick)
+                       for name, _ in _common.named_scenarios(args.scenario, parser)]
     if args.random:
         jobs += [(scenario_name(s, i), None, s, i, args.rules, args.quick)
                  for s in (args.seed or [1]) for i in range(args.random)]

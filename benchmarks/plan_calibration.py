@@ -68,7 +68,7 @@ from dualtrack.objective import OBJECTIVE, TERMS
 from dualtrack.simulation import Simulation
 from dualtrack.simulation.generator import generate_scenario
 from dualtrack.simulation.hindsight import GRID_LEVELS, SplitEvaluator, grid_splits
-from dualtrack.simulation.scenario import Scenario, load_scenario
+from dualtrack.simulation.scenario import Scenario
 
 #: The query terms: the plan expects them per query; compliance is its constraint chances.
 QUERY_TERMS = tuple(t for t in TERMS if t != "compliance")
@@ -228,12 +228,7 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
 
 
 def _scenarios(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[Tuple[str, Scenario]]:
-    out: List[Tuple[str, Scenario]] = []
-    for name in args.scenario or []:
-        try:
-            out.append((name, load_scenario(name)))
-        except (OSError, ValueError) as err:
-            parser.error(f"--scenario {name}: {err}")
+    out = _common.named_scenarios(args.scenario, parser)
     for spec in args.random or []:
         seed, sep, index = spec.partition(":")
         if not sep or not seed.isdigit() or not index.isdigit():
