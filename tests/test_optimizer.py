@@ -600,7 +600,11 @@ def test_an_api_refusing_most_calls_for_its_rate_limit_is_full_not_failing() -> 
     assert "api_failing" in overrides("unavailable")  # the calls it took failed: that is failing
 
 
-def test_memory_over_limit_does_not_steer_to_a_failing_api():
+def test_memory_over_limit_does_not_steer_to_a_failing_api_and_prefers_local():
+    """Over its memory limit, local still gets the calls sent to a failing API: they come back to
+    it as fallbacks, after a round trip (the whole timeout where the API hangs). So the failing
+    API is not given its share either (the api_outage onset: memory went over with the first
+    fallbacks, and the API kept its 30% of calls until the next cycle)."""
     env = Env(monitor=True, rss_mb=600, constraints=ResourceConstraints(max_memory_mb=512))
     o = env.optimizer
     for i in range(10):  # the API fails every call
@@ -609,7 +613,8 @@ def test_memory_over_limit_does_not_steer_to_a_failing_api():
         o.record_request_completion(f"a{i}", "api", {}, success=False, error_type="unavailable")
     env.monitor.sample_now()
     rec = o.get_optimization_recommendations("q")
-    assert rec["overrides"] == [] and rec["routing"]["local_bias"] == 0.5
+    assert rec["overrides"] == ["api_failing"] and rec["routing"]["local_bias"] == 1.0
+    assert rec["preferred_path"] == "local"
     assert any("the API is failing: not steering to it" in r for r in rec["reasons"])
     for i in range(10):  # the API works again
         o.record_request_start(f"b{i}", "q")

@@ -22,11 +22,13 @@ the latest resource reading and the recent windows, in priority order:
    exploration share, so that its recovery shows.
 
 Steering to the API is pointless while its recent calls mostly fail (it would
-only add a round trip before the fallback), and while its rate limit refuses
-calls (three within the last minute: the API is full, and what more it is sent
-comes back to local as refusals, in a random mix of classes, where the
-strategy's split sends the classes that take the fewest local slots): then the
-routing stays as preferred and the reasons say why. The overrides are
+only add a round trip before the fallback): then the failing track's override
+prefers local, over a limit or not (what the failing API is sent comes back to
+local anyway). Nor while its rate limit refuses calls (three within the last
+minute: the API is full, and what more it is sent comes back to local as
+refusals, in a random mix of classes, where the strategy's split sends the
+classes that take the fewest local slots): then the routing stays as preferred.
+The reasons say why. The overrides are
 recomputed only when the reading or the preferences change, never per request.
 """
 
@@ -145,24 +147,27 @@ def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel
     steer_away = list(overrides.over_limit)
     if concurrency_full:
         steer_away.append("concurrency")
-    if (steer_away or overrides.battery_low) and (overrides.api_failing or overrides.api_refusing):
+    # Over a limit, with an API that fails or refuses calls: steering to it would not help.
+    held = bool(steer_away or overrides.battery_low) and (overrides.api_failing or overrides.api_refusing)
+    if held:
         why = "is failing" if overrides.api_failing else "is refusing calls (its rate limit)"
         reasons.append(f"over limit ({', '.join(steer_away or ['battery'])}) but the API {why}: "
                        "not steering to it")
-        steer_away = []
-    elif steer_away:
+    if held and not overrides.api_failing:
+        pass  # the API is full (its rate limit): the routing stays as preferred
+    elif steer_away and not held:
         values["local_bias"] = 0.0
         values["parallel_threshold"] = PARALLEL_NEVER
         preferred = "api"
         applied.extend(steer_away)
         reasons.append(f"over limit ({', '.join(steer_away)}): steering away from local and parallel")
-    elif overrides.battery_low and not (overrides.api_failing or overrides.api_refusing):
+    elif overrides.battery_low and not held:
         values["local_bias"] = 0.0
         values["parallel_threshold"] = PARALLEL_NEVER
         preferred = "api"
         applied.append("battery")
         reasons.append("battery low and unplugged: preferring the API")
-    elif qc in overrides.cost:
+    elif qc in overrides.cost and not held:
         values["local_bias"] = 1.0
         values["parallel_threshold"] = PARALLEL_NEVER
         preferred = "local"
