@@ -624,6 +624,60 @@ def test_memory_over_limit_does_not_steer_to_a_failing_api_and_prefers_local():
     assert o.get_optimization_recommendations("q")["overrides"] == ["memory"]
 
 
+def _api_calls_answered_in(env: "Env", *seconds: float, count: int = 20) -> None:
+    """``count`` API calls answered one after another, taking ``seconds`` in turn."""
+    for i in range(count):
+        env.optimizer.record_request_start(f"ok{i}", "q", {"track": "api"})
+        env.clock.advance(seconds[i % len(seconds)])
+        env.optimizer.record_request_completion(f"ok{i}", "api", {})
+
+
+def test_an_api_whose_calls_outlast_its_answers_with_no_answer_since_hangs_at_once() -> None:
+    """A hanging API fails a call only at its timeout; the calls sent there since its last
+    answer, each running longer than it usually answers, say so before any of them fails."""
+    env = Env(monitor=True)
+    o = env.optimizer
+    _api_calls_answered_in(env, 1.0)  # it answers in a second
+    for i in range(8):  # then eight calls, a second apart, and no answer
+        o.record_request_start(f"h{i}", "q", {"track": "api"})
+        env.clock.advance(1.0)
+
+    def overrides() -> Any:
+        env.monitor.sample_now()
+        return o.get_optimization_recommendations("q")
+
+    rec = overrides()
+    assert rec["overrides"] == ["api_failing"] and rec["routing"]["local_bias"] == 1.0
+    assert any("api calls hang" in r for r in rec["reasons"])
+    o.record_request_completion("h0", "api", {})  # an answer: slow calls, not a hang
+    assert overrides()["overrides"] == []
+
+
+@pytest.mark.parametrize("waiting,ran", [(4, 10.0), (8, 1.5)])
+def test_too_few_calls_waiting_or_none_overdue_is_no_hang(waiting: int, ran: float) -> None:
+    """Four calls long past the usual answer are not enough evidence; eight calls that have
+    run as long as a third of the answers took are the answers' own spread."""
+    env = Env(monitor=True)
+    o = env.optimizer
+    _api_calls_answered_in(env, 0.5, 1.0, 2.0)
+    env.clock.advance(0.01)  # the calls waiting started after the last answer
+    for i in range(waiting):
+        o.record_request_start(f"h{i}", "q", {"track": "api"})
+    env.clock.advance(ran)
+    env.monitor.sample_now()
+    assert o.get_optimization_recommendations("q")["overrides"] == []
+
+
+def test_an_api_that_never_answered_is_not_judged_to_hang() -> None:
+    env = Env(monitor=True)
+    o = env.optimizer
+    for i in range(10):
+        o.record_request_start(f"h{i}", "q", {"track": "api"})
+    env.clock.advance(60.0)
+    env.monitor.sample_now()
+    assert o.get_optimization_recommendations("q")["overrides"] == []
+
+
 def test_memory_over_limit_does_not_steer_to_an_api_that_refuses_calls():
     """An API at its rate limit is full: what more it is sent comes back to local as refusals."""
     env = Env(monitor=True, rss_mb=600, constraints=ResourceConstraints(max_memory_mb=512))

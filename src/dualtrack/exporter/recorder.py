@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 from itertools import islice
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -112,11 +112,19 @@ class RequestRecorder:
     def calls_in_flight(self, track: str) -> int:
         """Model calls in flight on ``track``, of those whose start named it (``context["track"]``:
         the reference router names it). Counted when asked, once per cycle or scrape: free per request."""
+        return sum(1 for entry in self._started() if entry[2] == track)
+
+    def call_ages(self, track: str) -> List[Tuple[str, float]]:
+        """(query class, seconds it has run so far) of each model call in flight on ``track`` (of
+        those whose start named it), oldest first. Listed when asked (once per machine reading)."""
+        now = self.clock.monotonic()
+        return [(entry[1], now - entry[0]) for entry in self._started() if entry[2] == track]
+
+    def _started(self) -> List[_Started]:
         try:
-            started = list(self._calls.values())
+            return list(self._calls.values())
         except RuntimeError:  # changed during iteration (free-threaded builds): try once more
-            started = list(self._calls.values())
-        return sum(1 for entry in started if entry[2] == track)
+            return list(self._calls.values())
 
     def sweep_if_due(self, now: float) -> None:
         """Expire orphans past their TTL when a sweep is due (cheap when it is not)."""

@@ -311,7 +311,7 @@ class DualTrackOptimizer:
         if current is not None and current.snapshot is snap and current.prefs is prefs:
             return current
         self._overrides = compute_overrides(self.config, self.classifier.classes, self.collector, snap, prefs,
-                                            self.clock.time())
+                                            self.clock.time(), self.recorder.call_ages("api"))
         return self._overrides
 
     def _safe_default(self, err: BaseException) -> Dict[str, Any]:

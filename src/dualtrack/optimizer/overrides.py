@@ -16,7 +16,10 @@ the latest resource reading and the recent windows, in priority order:
    a saturated server, not counting calls refused by a rate limit; when most
    of the failures are the model's own errors, not timeouts or a server down
    or full, more than 80% of them: a model that answers half its calls has
-   error bursts, and the strategy weighs their fallbacks): prefer the other
+   error bursts, and the strategy weighs their fallbacks), or an API that
+   hangs (the calls sent since its last answer have run so long that its
+   recent answers make the silence implausible: its calls fail only at their
+   timeouts, too late for the count of failed calls): prefer the other
    track at once, without waiting for the next cycle. Unlike the others this
    override is *soft*: the router still sends the failing track its
    exploration share, so that its recovery shows.
@@ -34,6 +37,8 @@ recomputed only when the reading or the preferences change, never per request.
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -58,6 +63,12 @@ UNAVAILABLE = ("unavailable", "queue_full", RATE_LIMITED)
 REFUSED_CALLS = 3
 REFUSED_WINDOW_SECONDS = 60.0
 
+#: The API hangs when the calls it was sent since its last answer, at least HANG_CALLS of them,
+#: have run so long that its recent answers make the silence less likely than HANG_CHANCE: a
+#: hanging API fails its calls only at their timeouts, which the failing count would wait for.
+HANG_CALLS = 5
+HANG_CHANCE = 1e-6
+
 #: The battery override acts under this share of the battery threshold.
 BATTERY_OVERRIDE_SHARE = 0.5
 
@@ -74,11 +85,14 @@ class Overrides:
     api_failing: bool = False  # most recent API calls failed: steering to it would not help
     local_failing: bool = False  # most recent local calls failed
     api_refusing: bool = False  # the API's rate limit refused calls within the last minute: it is full
+    api_hanging: bool = False  # its calls in flight run far past its answers, none answered since (failing too)
 
 
 def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collector: MetricsCollector,
-                      snapshot: Optional[MachineState], prefs: Preferences, now: float) -> Overrides:
-    """The overrides for one reading and one preferences document (``now``: wall time)."""
+                      snapshot: Optional[MachineState], prefs: Preferences, now: float,
+                      api_ages: Sequence[Tuple[str, float]] = ()) -> Overrides:
+    """The overrides for one reading and one preferences document (``now``: wall time; ``api_ages``:
+    each API call in flight, its query class and how long it has run, seconds)."""
     c = config.constraints
     checks = resource_checks(c, snapshot)
     cost: Dict[str, str] = {}
@@ -95,13 +109,15 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                             f"${c.max_cost_per_request:.4f} and local quality {local_quality:.2f} is "
                             "acceptable: preferring local")
     api_calls = collector.records("api", None, since)
-    api_failing, local_failing = _failing(api_calls), _failing(collector.records("local", None, since))
+    api_hanging = _hanging(api_calls, api_ages, now)
+    api_failing = api_hanging or _failing(api_calls)
+    local_failing = _failing(collector.records("local", None, since))
     api_refusing = _refusing(api_calls, now - REFUSED_WINDOW_SECONDS)
     battery = checks["battery"]
     battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
         and battery.value < BATTERY_OVERRIDE_SHARE * battery.limit
     return Overrides(snapshot, prefs, tuple(n for n in ("memory", "gpu_memory") if checks[n]),
-                     battery_low, cost, api_failing, local_failing, api_refusing)
+                     battery_low, cost, api_failing, local_failing, api_refusing, api_hanging)
 
 
 def _failing(records: Sequence[PerformanceMetrics]) -> bool:
@@ -126,6 +142,37 @@ def _failing(records: Sequence[PerformanceMetrics]) -> bool:
         # kept was spent on the API: random_93_017, 47% of local calls failing).
         return ok < len(recent) * (1.0 - ERRORS_FAILING_SHARE)
     return ok < len(recent) / 2
+
+
+def _hanging(api_calls: Sequence[PerformanceMetrics], ages: Sequence[Tuple[str, float]], now: float) -> bool:
+    """Does the API hang: have the calls it was sent since its last answer run so long that
+    its recent answers make that silence implausible?
+
+    A hanging API fails a call only at its timeout, so the failing count (completed calls)
+    sees it a timeout late, and meanwhile every call sent there waits for its timeout before
+    its fallback (api_outage's hang: the whole first interval). Each call waiting since the
+    last answer would still be running with the chance that an answer of its class took
+    longer than it has run so far (the recent answers' share, smoothed: an age beyond all
+    twenty answers seen reads 1/22, not 0); the silence's chance is the product. A class the
+    API has not answered lately is judged by all its answers."""
+    answers = [r for r in api_calls if r.outcome == "success"]
+    if not answers:
+        return False  # nothing to judge a silence by
+    silence = now - answers[-1].timestamp
+    waiting = [(qc, age) for qc, age in ages if age < silence]
+    if len(waiting) < HANG_CALLS:
+        return False
+    seconds: Dict[str, List[float]] = {}
+    for r in answers:
+        seconds.setdefault(r.query_class, []).append(r.latency_ms / 1000.0)
+    pooled = sorted(r.latency_ms / 1000.0 for r in answers)
+    by_class = {qc: sorted(v) for qc, v in seconds.items()}
+    log_chance = 0.0
+    for qc, age in waiting:
+        seen = by_class.get(qc, pooled)
+        longer = len(seen) - bisect.bisect_right(seen, age)
+        log_chance += math.log((longer + 1) / (len(seen) + 2))
+    return log_chance < math.log(HANG_CHANCE)
 
 
 def _refusing(api_calls: Sequence[PerformanceMetrics], since: float) -> bool:
@@ -179,7 +226,9 @@ def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel
         values["parallel_threshold"] = PARALLEL_NEVER
         preferred = "local" if failing == "api" else "api"
         applied.append(f"{failing}_failing")
-        reasons.append(f"most recent {failing} calls failed: preferring {preferred} until it recovers")
+        what = "api calls hang (no answer long past its usual)" if overrides.api_hanging and failing == "api" \
+            else f"most recent {failing} calls failed"
+        reasons.append(f"{what}: preferring {preferred} until it recovers")
     if preferred is None:
         if parallel and values["parallel_threshold"] <= 1.0:
             preferred = "parallel"
