@@ -582,6 +582,17 @@ def test_a_track_is_failing_when_most_calls_fail_but_the_models_errors_only_when
         assert rec["routing"]["local_bias"] == 0.0
 
 
+def test_without_a_resource_monitor_the_overrides_follow_the_calls_within_a_cycle() -> None:
+    """The overrides are recomputed a monitor interval after they were, reading or not: a router
+    with no resource monitor steers from a track that fails after the cycle's first request."""
+    env = Env(strategy="balanced")
+    o = env.optimizer
+    assert o.get_optimization_recommendations("q")["overrides"] == []
+    for i in range(20):
+        env.request(f"r{i}", "api", seconds=0.1, success=False, error_type="unavailable")
+    assert o.get_optimization_recommendations("q")["overrides"] == ["api_failing"]
+
+
 def test_an_api_refusing_most_calls_for_its_rate_limit_is_full_not_failing() -> None:
     """Refusals (HTTP 429) come back to local at once; steering every class away from the
     API would leave the calls its limit allows unused. Only the calls it took judge it."""

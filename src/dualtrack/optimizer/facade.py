@@ -130,6 +130,7 @@ class DualTrackOptimizer:
 
         self._cache: Dict[Tuple[str, bool, bool], Tuple[float, Any, Any, Dict[str, Any]]] = {}
         self._overrides: Optional[Overrides] = None
+        self._overrides_until = 0.0  # monotonic time the overrides are recomputed by (with no new reading)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._server: Optional[MetricsServer] = None
@@ -277,8 +278,8 @@ class DualTrackOptimizer:
         qc = self.classifier.classify(query, context)
         complexity = self.classifier.complexity(query, context)
         prefs = self.current_preferences()
-        overrides = self._current_overrides(prefs)
         now = self.clock.monotonic()
+        overrides = self._current_overrides(prefs, now)
         self.recorder.sweep_if_due(now)  # orphans past their TTL must not count as in flight
         # API calls in flight do not load the machine: steering away from local would relieve nothing.
         concurrency_full = self.recorder.machine_calls_in_flight() >= self.config.constraints.max_concurrent_requests
@@ -302,16 +303,20 @@ class DualTrackOptimizer:
         result["complexity"] = complexity
         return result
 
-    def _current_overrides(self, prefs: Preferences) -> Overrides:
-        """Immediate overrides from the latest resource reading and windows, recomputed
-        only when the reading or the preferences change (the monitor reads in the
-        background), not per request."""
+    def _current_overrides(self, prefs: Preferences, now: float) -> Overrides:
+        """Immediate overrides from the latest resource reading and windows, recomputed when
+        the reading or the preferences change (the monitor reads in the background), or a
+        monitor interval after they were (``now``: monotonic), not per request. (Without the
+        time, a router with no resource monitor kept the overrides of each cycle's first
+        request: a track failing after it was not steered from until the next cycle.)"""
         snap = self._snapshot()
         current = self._overrides
-        if current is not None and current.snapshot is snap and current.prefs is prefs:
+        if current is not None and current.snapshot is snap and current.prefs is prefs \
+                and now < self._overrides_until:
             return current
         self._overrides = compute_overrides(self.config, self.classifier.classes, self.collector, snap, prefs,
                                             self.clock.time(), self.recorder.call_ages("api"))
+        self._overrides_until = now + self.config.monitor_interval_seconds
         return self._overrides
 
     def _safe_default(self, err: BaseException) -> Dict[str, Any]:
