@@ -31,8 +31,8 @@ local anyway). Nor while its rate limit refuses calls (three within the last
 minute: the API is full, and what more it is sent comes back to local as
 refusals, in a random mix of classes, where the strategy's split sends the
 classes that take the fewest local slots): then the routing stays as preferred.
-The reasons say why. The overrides are
-recomputed only when the reading or the preferences change, never per request.
+The reasons say why. The overrides are recomputed when the reading or the
+preferences change, or a monitor interval after they were; never per request.
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ def _hanging(api_calls: Sequence[PerformanceMetrics], ages: Sequence[Tuple[str, 
     sees it a timeout late, and meanwhile every call sent there waits for its timeout before
     its fallback (api_outage's hang: the whole first interval). Each call waiting since the
     last answer would still be running with the chance that an answer of its class took
-    longer than it has run so far (the recent answers' share, smoothed: an age beyond all
-    twenty answers seen reads 1/22, not 0); the silence's chance is the product. A class the
-    API has not answered lately is judged by all its answers."""
+    longer than it has run so far (the share of its answers within the signal window,
+    smoothed: an age beyond all of 20 answers reads 1/22, not 0); the silence's chance is the
+    product. A class the API has not answered lately is judged by all its answers."""
     answers = [r for r in api_calls if r.outcome == "success"]
     if not answers:
         return False  # nothing to judge a silence by
