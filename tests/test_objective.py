@@ -179,6 +179,24 @@ def test_a_slower_track_is_a_latency_change() -> None:
     assert est.tally("api", "short").mean_latency == pytest.approx(4.0)
 
 
+def test_a_track_watched_by_a_few_calls_an_interval_is_judged_on_them_pooled() -> None:
+    """Two probe calls an interval are too few to judge a change of the track alone (min_calls
+    4); pooled with the next interval's they are enough: a local model 4x faster (cooling
+    restored) is a change two intervals on, not never, and the class without calls follows it."""
+    est = Estimator(("short", "long"))
+    for _ in range(4):
+        est.update(interval({**steady(calls(20, latency=4.0), calls(20)),
+                             **steady(calls(20, latency=8.0), calls(20), "long")}), INTERVAL)
+    probes = {**steady(calls(2, latency=1.0), calls(20)), ("api", "long"): calls(20)}
+    assert est.update(interval(probes), INTERVAL) == {}  # two calls: not judged yet
+    assert est.update(interval(probes), INTERVAL) == {"local": "latency"}  # four: judged, a change
+    assert est.tally("local", "short").mean_latency == pytest.approx(1.0)
+    assert est.tally("local", "long").mean_latency < 4.0  # rescaled by the pooled change from 8
+    # Two calls an interval as fast as the estimates: pooled, and no change.
+    assert est.update(interval(probes), INTERVAL) == {}
+    assert est.update(interval(probes), INTERVAL) == {}
+
+
 def test_a_price_change_is_a_cost_change() -> None:
     est = Estimator(("short",))
     for _ in range(4):

@@ -17,7 +17,11 @@ means of calls that vary among themselves (tokens vary within a class), so a
 ratio counts as a change only beyond both its floor (x1.5 latency, x1.25
 price) and chance for the interval's number of calls: on the few calls of a
 probed track, a ratio of 2 can be chance, and restarting the estimates on it
-throws away good evidence (and lets the class change track on noise).
+throws away good evidence (and lets the class change track on noise). A
+track that only a few calls an interval watch (the probes of a track no
+class chooses) is judged on the calls of the intervals since it was last
+judged, once they are ``min_calls``: the end of a throttle or of an outage
+shows in three or four calls, not in one interval's one or two.
 
 The local track's latency also grows with its own load. The estimator keeps
 each class's base service time on local (its latency while the track is not
@@ -253,6 +257,9 @@ class TrackState:
     # class's quality shows on a few answers per interval (a probed track), so
     # the evidence is accumulated across intervals until it is conclusive.
     quality_cusum: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    # Per class: the calls of the last intervals that were too few to judge a change of the
+    # track alone (fewer than ``min_calls`` in all), pooled until they are enough.
+    pending: Dict[str, Tally] = field(default_factory=dict)
 
 
 class Estimator:
@@ -384,11 +391,21 @@ class Estimator:
             self.arrivals[c] = rate if previous is None else s.arrival_decay * previous + (1 - s.arrival_decay) * rate
         for track in TRACKS:
             state = self.tracks[track]
-            what = self._detect_track_change(track, fresh[track])
+            # A track a few calls an interval watch (its probes) is judged on the calls of the
+            # intervals since it was last judged, once they are ``min_calls``: a slowdown or its
+            # end shows in a few calls, not in one interval's one or two.
+            judged = {c: state.pending[c].plus(t) if c in state.pending else t for c, t in fresh[track].items()}
+            if sum(t.calls for t in judged.values()) < s.min_calls:
+                state.pending = judged
+                what = None
+            else:
+                state.pending = {}
+                what = self._detect_track_change(track, judged)
+            restarted = bool(what)
             if what:
                 events[track] = what
                 state.changes += 1
-                self._restart_track(track, fresh[track], what)
+                self._restart_track(track, judged, what)
             for c in self.classes:
                 new = fresh[track][c]
                 old = state.tallies.get(c)
@@ -397,6 +414,11 @@ class Estimator:
                     self.own_changes.add((track, c))
                     old = Tally(old.calls, old.successes, old.timeouts, old.within, cost=old.cost,
                                 latency_sum=old.latency_sum, latency_count=old.latency_count)
+                if restarted and judged[c] is not new:
+                    # After a restart the tallies start from the calls the track was judged on
+                    # (the restart kept the earlier ones' quality: not counted twice).
+                    new = new.plus(replace(judged[c].plus(new.scaled(-1.0)), useful=0.0, quality_sum=0.0,
+                                           quality_count=0.0))
                 state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)
         self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
         memory = {name: v for name in MEMORY_SIGNALS if (v := values.get(name, {})) is not None}
