@@ -32,6 +32,12 @@ def announce(title: str) -> Dict[str, Any]:
     return info
 
 
+def add_scenario_option(parser: argparse.ArgumentParser) -> None:
+    """``--scenario NAME``, repeatable: the shipped scenarios or files :func:`named_scenarios` loads."""
+    parser.add_argument("--scenario", action="append", metavar="NAME",
+                        help="a shipped scenario's name or a scenario file; repeat for several")
+
+
 def named_scenarios(names: Optional[Sequence[str]], parser: argparse.ArgumentParser) -> List[Tuple[str, Scenario]]:
     """Each ``--scenario NAME`` (a shipped scenario's name or a file), loaded; one that does not load is
     the parser's error, naming it."""

@@ -111,8 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="The adaptive plan's chances of memory over its limit and of the API budget overspent, "
                     "against what the runs then showed.")
-    parser.add_argument("--scenario", action="append", metavar="NAME",
-                        help="a shipped scenario's name or a scenario file; repeat for several")
+    _common.add_scenario_option(parser)
     parser.add_argument("--seed", action="append", type=int, metavar="SEED",
                         help="the random suite's scenarios of this seed (see --count); repeat for several")
     parser.add_argument("--count", type=int, default=20, help="scenarios per --seed (default 20)")

@@ -205,8 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="strategy:adaptive's gap to perclass_hindsight split into the plan's part (adaptive against "
                     "the machinery fed the hindsight split) and the machinery's (fed against the split itself), "
                     "with the immediate overrides' share of it.")
-    parser.add_argument("--scenario", action="append", metavar="NAME",
-                        help="a shipped scenario's name or a scenario file; repeat for several")
+    _common.add_scenario_option(parser)
     parser.add_argument("--random", type=int, default=0, metavar="N", help="scenarios drawn per --seed")
     parser.add_argument("--seed", type=int, action="append", metavar="S",
                         help="generator seed for --random; repeat for several (default 1)")

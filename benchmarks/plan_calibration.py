@@ -277,8 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="The adaptive plan's expected objective of static splits against what the splits score "
                     "when run: where the plan's model of a split misleads it.")
-    parser.add_argument("--scenario", action="append", metavar="NAME",
-                        help="a shipped scenario's name or a scenario file; repeat for several")
+    _common.add_scenario_option(parser)
     parser.add_argument("--random", action="append", metavar="SEED:INDEX",
                         help="a scenario of the random suite (e.g. 1:13 for random_1_013); repeat for several")
     parser.add_argument("--at", default="0.25,0.5,0.75,1",

@@ -394,7 +394,8 @@ class Estimator:
             # A track a few calls an interval watch (its probes) is judged on the calls of the
             # intervals since it was last judged, once they are ``min_calls``: a slowdown or its
             # end shows in a few calls, not in one interval's one or two.
-            judged = {c: state.pending[c].plus(t) if c in state.pending else t for c, t in fresh[track].items()}
+            earlier = state.pending
+            judged = {c: earlier[c].plus(t) if c in earlier else t for c, t in fresh[track].items()}
             if sum(t.calls for t in judged.values()) < s.min_calls:
                 state.pending = judged
                 what = None
@@ -414,11 +415,10 @@ class Estimator:
                     self.own_changes.add((track, c))
                     old = Tally(old.calls, old.successes, old.timeouts, old.within, cost=old.cost,
                                 latency_sum=old.latency_sum, latency_count=old.latency_count)
-                if restarted and judged[c] is not new:
+                if restarted and c in earlier:
                     # After a restart the tallies start from the calls the track was judged on
                     # (the restart kept the earlier ones' quality: not counted twice).
-                    new = new.plus(replace(judged[c].plus(new.scaled(-1.0)), useful=0.0, quality_sum=0.0,
-                                           quality_count=0.0))
+                    new = new.plus(replace(earlier[c], useful=0.0, quality_sum=0.0, quality_count=0.0))
                 state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)
         self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
         memory = {name: v for name in MEMORY_SIGNALS if (v := values.get(name, {})) is not None}
