@@ -4,11 +4,13 @@
     python benchmarks/adaptation_noise.py --random 20 --seed 1 --seed 3 --repeats 4 --jobs 2
     python benchmarks/adaptation_noise.py --random 2 --repeats 2 --quick        # a smoke run
     python benchmarks/adaptation_noise.py ... --json out.json
+    python benchmarks/adaptation_noise.py --scenario api_outage --scenario api_price_spike --repeats 6
 
 A split sends each query of a class to local or the API by a draw; the
 simulator seeds those draws from the scenario's seed. Every scenario drawn
 by the generator (``--random N`` per ``--seed``, as ``dualtrack bench
-adaptation --random``) is run ``--repeats`` times with one policy (default
+adaptation --random``; or each ``--scenario``, a shipped scenario's name or
+a scenario file) is run ``--repeats`` times with one policy (default
 ``strategy:adaptive``): the first run with the bench's own routing draws,
 the others with ``Simulation(routing_seed=k)``: the same queries, the same
 model behaviour, the same code, only the router's coin flips differ. Every
@@ -65,6 +67,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -82,36 +85,42 @@ from dualtrack.simulation import Simulation
 from dualtrack.simulation.generator import generate_scenario, scenario_name
 from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform_split
 from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, perclass_policy
+from dualtrack.simulation.scenario import load_scenario
 
-# (seed, index, routing seed or None, policy or HINDSIGHT, rules, quick, repeats, what of the local model to tell)
-Job = Tuple[int, int, Optional[int], str, Optional[str], bool, int, Optional[str]]
+# (scenario: random_<seed>_<index> or a --scenario name, routing seed or None, policy or HINDSIGHT, rules, quick,
+#  repeats, what of the local model to tell)
+Job = Tuple[str, Optional[int], str, Optional[str], bool, int, Optional[str]]
 #: What ``--tell-local-model`` may tell the estimator.
 TOLD = ("both", "slots", "service")
 HINDSIGHT = "perclass_hindsight"
+#: The bench's name of a generated scenario.
+RANDOM_NAME = re.compile(r"random_(\d+)_(\d+)")
 
 
-def _scenario(seed: int, index: int, quick: bool) -> Any:
-    scenario = generate_scenario(seed, index)
+def _scenario(name: str, quick: bool) -> Any:
+    """A generated scenario by its bench name (``random_<seed>_<index>``), else a shipped one or a file."""
+    drawn = RANDOM_NAME.fullmatch(name)
+    scenario = generate_scenario(int(drawn[1]), int(drawn[2])) if drawn else load_scenario(name)
     return scenario.time_scaled(QUICK_TIME_SCALE) if quick else scenario
 
 
 def _run(job: Job) -> Tuple[str, str, List[float]]:
     """One policy run (its J), or a hindsight search (the search's J, then the split's J on each other draw);
     with the scenario's name and the policy."""
-    seed, index, routing_seed, policy, rules, quick, repeats, tell = job
-    scenario = _scenario(seed, index, quick)
+    name, routing_seed, policy, rules, quick, repeats, tell = job
+    scenario = _scenario(name, quick)
     if policy == HINDSIGHT:
         evaluator = SplitEvaluator(scenario)
         found = search_split(evaluator, include=[uniform_split(evaluator.classes, STATIC_SHARES[name])
                                                  for name in STATIC_POLICIES])
         fresh = [Simulation(scenario, perclass_policy(found.split), record_metrics=False, tape=evaluator.tape,
                             routing_seed=r).run().summary["objective"] for r in range(1, repeats)]
-        return scenario_name(seed, index), policy, [float(found.objective), *map(float, fresh)]
+        return name, policy, [float(found.objective), *map(float, fresh)]
     strategies = load_strategies(rules or bundled_dir("rules")) if policy.startswith("strategy:") else None
     sim = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed)
     with local_model_told(sim, tell) if tell else nullcontext():
         result = sim.run()
-    return scenario_name(seed, index), policy, [float(result.summary["objective"])]
+    return name, policy, [float(result.summary["objective"])]
 
 
 def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both") -> None:
@@ -215,7 +224,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "with the same queries and other routing draws.")
     parser.add_argument("--random", type=int, default=20, metavar="N", help="scenarios drawn per seed (default 20)")
     parser.add_argument("--seed", type=int, action="append", metavar="S",
-                        help="generator seed; repeat for several (default 1)")
+                        help="generator seed; repeat for several (default 1, none with --scenario)")
+    _common.add_scenario_option(parser)
     parser.add_argument("--repeats", type=int, default=4, metavar="R",
                         help="runs per scenario, the bench's own draws first (default 4, at least 2)")
     parser.add_argument("--policy", default="strategy:adaptive", help="the policy to run (default strategy:adaptive)")
@@ -238,7 +248,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--random and --jobs must be at least 1, --repeats at least 2")
     if args.tell_local_model and not args.policy.startswith("strategy:"):
         parser.error("--tell-local-model needs a strategy:<name> policy (a static policy has no estimator)")
-    seeds = args.seed or [1]
+    seeds = args.seed or ([] if args.scenario else [1])
+    named = [name for name, _ in _common.named_scenarios(args.scenario, parser)]  # loads each once: errors now
+    names = [scenario_name(s, i) for s in seeds for i in range(args.random)] + named
     theirs: Optional[Mapping[str, Sequence[float]]] = None
     if args.baseline:
         try:
@@ -249,18 +261,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         theirs = baseline.get("objectives") if isinstance(baseline, dict) else None
         if not isinstance(theirs, dict):
             parser.error(f"--baseline {args.baseline}: no 'objectives' in it: not a JSON written by this script")
-        missing = [scenario_name(s, i) for s in seeds for i in range(args.random)
-                   if scenario_name(s, i) not in theirs]
+        missing = [name for name in names if name not in theirs]
         if missing:
             parser.error(f"--baseline {args.baseline}: it has no runs of {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''} (run it with the same --random and --seed)")
+                         f"{' ...' if len(missing) > 5 else ''} (run it with the same --random, --seed and "
+                         "--scenario)")
     told = f", the local model told ({args.tell_local_model})" if args.tell_local_model else ""
-    info = _common.announce(f"adaptation noise: {args.policy}{told}, {args.random} scenarios x seeds "
-                            f"{', '.join(map(str, seeds))}, {args.repeats} routing draws each")
-    jobs: List[Job] = [(s, i, None, HINDSIGHT, None, args.quick, args.repeats, None)
-                       for s in seeds for i in range(args.random) if args.hindsight]
-    jobs += [(s, i, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats, args.tell_local_model)
-             for s in seeds for i in range(args.random) for r in range(args.repeats)]
+    what = [f"{args.random} scenarios x seeds {', '.join(map(str, seeds))}"] if seeds else []
+    what += [", ".join(named)] if named else []
+    info = _common.announce(f"adaptation noise: {args.policy}{told}, {' and '.join(what)}, "
+                            f"{args.repeats} routing draws each")
+    jobs: List[Job] = [(name, None, HINDSIGHT, None, args.quick, args.repeats, None)
+                       for name in names if args.hindsight]
+    jobs += [(name, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats, args.tell_local_model)
+             for name in names for r in range(args.repeats)]
     started = time.perf_counter()
     objectives: Dict[str, List[float]] = {}
     hindsight: Dict[str, List[float]] = {}
@@ -310,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{c['better']} of {c['scenarios']} scenarios, worse in {c['worse']}")
     print(f"({len(jobs)} runs in {time.perf_counter() - started:.0f} s with {args.jobs} jobs)")
     if args.json:
-        _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds,
+        _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds, "named": named,
                                        "local_model_told": args.tell_local_model,
                                        "random": args.random, "quick": args.quick,
                                        "objectives": objectives, "hindsight_objectives": hindsight,

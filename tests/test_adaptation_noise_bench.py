@@ -123,3 +123,23 @@ def test_telling_only_the_slots_leaves_the_service_times_estimated() -> None:
     with pytest.raises(ValueError, match="one of both, slots, service"):
         with noise.local_model_told(sim, "everything"):
             pass
+
+
+def test_adaptation_noise_runs_named_scenarios_over_the_draws(tmp_path: Path) -> None:
+    # A shipped scenario by name: the bench's one draw of it is chance too (api_price_spike's verdict
+    # moves with the routing dice), so it is measured over draws like the generated ones.
+    out = tmp_path / "noise.json"
+    proc = run_script("adaptation_noise", "--scenario", "steady", "--repeats", "2", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    assert list(figures["objectives"]) == ["steady"] and figures["seeds"] == [] and figures["named"] == ["steady"]
+    first, second = figures["objectives"]["steady"]
+    assert first != second  # other routing draws: another run
+    from dualtrack.bench.adaptation import QUICK_TIME_SCALE
+    from dualtrack.simulation import Simulation
+    from dualtrack.simulation.scenario import load_scenario
+    bench_draw = Simulation(load_scenario("steady").time_scaled(QUICK_TIME_SCALE), "strategy:adaptive").run()
+    assert first == pytest.approx(bench_draw.summary["objective"])
+    # A name that is neither shipped nor a file is refused before anything runs, naming it.
+    proc = run_script("adaptation_noise", "--scenario", "no_such_scenario", "--repeats", "2", timeout=60)
+    assert proc.returncode == 2 and "--scenario no_such_scenario" in proc.stderr
