@@ -25,7 +25,9 @@ scenario; this says *where*. It runs the scenario once with
    within-target and quality rates, their cost per query against the run's
    mean all-API cost per query, and ``value``, a query's share of ``J``'s
    query terms (the weights of ``dualtrack.objective``: useful, within
-   target and quality, less savings' weight times that cost ratio);
+   target and quality, less savings' weight times that cost ratio), and in
+   each policy's header the window's mean value per query beside the
+   whole run's ``J`` (compliance is the run's only: not in the window's);
    for adaptive and for each ``--compare`` policy (any bench policy name:
    ``all_api``, ``perclass:short=1,medium=0,long=0``, ``strategy:balanced``),
    run on the same queries.
@@ -169,9 +171,19 @@ def window_table(result: SimulationResult, scenario: Scenario, start: float, end
     return out
 
 
+def window_value(table: Table) -> Optional[float]:
+    """The window's mean ``value`` per query, over every class and track (None for an empty window)."""
+    n = sum(r["queries"] for r in table.values())
+    return sum(r["queries"] * r["value"] for r in table.values()) / n if n else None
+
+
 def window_lines(policy: str, result: SimulationResult, scenario: Scenario, start: float, end: float) -> List[str]:
-    lines = [f"{policy}: J {result.summary['objective']:.4f}"]
-    for (qc, track), r in sorted(window_table(result, scenario, start, end).items()):
+    table = window_table(result, scenario, start, end)
+    value = window_value(table)
+    # J is the whole run's (compliance included); the window's own figure is its value per query.
+    lines = [f"{policy}: J {result.summary['objective']:.4f} (the run)"
+             + (f"; this window {value:+.4f} a query" if value is not None else "")]
+    for (qc, track), r in sorted(table.items()):
         lines.append(f"    {qc:>10s} on {track:5s}  queries {r['queries']:6.0f}  useful {r['useful']:.3f}  "
                      f"within {r['within']:.3f}  quality {r['quality']:.3f}  cost/mean API {r['cost_ratio']:.2f}  "
                      f"value {r['value']:+.3f}")

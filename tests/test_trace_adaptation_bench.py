@@ -83,6 +83,10 @@ def test_the_window_table_counts_each_class_and_track_and_values_a_query_as_j_do
     w = OBJECTIVE
     assert api["value"] == pytest.approx(w.useful + w.within_target + w.quality * 0.8 - w.savings * 1.0)
     assert table[("long", "-")]["value"] == 0.0
+    # The window's value per query: every class and track, weighted by queries (4 in the window).
+    expected = (2 * local["value"] + api["value"] + 0.0) / 4
+    assert mod.window_value(table) == pytest.approx(expected)
+    assert mod.window_value({}) is None
 
 
 def test_the_command_prints_cycles_and_both_windows() -> None:
@@ -91,6 +95,7 @@ def test_the_command_prints_cycles_and_both_windows() -> None:
     out = proc.stdout
     assert out.count("\nt=") == 10  # ten cycles of 30 s up to 300 s
     assert "strategy:adaptive: J " in out and "all_api: J " in out
+    assert out.count("; this window ") == 2
     assert " on api " in out
 
 
