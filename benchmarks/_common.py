@@ -10,11 +10,16 @@ import argparse
 import json
 import os
 import platform
+import re
 from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from dualtrack.simulation.generator import generate_scenario
 from dualtrack.simulation.scenario import Scenario, load_scenario
+
+#: The bench's name of a generated scenario (``dualtrack bench adaptation --random``).
+_GENERATED = re.compile(r"random_(\d+)_(\d+)")
 
 
 def machine() -> Dict[str, Any]:
@@ -36,6 +41,14 @@ def add_scenario_option(parser: argparse.ArgumentParser) -> None:
     """``--scenario NAME``, repeatable: the shipped scenarios or files :func:`named_scenarios` loads."""
     parser.add_argument("--scenario", action="append", metavar="NAME",
                         help="a shipped scenario's name or a scenario file; repeat for several")
+
+
+def scenario_for(name: str) -> Scenario:
+    """``random_<seed>_<index>`` as the generator draws it; else a shipped scenario or a file."""
+    match = _GENERATED.fullmatch(name)
+    if match:
+        return generate_scenario(int(match.group(1)), int(match.group(2)))
+    return load_scenario(name)
 
 
 def named_scenarios(names: Optional[Sequence[str]], parser: argparse.ArgumentParser) -> List[Tuple[str, Scenario]]:

@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import statistics
 import sys
 import time
@@ -82,10 +81,9 @@ from dualtrack.adapter.strategy import load_strategies
 from dualtrack.bench.adaptation import QUICK_TIME_SCALE
 from dualtrack.bundled import bundled_dir
 from dualtrack.simulation import Simulation
-from dualtrack.simulation.generator import generate_scenario, scenario_name
+from dualtrack.simulation.generator import scenario_name
 from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform_split
 from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, perclass_policy
-from dualtrack.simulation.scenario import load_scenario
 
 # (scenario: random_<seed>_<index> or a --scenario name, routing seed or None, policy or HINDSIGHT, rules, quick,
 #  repeats, what of the local model to tell)
@@ -93,14 +91,10 @@ Job = Tuple[str, Optional[int], str, Optional[str], bool, int, Optional[str]]
 #: What ``--tell-local-model`` may tell the estimator.
 TOLD = ("both", "slots", "service")
 HINDSIGHT = "perclass_hindsight"
-#: The bench's name of a generated scenario.
-RANDOM_NAME = re.compile(r"random_(\d+)_(\d+)")
 
 
 def _scenario(name: str, quick: bool) -> Any:
-    """A generated scenario by its bench name (``random_<seed>_<index>``), else a shipped one or a file."""
-    drawn = RANDOM_NAME.fullmatch(name)
-    scenario = generate_scenario(int(drawn[1]), int(drawn[2])) if drawn else load_scenario(name)
+    scenario = _common.scenario_for(name)
     return scenario.time_scaled(QUICK_TIME_SCALE) if quick else scenario
 
 

@@ -42,7 +42,6 @@ what chance moves).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -52,23 +51,14 @@ import _common
 import dualtrack.adapter.engine as engine
 from dualtrack.objective import OBJECTIVE
 from dualtrack.simulation import Simulation, SimulationResult
-from dualtrack.simulation.generator import generate_scenario
-from dualtrack.simulation.scenario import Scenario, load_scenario
+from dualtrack.simulation.scenario import Scenario
 
 ADAPTIVE = "strategy:adaptive"
 #: Rules that fire every cycle of ``adaptive``: the trace names only the others.
 ROUTINE_RULES = ("objective", "no_racing")
 #: A class's applied local share this far from the plan's is printed beside it.
 APPLIED_GAP = 0.1
-_GENERATED = re.compile(r"random_(\d+)_(\d+)$")
-
-
-def scenario_for(name: str) -> Scenario:
-    """``random_<seed>_<index>`` as the generator draws it; else a shipped scenario or a file."""
-    match = _GENERATED.match(name)
-    if match:
-        return generate_scenario(int(match.group(1)), int(match.group(2)))
-    return load_scenario(name)
+scenario_for = _common.scenario_for  # gap_by_event and the tests import it from here
 
 
 def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationResult, List[Dict[str, Any]]]:
