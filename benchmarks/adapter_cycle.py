@@ -21,8 +21,8 @@ already holds, so a rule that reads another rule's series would find
 nothing: the rules are backfilled in passes by dependency depth (the first
 group, then the rules reading it, ...), each pass's blocks moved into the
 data folder and Prometheus restarted to load them before the next. Every
-pass writes the same rule file path with the same group names, so each
-pass evaluates at the same timestamps (promtool aligns a group's
+pass writes the same rule file path with one group of the same name, so
+every rule evaluates at the same timestamps (promtool aligns a group's
 evaluations as Prometheus does, by a hash of its name and file) and a
 derived rule reads its inputs at exactly its own timestamp. All modes are
 timed at the last evaluation of the request group, so they compare the same
@@ -148,10 +148,16 @@ def openmetrics(instances: int, end: float, seed: int = 1) -> Iterable[str]:
 def rule_passes(path: Path = RECORDING_RULES) -> List[Dict[str, object]]:
     """The rule file split by dependency depth: pass n holds the rules that read rules of pass n-1 at most.
 
-    Group names (and any group settings) are kept, so every pass evaluates
-    at the same timestamps. Rules come after the rules they read (the file's
-    own convention); anything else is an error here rather than a silently
-    empty series.
+    Each pass is one group named after the file's first group, so every
+    rule of every pass evaluates at the same timestamps (promtool offsets a
+    group's evaluations by a hash of its name): a series of the file's
+    other groups (the interval counts' rate1m) is then read at the very
+    instant the raw mode computes it. Kept in their own groups they were
+    evaluated up to 15 s earlier, a 1m window could hold other samples, and
+    the comparison saw rounding differences of the synthetic counters (a
+    0.25% difference failed CI once). Rules come after the rules they read
+    (the file's own convention); anything else is an error here rather
+    than a silently empty series.
     """
     doc = yaml.safe_load(path.read_text())
     names = [r["record"] for g in doc["groups"] for r in g["rules"] if "record" in r]
@@ -165,14 +171,14 @@ def rule_passes(path: Path = RECORDING_RULES) -> List[Dict[str, object]]:
             if unknown:
                 raise SystemExit(f"{path}: {rule['record']} reads {unknown} before they are recorded")
             depth[rule["record"]] = 1 + max((depth[n] for n in reads), default=-1)
+    settings = [sorted(set(group) - {"name", "rules"}) for group in doc["groups"]]
+    if any(settings):
+        raise SystemExit(f"{path}: group settings {settings} would be lost: the benchmark runs every rule "
+                         "in one group")
     passes = []
     for level in range(max(depth.values()) + 1):
-        groups = []
-        for group in doc["groups"]:
-            rules = [r for r in group["rules"] if "record" in r and depth[r["record"]] == level]
-            if rules:
-                groups.append({**group, "rules": rules})
-        passes.append({"groups": groups})
+        rules = [r for g in doc["groups"] for r in g["rules"] if "record" in r and depth[r["record"]] == level]
+        passes.append({"groups": [{"name": doc["groups"][0]["name"], "rules": rules}]})
     return passes
 
 
