@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dualtrack.adapter.estimator import Estimator, EstimatorSettings, Tally, erlang_b
+from dualtrack.adapter.estimator import MEMORY_FIT_POINTS, Estimator, EstimatorSettings, Tally, erlang_b
 from dualtrack.adapter.objective import (
     BACK_OFF_CYCLES,
     BUDGET_HORIZON_SECONDS,
@@ -569,13 +569,16 @@ def test_memory_over_its_limit_before_the_line_is_fitted_caps_the_slots_at_the_r
     d = EstimatorSettings().memory_decay  # the earlier reading weighs d
     assert est.memory_slots == pytest.approx((d * 2 + 5) / (d * 0.8 + 1.1), rel=1e-6)
     assert est.memory_slots < 4.0
-    # Back under its limit, no guess again; and once fitted, the line says where the limit is.
-    est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=1,
-                        gpu_memory_used_ratio=0.7), INTERVAL)
-    assert est.memory_slots is None
-    for k in (3, 0, 4):
+    # Back under its limit, and still no line: the guess stands (forgotten, the next plan sent
+    # local its full load again); once fitted, the line says where the limit is.
+    est = Estimator(("short",))
+    assert MEMORY_FIT_POINTS >= 3  # else no reading under the limit comes before the line
+    readings = [(5, 1.1), (1, 0.7), (2, 0.8), (3, 0.9), (0, 0.6)]
+    for n, (k, ratio) in enumerate(readings, start=1):
         est.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=k,
-                            gpu_memory_used_ratio=0.6 + 0.1 * k), INTERVAL)
+                            gpu_memory_used_ratio=ratio), INTERVAL)
+        if n < MEMORY_FIT_POINTS:
+            assert est.memory_slots == pytest.approx(5 / 1.1, rel=1e-9), n
     assert est.memory_slots == pytest.approx(4.0, rel=1e-6)  # every reading was on the line
 
 
@@ -604,12 +607,17 @@ def test_memory_is_fitted_on_the_calls_counted_with_its_reading() -> None:
         counted.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)),
                                 gpu_memory_used_ratio=0.8 + 0.05 * k, memory_reading_local_calls=k), INTERVAL)
     assert counted.memory_slots == pytest.approx(4.0, rel=1e-6)
-    # The same readings against the interval's mean load: no spread, no line.
+    # The same readings against the interval's mean load: no spread, no line; only the guess
+    # the reading over the limit made (1.05 at a mean of 3: every reading put down to the load).
     mean_only = Estimator(("short",))
     for k in (3, 1, 4, 2, 5, 0, 3):
         mean_only.update(interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)),
                                   gpu_memory_used_ratio=0.8 + 0.05 * k), INTERVAL)
-    assert mean_only.memory_slots is None
+    d = EstimatorSettings().memory_decay
+    over = [0.8 + 0.05 * k for k in (3, 1, 4, 2, 5)]  # the readings up to the one over the limit
+    weights = [d ** (len(over) - 1 - i) for i in range(len(over))]
+    guess = 3.0 * sum(weights) / sum(w * y for w, y in zip(weights, over, strict=True))
+    assert mean_only.memory_slots == pytest.approx(guess, rel=1e-9)
     # Without the paired count, the routers' count of now stands in.
     now_count = Estimator(("short",))
     for k in (3, 1, 4, 2, 5, 0, 3):

@@ -47,12 +47,16 @@ pairs a memory reading with the local calls counted at the same moment (the
 resource monitor's load probe, exported as
 ``dualtrack_resource_reading_local_calls``): against the interval's mean
 load, a steady load leaves the line without a slope. Until the line has
-points enough (five intervals), a reading that finds memory over its limit
+points enough (three intervals), a reading that finds memory over its limit
 puts all of memory down to local load (a line through zero, which says fewer
-slots than memory holds): the first plans would otherwise send local as
-much as it carries while memory is over its limit (in the random suite's
+slots than memory holds), and that guess stands through readings under the
+limit until the line is fitted: the first plans would otherwise send local
+as much as it carries while memory is over its limit (in the random suite's
 seeds 89-90, memory over its limit in the first two minutes cost about 0.05
-points of J per scenario, a tenth of the gap to the hindsight split).
+points of J per scenario, a tenth of the gap to the hindsight split; with
+the guess forgotten at the next reading under the limit and five intervals
+to a line, seeds 121-124 were over a limit 2,003 s in their first five
+minutes, 1,783 s with both changed).
 
 What a query usually costs on the API (its cost per successful call over the
 classes' mix, decayed over about a hundred intervals) scales the savings
@@ -292,6 +296,8 @@ class Estimator:
         # where the other takes over, and miss where the steeper one reaches its limit.
         self._memory_lines = {name: _DecayedLine(settings.memory_decay) for name in MEMORY_SIGNALS}
         self.memory_slots: Optional[float] = None  # busy local slots at which memory reaches its limit
+        # Per memory, the slots its last reading over the limit said, kept until its line is fitted.
+        self._memory_guesses: Dict[str, float] = {}
         # The battery's drain (share of a full charge per hour) against local load, while on
         # battery power: a line as for memory, (idle drain, drain per busy local slot).
         self._battery_line = _DecayedLine(settings.battery_decay)
@@ -722,7 +728,14 @@ class Estimator:
             elif load > 0 and memory.get(name, 0.0) >= 1.0 and (slope := line.slope_through_origin()):
                 # Too few points for a line yet, and this memory is over its limit now: all of
                 # it put down to local load (fewer slots than it holds) until the line says.
+                self._memory_guesses[name] = 1.0 / slope
                 limits.append(1.0 / slope)
+            elif name in self._memory_guesses:
+                # Under its limit now, and still no line: the guess stands. Forgotten at the
+                # next reading under the limit, the plan sent local its full load again and
+                # memory went back over (random_118_009, random_118_013: over its limit half and
+                # a third of their first three minutes).
+                limits.append(self._memory_guesses[name])
         self.memory_slots = min(limits, default=None)
 
     def api_cost_per_query(self) -> Optional[float]:
@@ -900,8 +913,9 @@ def slots_for(load: float, waiting: float, most: int = 512) -> int:
     return k
 
 
-#: Intervals of evidence before the memory line is trusted.
-MEMORY_FIT_POINTS = 5
+#: Intervals of evidence before the memory (and battery) line is trusted: three points, one
+#: more than a line needs (five waited two cycles longer with memory over its limit).
+MEMORY_FIT_POINTS = 3
 #: The memory signals fitted against local load, each a share of its limit.
 MEMORY_SIGNALS = ("memory_used_ratio", "gpu_memory_used_ratio")
 
