@@ -33,7 +33,11 @@ Then, over all the scenarios, the stretches that follow each kind of event
 mean per scenario of the suite (so that the kinds add up
 to the suite's mean gap), how much of it is the compliance term (seconds
 with a constraint violated, against the queries' terms), how many there
-were, and the worst. ``--warm-up SECONDS`` cuts the run's first seconds
+were, and the worst. Last, the seconds each constraint was over its limit
+(memory, GPU memory, the budget, the battery, ...), adaptive against the
+hindsight split over all the scenarios, and the scenario where adaptive
+spent the most seconds beyond the split: the compliance term says how much
+of the gap is time over a limit, this says which limit. ``--warm-up SECONDS`` cuts the run's first seconds
 from the start stretch (where no event comes first): the first decision
 comes after one adaptation interval, and the estimates fill over a few
 more. Figures are
@@ -158,6 +162,8 @@ def gap_by_stretch(scenario: Scenario, split: Mapping[str, float],
     parts = [x - y + held for x, y, held in zip(qa, qh, compliance, strict=True)]
     return {
         "scenario": scenario.name, "gap": gap,
+        "violation_seconds": {"adaptive": dict(adaptive.summary.get("violation_by_constraint") or {}),
+                              "fixed": dict(fixed.summary.get("violation_by_constraint") or {})},
         "stretches": [{"label": label, "kind": kind(label) if label != START else START, "from": start,
                        "to": min(end, scenario.duration), "gap": part, "compliance": held}
                       for (label, start, end), part, held
@@ -184,6 +190,25 @@ def by_kind(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     out = [{"kind": k, "mean_gap": sum(g for g, _ in v) / n, "mean_compliance": held[k] / n, "count": len(v),
             "worst": min(v)[0], "worst_scenario": min(v)[1]} for k, v in kinds.items()]
     return sorted(out, key=lambda r: r["mean_gap"])
+
+
+def by_constraint(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Each constraint's seconds over its limit, adaptive's and the hindsight split's summed over the
+    scenarios, and the scenario where adaptive spent the most beyond the split; the largest excess first."""
+    totals: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0.0])
+    worst: Dict[str, Tuple[float, str]] = {}
+    for row in rows:
+        seconds = row.get("violation_seconds") or {}
+        adaptive, fixed = seconds.get("adaptive") or {}, seconds.get("fixed") or {}
+        for name in set(adaptive) | set(fixed):
+            a, f = float(adaptive.get(name, 0.0)), float(fixed.get(name, 0.0))
+            totals[name][0] += a
+            totals[name][1] += f
+            if name not in worst or a - f > worst[name][0]:
+                worst[name] = (a - f, row["scenario"])
+    out = [{"constraint": name, "adaptive": a, "fixed": f, "excess": a - f, "most": worst[name][1],
+            "most_excess": worst[name][0]} for name, (a, f) in totals.items()]
+    return sorted(out, key=lambda r: (-r["excess"], r["constraint"]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -236,9 +261,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{100 * held:+22.3f}  of the mean gap is the compliance term (time with a constraint violated)")
     residual = max((abs(r["residual"]) for r in rows), default=0.0)
     print(f"(largest residual, what the stretches leave out: {100 * residual:.3f} points)")
+    limits = by_constraint(rows)
+    if limits:
+        print(f"\nseconds over a limit, all {len(rows)} scenarios (a second over two limits counts under both):")
+        print(f"{'constraint':>14s}  {'adaptive':>9s}  {HINDSIGHT:>18s}  {'excess':>8s}  most beyond the split")
+        for r in limits:
+            print(f"{r['constraint']:>14s}  {r['adaptive']:9.0f}  {r['fixed']:18.0f}  {r['excess']:+8.0f}  "
+                  f"{r['most']} ({r['most_excess']:+.0f} s)")
     if args.out:
         _common.write_json(args.out, {"machine": _common.machine(), "scenarios": rows, "by_kind": table,
-                                      "mean_gap": mean_gap})
+                                      "by_constraint": limits, "mean_gap": mean_gap})
     return 0
 
 

@@ -82,6 +82,28 @@ def test_the_stretches_of_a_real_run_add_up_to_its_gap() -> None:
     assert {r["kind"] for r in table} == {s["kind"] for s in row["stretches"]}
     assert sum(r["mean_compliance"] for r in table) == pytest.approx(sum(s["compliance"] for s in row["stretches"]))
     assert [r["mean_gap"] for r in table] == sorted(r["mean_gap"] for r in table)
+    # Each constraint's seconds over its limit are the runs' own (the split's run differs from adaptive's).
+    seconds = row["violation_seconds"]
+    assert set(seconds) == {"adaptive", "fixed"} and seconds["adaptive"] != seconds["fixed"]
+    limits = mod.by_constraint([row])
+    assert {r["constraint"] for r in limits} == set(seconds["adaptive"]) | set(seconds["fixed"])
+    assert all(r["excess"] == pytest.approx(r["adaptive"] - r["fixed"]) for r in limits)
+
+
+def test_the_seconds_over_each_limit_are_summed_and_the_largest_excess_comes_first() -> None:
+    mod = bench_script("gap_by_event")
+    rows = [{"scenario": "a", "violation_seconds": {"adaptive": {"memory": 30.0, "cost_budget": 100.0},
+                                                    "fixed": {"memory": 50.0, "cost_budget": 40.0}}},
+            {"scenario": "b", "violation_seconds": {"adaptive": {"cost_budget": 20.0},
+                                                    "fixed": {"cost_budget": 0.0, "battery": 5.0}}},
+            {"scenario": "c"}]  # a row of an older JSON, without the seconds
+    limits = mod.by_constraint(rows)
+    assert [r["constraint"] for r in limits] == ["cost_budget", "battery", "memory"]
+    budget = limits[0]
+    assert (budget["adaptive"], budget["fixed"], budget["excess"]) == (120.0, 40.0, 80.0)
+    assert (budget["most"], budget["most_excess"]) == ("a", 60.0)
+    assert (limits[1]["excess"], limits[1]["most"]) == (-5.0, "b")
+    assert (limits[2]["excess"], limits[2]["most"]) == (-20.0, "a")
 
 
 def test_a_file_that_is_not_a_bench_json_is_a_one_line_error(tmp_path: Path) -> None:
