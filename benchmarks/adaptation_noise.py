@@ -105,8 +105,8 @@ def _run(job: Job) -> Tuple[str, str, List[float]]:
     scenario = _scenario(name, quick)
     if policy == HINDSIGHT:
         evaluator = SplitEvaluator(scenario)
-        found = search_split(evaluator, include=[uniform_split(evaluator.classes, STATIC_SHARES[name])
-                                                 for name in STATIC_POLICIES])
+        found = search_split(evaluator, include=[uniform_split(evaluator.classes, STATIC_SHARES[static])
+                                                 for static in STATIC_POLICIES])
         fresh = [Simulation(scenario, perclass_policy(found.split), record_metrics=False, tape=evaluator.tape,
                             routing_seed=r).run().summary["objective"] for r in range(1, repeats)]
         return name, policy, [float(found.objective), *map(float, fresh)]
