@@ -3,6 +3,7 @@ J counts it, the stretches add up to the whole gap, and the command line says wh
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -117,3 +118,38 @@ def test_a_file_that_is_not_a_bench_json_is_a_one_line_error(tmp_path: Path) -> 
     proc = run_script("gap_by_event", str(missing))
     assert proc.returncode == 2
     assert "no perclass_hindsight split for scenario 'steady'" in proc.stderr
+
+
+def test_set_changes_the_starting_parameters_both_policies_run_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = bench_script("gap_by_event")
+    assert mod.parse_set("local.thermal.threshold=1.0") == ("local.thermal.threshold", 1.0)
+    assert mod.parse_set(" workload.rate = 28") == ("workload.rate", 28)
+    for bad in ("local.thermal.threshold", "=1.0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected PATH=VALUE"):
+            mod.parse_set(bad)
+    seen: dict = {}
+
+    def fake_gap(scenario: Any, split: Any, rules: Any, warm_up: float) -> dict:
+        seen["scenario"], seen["split"] = scenario, split
+        return {}
+
+    small = load_scenario("api_outage").time_scaled(0.1)
+    monkeypatch.setattr(mod, "scenario_for", lambda name: small)
+    monkeypatch.setattr(mod, "gap_by_stretch", fake_gap)
+    mod._one(("api_outage", {"short": 1.0}, None, 0.0, {"local.thermal.threshold": 1.0}))
+    assert seen["scenario"].params["local"]["thermal"]["threshold"] == 1.0
+    assert small.params["local"]["thermal"]["threshold"] != 1.0  # the scenario itself is left as it was
+    mod._one(("api_outage", {"short": 1.0}, None, 0.0, {}))
+    assert seen["scenario"] is small
+
+
+def test_a_set_of_an_unknown_parameter_is_a_one_line_error(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"scenarios": {"steady": {"policies": {
+        "perclass_hindsight": {"split": {"short": 1.0, "medium": 0.5, "long": 0.0}}}}}}))
+    proc = run_script("gap_by_event", str(results), "--set", "local.thermall.threshold=1.0")
+    assert proc.returncode == 2
+    assert "--set: steady:" in proc.stderr and "local.thermall.threshold" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_script("gap_by_event", str(results), "--set", "threshold")
+    assert proc.returncode == 2 and "expected PATH=VALUE" in proc.stderr and "Traceback" not in proc.stderr
