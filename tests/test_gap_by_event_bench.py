@@ -133,14 +133,23 @@ def test_set_changes_the_starting_parameters_both_policies_run_with(monkeypatch:
         seen["scenario"], seen["split"] = scenario, split
         return {}
 
+    def fake_search(evaluator: Any, include: Any = ()) -> SimpleNamespace:
+        seen["searched"], seen["include"] = evaluator.scenario, list(include)
+        return SimpleNamespace(split={"short": 0.25, "medium": 0.0, "long": 1.0})
+
     small = load_scenario("api_outage").time_scaled(0.1)
+    kept = {"short": 1.0, "medium": 0.5, "long": 0.0}
     monkeypatch.setattr(mod, "scenario_for", lambda name: small)
     monkeypatch.setattr(mod, "gap_by_stretch", fake_gap)
-    mod._one(("api_outage", {"short": 1.0}, None, 0.0, {"local.thermal.threshold": 1.0}))
+    monkeypatch.setattr(mod, "search_split", fake_search)
+    row = mod._one(("api_outage", kept, None, 0.0, {"local.thermal.threshold": 1.0}))
     assert seen["scenario"].params["local"]["thermal"]["threshold"] == 1.0
     assert small.params["local"]["thermal"]["threshold"] != 1.0  # the scenario itself is left as it was
-    mod._one(("api_outage", {"short": 1.0}, None, 0.0, {}))
-    assert seen["scenario"] is small
+    # Another world, another best split: searched again there, the JSON's among the candidates.
+    assert seen["searched"] is seen["scenario"] and seen["include"] == [kept]
+    assert seen["split"] == row["split"] == {"short": 0.25, "medium": 0.0, "long": 1.0}
+    row = mod._one(("api_outage", kept, None, 0.0, {}))
+    assert seen["scenario"] is small and seen["split"] == row["split"] == kept
 
 
 def test_a_set_of_an_unknown_parameter_is_a_one_line_error(tmp_path: Path) -> None:
