@@ -599,10 +599,9 @@ def test_a_hedged_request_cancelled_by_its_caller_cancels_both_calls(setup: Setu
 def test_a_fallback_is_not_hedged(setup: Setup) -> None:
     # The local call fails at once; LiteLLM's retry goes to the API track, which is slow: that is the
     # fallback, not a slow first call, and it gets no hedge (the hedge would be on its own track).
-    router = Router(model_list=chat_group(local="litellm.InternalServerError", api="api answer"),
-                    num_retries=1, retry_after=0)
-    router.set_model_list([*router.get_model_list()[:1], {**router.get_model_list()[1], "litellm_params": {
-        **router.get_model_list()[1]["litellm_params"], "mock_delay": 0.4}}])
+    local, api = chat_group(local="litellm.InternalServerError", api="api answer")
+    api = {**api, "litellm_params": {**api["litellm_params"], "mock_delay": 0.4}}
+    router = Router(model_list=[local, api], num_retries=1, retry_after=0)
     handle = setup.instrument(router, hedge=HedgePolicy(delay=0.2))
     warm_up(setup, router, handle, "local", "api")
     [(text, seconds)] = timed_calls(handle, 1)
