@@ -72,7 +72,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import _common
 import yaml
-from trace_adaptation import ADAPTIVE, scenario_for, useful_and_within
+from _common import scenario_for
+from trace_adaptation import ADAPTIVE, useful_and_within
 
 from dualtrack.objective import OBJECTIVE
 from dualtrack.simulation import Simulation, SimulationResult

@@ -47,6 +47,7 @@ from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import _common
+from _common import scenario_for
 
 import dualtrack.adapter.engine as engine
 from dualtrack.objective import OBJECTIVE
@@ -58,7 +59,6 @@ ADAPTIVE = "strategy:adaptive"
 ROUTINE_RULES = ("objective", "no_racing")
 #: A class's applied local share this far from the plan's is printed beside it.
 APPLIED_GAP = 0.1
-scenario_for = _common.scenario_for  # gap_by_event and the tests import it from here
 
 
 def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationResult, List[Dict[str, Any]]]:
