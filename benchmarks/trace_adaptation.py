@@ -18,8 +18,10 @@ scenario; this says *where*. It runs the scenario once with
    slots it inferred, the capacity seen (Erlangs), the busy slots at which
    memory reaches its limit, the local load it planned (busy slots at base
    service times), each class's base service time on local and its arrival
-   rate; ``--reasons`` adds the plan's reasons (the per-class valuations,
-   the bounds that held);
+   rate, and ``waiting``: the calls the simulated local server held waiting
+   for a slot at the cycle (the truth, not an estimate: a plan that loads
+   local past what it carries shows here first); ``--reasons`` adds the
+   plan's reasons (the per-class valuations, the bounds that held);
 2. **per window** (``--from``/``--to``, seconds): for each query class and
    the track that answered (``-``: none did), the queries, their useful,
    within-target and quality rates, their cost per query against the run's
@@ -83,6 +85,7 @@ def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationRe
     for i, cycle in enumerate(cycles):
         cycle["t"] = t = round((i + 1) * scenario.adaptation_interval, 3)
         cycle["fired"] = [f for f in (rows.get(t) or {}).get("fired", []) if f not in ROUTINE_RULES]
+        cycle["waiting"] = (rows.get(t) or {}).get("local_queue")
         # What the router applied in the interval after the cycle (overrides included).
         applied = ((rows.get(round(t + scenario.adaptation_interval, 3)) or {}).get("applied") or {}).get("by_class")
         cycle["applied"] = {c: v["local_bias"] for c, v in applied.items()} if applied else None
@@ -104,7 +107,8 @@ def cycle_lines(cycles: Sequence[Mapping[str, Any]], start: float, end: float, r
         arrivals = ",".join(f"{k}={v:.2f}" for k, v in c["arrivals"].items()) or "-"
         lines.append(f"t={c['t']:7.0f}  {shares}  changed={changed}  slots={_number(c['slots'])} "
                      f"capacity={_number(c['capacity'])} memory_slots={_number(c['memory_slots'])} "
-                     f"planned={_number(c['planned_load'])}  base_s={base}  arrivals/s={arrivals}")
+                     f"planned={_number(c['planned_load'])} waiting={_number(c.get('waiting'), 0)}  "
+                     f"base_s={base}  arrivals/s={arrivals}")
         applied = c.get("applied") or {}
         if any(abs(applied.get(k, v) - v) > APPLIED_GAP for k, v in c["shares"].items()):
             # The router did not follow the plan (an immediate override: a failing track, memory, ...).

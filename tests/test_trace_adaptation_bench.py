@@ -35,6 +35,21 @@ def test_each_cycle_traced_is_the_split_the_preferences_published() -> None:
     assert result.requests is not None and len(result.requests) == result.summary["requests"]
 
 
+def test_each_cycle_shows_the_calls_the_simulated_local_server_held_waiting() -> None:
+    mod = bench_script("trace_adaptation")
+    base = {"changed": {}, "slots": None, "capacity": None, "memory_slots": None, "planned_load": None,
+            "base_service": {}, "arrivals": {}, "reasons": [], "fired": [], "applied": None,
+            "shares": {"short": 0.99}}
+    lines = mod.cycle_lines([dict(base, t=30.0, waiting=42), dict(base, t=60.0, waiting=None)], 0.0, 100.0,
+                            reasons=False)
+    assert " waiting=42 " in lines[0] and " waiting=- " in lines[1]
+    # A real run: the count is the simulator's own queue at the cycle.
+    result, cycles = mod.trace(load_scenario("burst_load").time_scaled(0.25))
+    queues = [row["local_queue"] for row in result.series]
+    assert [c["waiting"] for c in cycles] == queues
+    assert all(isinstance(q, int) and q >= 0 for q in queues)
+
+
 def test_a_cycle_shows_what_the_router_applied_when_it_did_not_follow_the_plan() -> None:
     mod = bench_script("trace_adaptation")
     base = {"changed": {}, "slots": None, "capacity": None, "memory_slots": None, "planned_load": None,
