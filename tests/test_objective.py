@@ -539,7 +539,30 @@ def test_failures_beyond_what_a_full_server_turns_away_are_errors_not_capacity()
     assert erlang_b(5, 2.6) == pytest.approx(0.077, abs=0.001)
     assert run(5.0).capacity is None
     assert run(2.0).capacity is not None and run(2.0).capacity < 2.6
-    assert run(None).capacity is not None  # slots unknown: read as a full server, as before
+    # No slots inferred, but the first interval was carried without waiting (2 Erlangs): the slots
+    # that showed (slots_for(2, 0.6) = 4, 16% of calls finding them busy at 2.6 Erlangs) stand for them.
+    carried = run(None)
+    assert carried.slots is None and carried._slots_seen_free == 4
+    assert erlang_b(4, 2.6) == pytest.approx(0.161, abs=0.001)
+    assert carried.capacity is None
+
+
+def test_with_no_slots_inferred_errors_are_not_capacity_and_timeouts_are() -> None:
+    # A server that never queued (no slots inferred; 4 seen carrying 2 Erlangs without waiting)
+    # fails 37% of its calls at 1 Erlang: failing fast, its errors (random_130_014: the capacity
+    # was cut to 0.8 busy slots of 64); timing out, a queue; and with nothing seen carried, a
+    # full server as before.
+    def run(timeouts: float, first: bool = True) -> Estimator:
+        est = Estimator(("short",))
+        if first:
+            est.update(interval(steady(calls(60, latency=1.0), calls(10))), INTERVAL)  # 2 Erlangs, no wait
+            est.slots = None
+        est.update(interval(steady(calls(30, success=0.63, latency=1.0, timeouts=timeouts), calls(10))), INTERVAL)
+        return est
+
+    assert run(0.0)._slots_seen_free == 4 and run(0.0).capacity is None  # fast errors
+    assert run(11.0).capacity is not None  # timeouts: the calls waited
+    assert run(0.0, first=False).capacity is not None  # nothing seen carried: read as a full server
 
 
 def test_memory_against_local_load_says_where_the_limit_is() -> None:

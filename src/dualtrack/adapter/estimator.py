@@ -824,6 +824,15 @@ class Estimator:
             # load the slots carry, are the model's errors, not its capacity. (random_90_002:
             # 59% of the calls failing at 2.6 Erlangs on 5 slots cut the capacity to 0.5.)
             rejecting = failed <= 2.0 * erlang_b(max(1, int(round(self.slots))), offered) + 0.05
+        elif rejecting and self._slots_seen_free:
+            # No slots inferred (local never queued): the slots it was seen to carry load with
+            # stand for them, for the calls that failed fast. A call that timed out waited, and
+            # that is a queue whatever the slots say. (random_130_014: 37% of the calls erring on a
+            # 64-slot server a third loaded cut its capacity to 0.8 busy slots, and a budget kept
+            # by local load was over through the errors' 17 minutes.)
+            timed_out = pooled.timeouts / pooled.calls if pooled.calls > 0 else 0.0
+            rejecting = (timed_out > s.rejected_share or failed - timed_out
+                         <= 2.0 * erlang_b(max(1, int(round(self._slots_seen_free))), offered) + 0.05)
         if rejecting and self.capacity is None or rejecting and offered >= 0.5 * (self.capacity or 0.0):
             self._cut_capacity(s.capacity_cut * offered * (1.0 - failed))
             return
