@@ -823,7 +823,7 @@ class Estimator:
             # none waiting; with a queue fewer still): failures far beyond that share, at a
             # load the slots carry, are the model's errors, not its capacity. (random_90_002:
             # 59% of the calls failing at 2.6 Erlangs on 5 slots cut the capacity to 0.5.)
-            rejecting = failed <= 2.0 * erlang_b(max(1, int(round(self.slots))), offered) + 0.05
+            rejecting = failed <= _turned_away_at_most(self.slots, offered)
         elif rejecting and self._slots_seen_free:
             # No slots inferred (local never queued): the slots it was seen to carry load with
             # stand for them, for the calls that failed fast. A call that timed out waited, and
@@ -831,8 +831,8 @@ class Estimator:
             # 64-slot server a third loaded cut its capacity to 0.8 busy slots, and a budget kept
             # by local load was over through the errors' 17 minutes.)
             timed_out = pooled.timeouts / pooled.calls if pooled.calls > 0 else 0.0
-            rejecting = (timed_out > s.rejected_share or failed - timed_out
-                         <= 2.0 * erlang_b(max(1, int(round(self._slots_seen_free))), offered) + 0.05)
+            rejecting = (timed_out > s.rejected_share
+                         or failed - timed_out <= _turned_away_at_most(self._slots_seen_free, offered))
         if rejecting and self.capacity is None or rejecting and offered >= 0.5 * (self.capacity or 0.0):
             self._cut_capacity(s.capacity_cut * offered * (1.0 - failed))
             return
@@ -877,6 +877,12 @@ class Estimator:
                 if self.slots is not None and wanted > 1.05 * offered and (
                         offered >= 0.5 * self.slots or self._never_queued_below(wanted)):
                     self.slots = min(512.0, self.slots * s.capacity_growth)
+
+
+def _turned_away_at_most(slots: float, load: float) -> float:
+    """The share of calls a full server of ``slots`` could turn away at ``load`` Erlangs, with room
+    for noise: twice those that find every slot busy (Erlang B), and 5 points more."""
+    return 2.0 * erlang_b(max(1, int(round(slots))), load) + 0.05
 
 
 def erlang_b(slots: int, load: float) -> float:
