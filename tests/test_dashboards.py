@@ -51,6 +51,9 @@ NO_DATA_EXPECTED: Dict[Tuple[str, str, str], str] = {
     ("dualtrack-overview", "Instrumentation health", "F"):
         "dualtrack_optimizer_errors_total{component} only exists after an internal error of the optimizer; "
         "the public API cannot provoke one (every input is validated and repaired first)",
+    ("dualtrack-adapter", "Planned against measured: API spend", "C"):
+        "the adapter plans its spend only against a budget, and the routers that read its preferences "
+        "(router-b) have none; the embedded router-a plans against one (target A)",
 }
 
 PANEL_TYPES = {"row", "stat", "timeseries", "gauge", "bargauge", "table", "state-timeline"}

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
 from dualtrack.adapter.loop import AdapterMetrics
+from dualtrack.adapter.plan_view import ESTIMATES, PlanCollector, PlanView
 from dualtrack.exporter.local_server import LocalServerScraper
 from dualtrack.integrations.litellm import LiteLLMMetrics
 from dualtrack.preferences import Preferences, PreferencesReader, write_preferences
@@ -46,6 +47,12 @@ def test_every_exported_metric_is_documented(tmp_path):
     LiteLLMMetrics.for_registry(registry)  # the LiteLLM integration's own series
     LocalServerScraper("http://127.0.0.1:9/metrics", registry=registry)  # embedded scraping of a local server
     HedgeMetrics.for_registry(registry)  # the router's, when it hedges
+    # Every family the plan's collector can produce (each estimate known), as the adapter
+    # process and the embedded optimizer register it.
+    full = PlanView(expected={"short": {"local": 0.7, "api": 0.6}}, estimates={a: 1.0 for _, _, a in ESTIMATES},
+                    changes={("api", "", "latency"): 1})
+    for prefix in ("dualtrack_adapter", "dualtrack_adaptation"):
+        registry.register(PlanCollector(lambda: full, prefix))
 
     names = _names(registry)
     assert len(names) > 60

@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dualtrack.adapter.embedded import AdaptiveOptimizer
+from dualtrack.adapter.plan_view import PlanCollector
 from dualtrack.clock import VirtualClock
 from dualtrack.config import ModelPrice, OptimizationConfig, ResourceConstraints
 from dualtrack.exporter.monitor import ResourceMonitor
@@ -126,6 +127,8 @@ class AdapterStandIn:
                                  registry=r)
         self.mode_info = Gauge("dualtrack_adapter_mode_info", "Strategy and mode.", ["strategy", "mode"],
                                registry=r)
+        # The real collector of what the objective-driven strategy believes, as the process registers it.
+        r.register(PlanCollector(lambda: self.engine.engine.plan, "dualtrack_adapter"))
         self.reload_success.set(1)
         self.last_reload.set(clock.time())
         self._rng = random.Random(7)

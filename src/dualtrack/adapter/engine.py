@@ -40,6 +40,7 @@ from ..vocabulary import DEFAULT_QUERY_CLASSES, PATHS, ROUTING_NAMES, TRACKS
 from .conditions import Context
 from .estimator import Estimator, EstimatorSettings
 from .objective import ANSWERING_SHARE, ObjectiveSpec, Split, choose_split
+from .plan_view import PlanView, merged_changes, plan_view
 from .signals import SignalValues
 from .strategy import Action, Rule, Strategy, StrategySet
 
@@ -121,6 +122,9 @@ class RuleEngine:
         self.interval_seconds = interval_seconds
         self.estimator: Optional[Estimator] = None
         self.last_split: Optional[Split] = None
+        #: The last objective cycle's estimates and plan, for the metrics (None before one ran).
+        self.plan: Optional[PlanView] = None
+        self._changes: Dict[Tuple[str, str, str], int] = {}  # (path, query class, what) -> changes detected
         self.mode: Optional[str] = None
         self._mode_since = -math.inf
         self._hold: Dict[Tuple[str, ...], float] = {}
@@ -211,7 +215,9 @@ class RuleEngine:
         # local_bias this cycle are guard rails: their actions apply on top, to
         # every class; a per-class rule that moved a class's local_bias wins for it.
         objective = strat.objective or self.top.objective
-        if objective is not None:
+        if objective is None:
+            self.plan = None  # no estimates behind this cycle: none to show
+        else:
             split = self._optimize(objective, values, reasons)
             for qc in self.query_classes:
                 if qc not in class_touched and qc in split.shares:
@@ -317,6 +323,8 @@ class RuleEngine:
                              latency_target=values.get("latency_target_seconds", {}))
         est.wanted_load = split.wanted_load
         self.last_split = split
+        merged_changes(self._changes, events)
+        self.plan = plan_view(est, split, self._changes)
         for line in split.reasons:
             qc, sep, _ = line.partition(": ")
             reasons.append(FiredRule("objective", self.top.name, line,

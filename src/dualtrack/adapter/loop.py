@@ -39,6 +39,7 @@ from ..preferences import Preferences, PreferencesWriter
 from ..vocabulary import DEFAULT_QUERY_CLASSES
 from .controller import AdaptationController, Cycle, Publisher, SignalSource, StreamPublisher
 from .engine import RuleEngine
+from .plan_view import PlanCollector
 from .prometheus_source import check_window
 from .strategy import StrategySet, load_strategies, rule_files
 
@@ -191,6 +192,8 @@ class Adapter:
         self.strategies = strategies or load_strategies(list(settings.rules))
         self.engine = RuleEngine(self.strategies, settings.strategy, query_classes=settings.query_classes,
                                  interval_seconds=settings.interval_seconds)
+        # What the objective-driven strategy believes: its estimates and plan, at scrape time.
+        self.registry.register(PlanCollector(lambda: self.engine.plan, "dualtrack_adapter"))
         self.metrics.reload_success.set(1)
         self.metrics.last_reload.set(clock.time())
         self._watcher = _RulesWatcher(list(settings.rules))

@@ -218,6 +218,8 @@ class Split:
     capacity_bound: bool = False
     budget_bound: bool = False
     wanted_load: Optional[float] = None  # local Erlangs it would use uncapped (or keeping the budget takes)
+    # Each class's expected objective per query on each track with evidence (the figures of its reason).
+    expected: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 def probe_shares(arrivals: Mapping[str, float], spec: ObjectiveSpec, interval_seconds: float) -> Dict[str, float]:
@@ -751,7 +753,8 @@ class SplitPlanner:
         # candidates that keep it): the estimator tries more slots for it where they are a guess.
         budget_wanted = min((p.load for p in plans if p.local_cap is None and p.budget_cap is not None),
                             default=0.0)
-        split = Split(shares, reasons, preferred=dict(preferred), wanted_load=max(wanted, budget_wanted))
+        split = Split(shares, reasons, preferred=dict(preferred), wanted_load=max(wanted, budget_wanted),
+                      expected={v.query_class: dict(v.value) for v in self.valuations})
         split.capacity_bound = best.local_cap is not None and wanted > best.local_cap + 1e-9
         split.budget_bound = best.budget_cap is not None and any(best.shares[c] > preferred[c] + 1e-9
                                                                  for c in gains)

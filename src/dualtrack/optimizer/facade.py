@@ -32,6 +32,7 @@ from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 from prometheus_client import CollectorRegistry, Counter
 
 from ..adapter.embedded import AdaptiveOptimizer, EmbeddedSource, LocalServerProbe
+from ..adapter.plan_view import PlanCollector
 from ..adapter.strategy import StrategySet
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import OptimizationConfig
@@ -127,6 +128,8 @@ class DualTrackOptimizer:
                                               local_server=local_server, calls_in_flight=self.recorder.calls_in_flight)
             self.preference_source = self.adaptive
             self._signals = self.adaptive.source
+            engine = self.adaptive.engine
+            self.registry.register(PlanCollector(lambda: engine.plan, "dualtrack_adaptation"))
 
         self._cache: Dict[Tuple[str, bool, bool], Tuple[float, Any, Any, Dict[str, Any]]] = {}
         self._overrides: Optional[Overrides] = None
