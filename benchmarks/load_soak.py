@@ -365,7 +365,9 @@ def check(optimizer: DualTrackOptimizer, tally: Tally, requests: int) -> Dict[st
         if s.name.startswith(("dualtrack_label_values_folded", "dualtrack_inputs_rejected")):
             continue
         for label in distinct:
-            if label in s.labels:
+            # An empty value is the label's absence to Prometheus (the adaptation's whole-track
+            # changes carry query_class=""): not a value that can grow.
+            if s.labels.get(label):
                 distinct[label].add(s.labels[label])
     bounds = {"path": len(PATHS) + 1, "query_class": len(CLASSES) + 1,
               "model": len(PRICES) + 1 + MAX_MODEL_LABELS + 1}  # the table, "local" (the config's), slots, other
