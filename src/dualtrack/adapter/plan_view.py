@@ -1,4 +1,4 @@
-"""What the objective-driven strategy believes, as Prometheus gauges: the plan's view.
+"""What the objective-driven strategy believes, as Prometheus metrics: the plan's view.
 
 The decision's reasons say it in words ("short: local 0.739 vs api 0.722
 expected per query"); these metrics say it in numbers that Prometheus keeps,
