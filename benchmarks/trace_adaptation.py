@@ -84,8 +84,9 @@ def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationRe
     rows = {round(float(row["t"]), 3): row for row in result.series}
     for i, cycle in enumerate(cycles):
         cycle["t"] = t = round((i + 1) * scenario.adaptation_interval, 3)
-        cycle["fired"] = [f for f in (rows.get(t) or {}).get("fired", []) if f not in ROUTINE_RULES]
-        cycle["waiting"] = (rows.get(t) or {}).get("local_queue")
+        row = rows.get(t) or {}
+        cycle["fired"] = [f for f in row.get("fired", []) if f not in ROUTINE_RULES]
+        cycle["waiting"] = row.get("local_queue")
         # What the router applied in the interval after the cycle (overrides included).
         applied = ((rows.get(round(t + scenario.adaptation_interval, 3)) or {}).get("applied") or {}).get("by_class")
         cycle["applied"] = {c: v["local_bias"] for c, v in applied.items()} if applied else None
