@@ -123,7 +123,7 @@ def test_integral_floats_are_accepted_as_integers_and_ints_as_floats():
 # --------------------------------------------------------------------------- OptimizationConfig, every field
 
 POSITIVE_FLOATS = ("adaptation_interval_seconds", "monitor_interval_seconds", "preferences_check_interval_seconds",
-                   "signal_window_seconds", "inflight_ttl_seconds")
+                   "signal_window_seconds", "inflight_ttl_seconds", "adaptation_state_max_age_seconds")
 POSITIVE_INTS = ("metrics_window_size", "max_inflight_tracked", "history_size", "max_model_labels")
 BOOLEANS = ("enable_caching", "enable_preemption", "enable_resource_monitoring")
 
@@ -176,7 +176,7 @@ def test_metrics_host(bad):
 
 
 @pytest.mark.parametrize("name", ["preferences_file", "rules_path", "metrics_tls_certfile",
-                                  "metrics_tls_keyfile", "metrics_tls_client_cafile"])
+                                  "metrics_tls_keyfile", "metrics_tls_client_cafile", "adaptation_state_file"])
 @pytest.mark.parametrize("bad", ["", 3, True])
 def test_optional_paths_reject_empty_and_non_strings(name, bad):
     with raises_naming(name, bad):
@@ -480,7 +480,8 @@ def _all_field_names() -> Dict[str, Any]:
 def test_every_config_field_is_covered_here():
     covered = (set(POSITIVE_FLOATS) | set(POSITIVE_INTS) | set(BOOLEANS) | {
         "strategy", "constraints", "cache_ttl_seconds", "query_classes", "query_class_boundaries_tokens",
-        "query_classifier", "prices", "preferences_file", "rules_path", "metrics_host", "metrics_port",
+        "query_classifier", "prices", "preferences_file", "rules_path", "adaptation_state_file", "metrics_host",
+        "metrics_port",
         "metrics_tls_certfile", "metrics_tls_keyfile", "metrics_tls_client_cafile", "monitored_pids",
         "local_server_metrics_url", "local_server_slots"})  # the last two: tests/test_server_signals.py
     assert set(_all_field_names()) == covered

@@ -27,7 +27,8 @@ def _names(registry: CollectorRegistry) -> set:
 
 def test_every_exported_metric_is_documented(tmp_path):
     registry = CollectorRegistry()
-    config = OptimizationConfig(prices={"api": ModelPrice(1, 2)}, constraints=ResourceConstraints(max_cost_per_hour=5))
+    config = OptimizationConfig(prices={"api": ModelPrice(1, 2)}, constraints=ResourceConstraints(max_cost_per_hour=5),
+                                adaptation_state_file=str(tmp_path / "state.json"))  # its counters too
     ps = FakePsutil(battery=sbattery(50, 3600, False), temperatures={"coretemp": [shwtemp("Package", 50.0, 90.0, 100.0)]})
     ps.procs[os.getpid()] = FakeProc(rss=10 ** 8, cpu_percent=5)
     gpus = [FakeGpu("gpu", utilization_percent=5, memory_used=10 ** 9, memory_total=10 ** 10)]

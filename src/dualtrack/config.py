@@ -163,6 +163,10 @@ class OptimizationConfig:
     preferences_check_interval_seconds: float = 1.0
     # Strategy rules: a file or folder; None = the bundled rules/.
     rules_path: Optional[str] = None
+    # What the embedded adaptive strategy learned, saved each cycle and read at start so that
+    # a restart goes on from it (None: not kept); a state older than the max age is not used.
+    adaptation_state_file: Optional[str] = None
+    adaptation_state_max_age_seconds: float = 3600.0
     # Time window of the in-process signals (embedded adapter).
     signal_window_seconds: float = 120.0
     # /metrics exposition; metrics_port None = not served by the optimizer.
@@ -195,7 +199,7 @@ class OptimizationConfig:
         self.metrics_window_size = _integer("", "metrics_window_size", self.metrics_window_size)
         for name in ("adaptation_interval_seconds", "monitor_interval_seconds",
                      "preferences_check_interval_seconds", "signal_window_seconds",
-                     "inflight_ttl_seconds"):
+                     "inflight_ttl_seconds", "adaptation_state_max_age_seconds"):
             setattr(self, name, _number("", name, getattr(self, name), positive=True))
         self.cache_ttl_seconds = _number("", "cache_ttl_seconds", self.cache_ttl_seconds, non_negative=True)
         for name in ("enable_caching", "enable_preemption", "enable_resource_monitoring"):
@@ -250,6 +254,7 @@ class OptimizationConfig:
 
         self.preferences_file = _validate.optional_str("preferences_file", self.preferences_file)
         self.rules_path = _validate.optional_str("rules_path", self.rules_path)
+        self.adaptation_state_file = _validate.optional_str("adaptation_state_file", self.adaptation_state_file)
         if not isinstance(self.metrics_host, str) or not self.metrics_host:
             raise ValueError(f"metrics_host: expected a host name or address, got {self.metrics_host!r}")
         if self.metrics_port is not None:

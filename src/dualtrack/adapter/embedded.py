@@ -33,6 +33,7 @@ from ..preferences import ConstraintState, Preferences, Routing
 from ..vocabulary import RATE_LIMITED
 from .controller import AdaptationController, MemoryPublisher
 from .engine import RuleEngine
+from .learned_state import StateFile
 from .signals import Catalog, SignalValues
 from .strategy import StrategySet, load_strategies
 
@@ -326,6 +327,16 @@ class AdaptiveOptimizer:
         snapshot = resource_monitor.snapshot if resource_monitor is not None else (lambda: None)
         self.source = EmbeddedSource(config, metrics_collector, snapshot, in_flight=in_flight, clock=clock,
                                      local_server=local_server, calls_in_flight=calls_in_flight)
+        # What the strategy learned before a restart (config.adaptation_state_file): restored
+        # here, the first interval routes as the last one did; saved after each good cycle.
+        self.state: Optional[StateFile] = None
+        self.state_load: Optional[str] = None  # what reading the state at start gave (learned_state.RESULTS)
+        self.state_saves = {"ok": 0, "error": 0}
+        if config.adaptation_state_file is not None:
+            self.state = StateFile(config.adaptation_state_file,
+                                   max_age_seconds=config.adaptation_state_max_age_seconds,
+                                   interval_seconds=config.adaptation_interval_seconds, clock=clock)
+            self.state_load = self.state.restore(self.engine)
         base = self.engine.routing
         self.routing_preferences: Dict[str, float] = dict(base)
         self.history: Deque[Dict[str, Any]] = deque(maxlen=config.history_size)
@@ -333,8 +344,10 @@ class AdaptiveOptimizer:
         self.last_error: Optional[str] = None
         validity = 3 * config.adaptation_interval_seconds
         initial = Preferences.defaults(now=clock.time(), validity_seconds=validity)
+        per_class = {qc: Routing(**p) for qc, p in self.engine.class_prefs.items()
+                     if any(abs(p[name] - base[name]) > 1e-9 for name in base)}
         initial = Preferences(**{**initial.__dict__, "strategy": self.engine.strategy, "source": "embedded",
-                                 "routing": Routing(**base), "mode": self.engine.mode})
+                                 "routing": Routing(**base), "query_classes": per_class, "mode": self.engine.mode})
         self.publisher = MemoryPublisher(initial)
         self.controller = AdaptationController(self.engine, self.source, self.publisher, source_name="embedded",
                                                validity_seconds=validity, clock=clock)
@@ -368,6 +381,8 @@ class AdaptiveOptimizer:
         decision = cycle.decision
         self.routing_preferences = dict(decision.routing)
         self.cycles["ok"] += 1
+        if self.state is not None:
+            self.state_saves["ok" if self.state.save(self.engine) else "error"] += 1
         changes = {p: round(decision.routing[p] - previous[p], 6) for p in previous
                    if abs(decision.routing[p] - previous[p]) > 1e-9}
         note = {

@@ -9,7 +9,10 @@ One cycle (``Adapter.run_cycle``):
    embedded adapter runs): fetch every signal from the source within the
    cycle budget, evaluate the strategy, publish the preferences file
    atomically (or print it with ``dry_run``);
-3. export the adapter's own metrics.
+3. save what the strategy has learned to the state file, when one is set
+   (``state_file``; read once at start: a restart goes on from it, see
+   ``adapter.learned_state``);
+4. export the adapter's own metrics.
 
 When the source is down, slow or refusing credentials the cycle fails: the
 last published preferences stay as they are — not republished, so their
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -39,6 +43,7 @@ from ..preferences import Preferences, PreferencesWriter
 from ..vocabulary import DEFAULT_QUERY_CLASSES
 from .controller import AdaptationController, Cycle, Publisher, SignalSource, StreamPublisher
 from .engine import RuleEngine
+from .learned_state import DEFAULT_MAX_AGE_SECONDS, RESULTS, StateFile
 from .plan_view import PlanCollector
 from .prometheus_source import check_window
 from .strategy import StrategySet, load_strategies, rule_files
@@ -63,6 +68,8 @@ class AdapterSettings:
     file_mode: int = 0o644
     once: bool = False
     dry_run: bool = False
+    state_file: Optional[str] = None  # what the strategy learned, kept across restarts (None: not kept)
+    state_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS  # a state older than this at start is not used
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.interval_seconds) or self.interval_seconds <= 0:
@@ -72,6 +79,11 @@ class AdapterSettings:
             raise ConfigError(f"must be positive, got {self.validity_seconds!r}", field="validity")
         if not self.output:
             raise ConfigError("an output file is required", field="output")
+        if not math.isfinite(self.state_max_age_seconds) or self.state_max_age_seconds <= 0:
+            raise ConfigError(f"must be a positive number of seconds, got {self.state_max_age_seconds!r}",
+                              field="state_max_age")
+        if self.state_file is not None and os.path.realpath(self.state_file) == os.path.realpath(self.output):
+            raise ConfigError("must not be the preferences file (--output)", field="state_file")
         try:
             check_window(self.window)
         except ValueError as err:
@@ -141,6 +153,12 @@ class AdapterMetrics:
                                           "Cycles failed in a row (0 when healthy).", registry=registry)
         self.signals = Gauge("dualtrack_adapter_signal_values", "Signal values fetched in the last cycle.",
                              registry=registry)
+        self.state_loads = Counter("dualtrack_adapter_state_loads",
+                                   "Reads of the learned-state file at start, by result (restored, absent, "
+                                   "stale, mismatch, invalid).", ["result"], registry=registry)
+        self.state_saves = Counter("dualtrack_adapter_state_saves",
+                                   "Writes of the learned-state file, by result (ok, error).", ["result"],
+                                   registry=registry)
 
     def observe_query(self, seconds: float, error: Optional[str]) -> None:
         self.query_duration.observe(seconds)
@@ -208,6 +226,15 @@ class Adapter:
                                                validity_seconds=settings.validity, clock=clock)
         self.failures = 0
         self.stop_event = threading.Event()
+        self.state: Optional[StateFile] = None
+        if settings.state_file is not None:
+            for result in RESULTS:
+                self.metrics.state_loads.labels(result)
+            for result in ("ok", "error"):
+                self.metrics.state_saves.labels(result)
+            self.state = StateFile(settings.state_file, max_age_seconds=settings.state_max_age_seconds,
+                                   interval_seconds=settings.interval_seconds, clock=clock)
+            self.metrics.state_loads.labels(self.state.restore(self.engine)).inc()
 
     # ------------------------------------------------------------ cycle
 
@@ -262,6 +289,8 @@ class Adapter:
         if not cycle.ok or cycle.preferences is None:
             return CycleResult("error", 0.0, cycle.error, fired=cycle.fired)
         self._export(cycle.preferences, cycle.decision.mode if cycle.decision else None)
+        if self.state is not None and not self.settings.dry_run:
+            self.metrics.state_saves.labels("ok" if self.state.save(self.engine) else "error").inc()
         return CycleResult(cycle.result, 0.0, published=not self.settings.dry_run,
                            sequence=cycle.preferences.sequence, fired=cycle.fired)
 

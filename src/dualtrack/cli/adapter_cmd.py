@@ -59,6 +59,10 @@ SETTINGS: Dict[str, Tuple[Any, Any, str]] = {
     "ca_bundle": (None, str, "CA bundle to verify Prometheus' TLS certificate"),
     "insecure_skip_verify": (False, bool, "do not verify Prometheus' TLS certificate (testing only)"),
     "file_mode": ("0644", str, "permissions of the preferences file, octal (default 0644)"),
+    "state_file": (None, str, "keep what the strategy learned in this file (written each cycle) and go on "
+                              "from it after a restart (default: not kept, every start is cold)"),
+    "state_max_age": (3600.0, float, "seconds a saved state stays usable at start; an older one is not used "
+                                     "(default 3600)"),
 }
 
 
@@ -179,6 +183,7 @@ def build(values: Dict[str, Any], *, once: bool, dry_run: bool) -> Tuple[Any, An
         rules=rules, strategy=values["strategy"], output=values["output"] or "-",
         interval_seconds=values["interval"], window=values["window"], validity_seconds=values["validity"],
         query_classes=tuple(_split(values["query_classes"])), file_mode=mode, once=once, dry_run=dry_run,
+        state_file=values["state_file"] or None, state_max_age_seconds=values["state_max_age"],
     )
     basic = None
     if values["basic_auth_user"]:

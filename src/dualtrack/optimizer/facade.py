@@ -32,6 +32,7 @@ from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 from prometheus_client import CollectorRegistry, Counter
 
 from ..adapter.embedded import AdaptiveOptimizer, EmbeddedSource, LocalServerProbe
+from ..adapter.learned_state import RESULTS
 from ..adapter.plan_view import PlanCollector
 from ..adapter.strategy import StrategySet
 from ..clock import SYSTEM_CLOCK, Clock
@@ -93,6 +94,9 @@ class DualTrackOptimizer:
             ["override"], registry=self.registry)
         self._cycles = Counter("dualtrack_adaptation_cycles", "Embedded adaptation cycles, by result.",
                                ["result"], registry=self.registry)
+        if config.adaptation_state_file is not None and config.preferences_file:
+            raise ValueError("adaptation_state_file: the embedded adapter's learned state; with preferences_file "
+                             "the adapter process keeps its own (dualtrack adapter --state-file)")
         self.collector = MetricsCollector(config)
         self.classifier = QueryClassifier(config, fold=self.metrics.fold_class)
         if resource_monitor is None and config.enable_resource_monitoring:
@@ -130,6 +134,18 @@ class DualTrackOptimizer:
             self._signals = self.adaptive.source
             engine = self.adaptive.engine
             self.registry.register(PlanCollector(lambda: engine.plan, "dualtrack_adaptation"))
+            if self.adaptive.state is not None:
+                self._state_loads = Counter("dualtrack_adaptation_state_loads",
+                                            "Reads of the learned-state file at start, by result (restored, "
+                                            "absent, stale, mismatch, invalid).", ["result"], registry=self.registry)
+                for result in RESULTS:
+                    self._state_loads.labels(result)
+                self._state_loads.labels(self.adaptive.state_load).inc()
+                self._state_saves = Counter("dualtrack_adaptation_state_saves",
+                                            "Writes of the learned-state file, by result (ok, error).", ["result"],
+                                            registry=self.registry)
+                for result in ("ok", "error"):
+                    self._state_saves.labels(result)
 
         self._cache: Dict[Tuple[str, bool, bool], Tuple[float, Any, Any, Dict[str, Any]]] = {}
         self._overrides: Optional[Overrides] = None
@@ -209,8 +225,12 @@ class DualTrackOptimizer:
         """
         self.recorder.sweep(self.clock.monotonic())  # expire orphans even when no request arrives
         if self.adaptive is not None:
+            saves = dict(self.adaptive.state_saves)
             note = self.adaptive.adapt_strategy()
             self._cycles.labels("ok" if note.get("ok") else "error").inc()
+            for result, count in self.adaptive.state_saves.items():
+                if count > saves[result]:
+                    self._state_saves.labels(result).inc(count - saves[result])
         else:
             assert self.reader is not None
             prefs = self.reader.current(force=True)

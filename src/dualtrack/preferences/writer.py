@@ -96,7 +96,7 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _write_atomic(folder: str, name: str, data: bytes, mode: int) -> str:
+def _write_atomic(folder: str, name: str, data: bytes, mode: int, what: str = "preferences") -> str:
     target = os.path.join(folder, name)
     tmp: Optional[str] = None
     fd = -1
@@ -124,7 +124,7 @@ def _write_atomic(folder: str, name: str, data: bytes, mode: int) -> str:
             except OSError:
                 pass
         if isinstance(err, Exception):
-            raise PreferencesError(f"{target}: could not write preferences: {err}") from err
+            raise PreferencesError(f"{target}: could not write {what}: {err}") from err
         raise
     _fsync_dir(folder)
     return target
@@ -148,6 +148,16 @@ def write_preferences(path: Union[str, "os.PathLike[str]"], prefs: Preferences, 
     """
     folder, name = _split_target(path)
     return _write_atomic(folder, name, _validated_bytes(prefs), mode)
+
+
+def write_file_atomic(path: Union[str, "os.PathLike[str]"], data: bytes, *, mode: int = 0o600,
+                      what: str = "the file") -> str:
+    """Write ``data`` to ``path`` atomically, with the guarantees of the preferences writer (a
+    temp file in the same folder, fsynced, renamed over the target). For the other files the
+    adapter keeps beside the preferences (its learned state). Raises
+    :class:`~dualtrack.errors.PreferencesError` naming the file and ``what`` it holds."""
+    folder, name = _split_target(path)
+    return _write_atomic(folder, name, data, mode, what)
 
 
 class PreferencesWriter:
@@ -233,4 +243,4 @@ class PreferencesWriter:
         return removed
 
 
-__all__ = ["PreferencesWriter", "write_preferences"]
+__all__ = ["PreferencesWriter", "write_file_atomic", "write_preferences"]
