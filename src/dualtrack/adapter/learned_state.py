@@ -143,29 +143,25 @@ def _encode_line(line: _DecayedLine) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------- estimator
 
-# The estimator's attributes a state carries, each with how it is checked on the way in;
-# ``classes`` and ``settings`` come from the strategy (checked by the caller, never read back).
+# The estimator's attributes a state carries, by how each is checked on the way in (all of them
+# never negative but the battery's room); ``classes`` and ``settings`` come from the strategy.
+_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
+    "number or null": lambda w, v: _number(w, v, optional=True, low=0.0),
+    "number": lambda w, v: _number(w, v, low=0.0),
+    "numbers by name": lambda w, v: _number_map(w, v, low=0.0),
+    "list of numbers": lambda w, v: _numbers(w, v, low=0.0),
+}
+_KINDS: Dict[str, Tuple[str, ...]] = {
+    "number or null": ("capacity", "wanted_load", "slots", "_usual_local_failures", "memory_slots", "usual_api_cost",
+                       "planned_spend", "planned_load", "server_queue", "server_capacity", "api_rate_limit"),
+    "number": ("local_wait", "spend_bias"),
+    "numbers by name": ("arrivals", "base_service", "_memory_guesses", "interval_calls"),
+    "list of numbers": ("spent",),
+}
 _PLAIN: Dict[str, Callable[[str, Any], Any]] = {
-    "arrivals": lambda w, v: _number_map(w, v, low=0.0),
-    "base_service": lambda w, v: _number_map(w, v, low=0.0),
-    "capacity": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "wanted_load": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "slots": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "local_wait": lambda w, v: _number(w, v, low=0.0),
-    "_usual_local_failures": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "memory_slots": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "_memory_guesses": lambda w, v: _number_map(w, v, low=0.0),
-    "battery_room": lambda w, v: _number(w, v, optional=True),
-    "usual_api_cost": lambda w, v: _number(w, v, optional=True, low=0.0),
+    **{name: _CHECKS[kind] for kind, names in _KINDS.items() for name in names},
+    "battery_room": lambda w, v: _number(w, v, optional=True),  # below the threshold: negative
     "_api_cost_sums": lambda w, v: _numbers(w, v, length=2, low=0.0),
-    "spend_bias": lambda w, v: _number(w, v, low=0.0),
-    "planned_spend": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "spent": lambda w, v: _numbers(w, v, low=0.0),
-    "planned_load": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "server_queue": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "server_capacity": lambda w, v: _number(w, v, optional=True, low=0.0),
-    "interval_calls": lambda w, v: _number_map(w, v, low=0.0),
-    "api_rate_limit": lambda w, v: _number(w, v, optional=True, low=0.0),
 }
 _COUNTS = ("cycles_since_queued", "_slots_seen_free")  # whole numbers (the first may be null)
 _SPECIAL = ("decay", "tracks", "_memory_lines", "_battery_line", "battery_drain", "own_changes", "server_full",
