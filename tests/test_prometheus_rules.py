@@ -205,7 +205,7 @@ def test_each_constraint_alert_compares_with_its_limit_gauge_per_router():
         assert "on (instance)" in expr, f"{name} must match each router with its own limit"
     others = set(alerts) - set(CONSTRAINT_ALERTS)
     assert others == {"DualtrackRouterDown", "DualtrackAdapterDown", "DualtrackAdapterCyclesFailing",
-                      "DualtrackAdapterRulesReloadFailed", "DualtrackPreferencesStale"}
+                      "DualtrackAdapterRulesReloadFailed", "DualtrackAdapterStateNotSaved", "DualtrackPreferencesStale"}
 
 
 def _github_anchor(heading: str) -> str:
