@@ -292,6 +292,8 @@ def test_the_embedded_optimizer_starts_where_it_left_off(tmp_path: Path) -> None
     again = embedded(tmp_path / "state.json", clock, again_registry)
     assert again_registry.get_sample_value("dualtrack_adaptation_state_loads_total", {"result": "restored"}) == 1
     assert again.adaptive is not None and again.adaptive.state_load == "restored"
+    status = again.get_optimization_status()["health"]["adapter"]["learned_state"]
+    assert status == {"file": str(tmp_path / "state.json"), "at_start": "restored", "saves": {"ok": 0, "error": 0}}
     # The first interval after the restart routes as the last one before it did.
     assert again.current_preferences().routing_for("short") == before.routing_for("short")
     assert again.current_preferences().routing == before.routing

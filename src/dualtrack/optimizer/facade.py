@@ -377,6 +377,10 @@ class DualTrackOptimizer:
         if self.adaptive is not None:
             health["adapter"] = {"mode": "embedded", "cycles": dict(self.adaptive.cycles),
                                  "last_error": self.adaptive.last_error}
+            if self.adaptive.state is not None:
+                health["adapter"]["learned_state"] = {"file": self.adaptive.state.path,
+                                                      "at_start": self.adaptive.state_load,
+                                                      "saves": dict(self.adaptive.state_saves)}
         if self.reader is not None:
             health["preferences_file"] = self.reader.status()
         summary = self.collector.get_metrics_summary()
