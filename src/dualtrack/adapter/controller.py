@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol, TextIO
+from typing import Dict, List, Optional, Protocol, TextIO, runtime_checkable
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import PreferencesError, SourceError
@@ -56,6 +56,17 @@ class SignalSource(Protocol):
 
     def constraint_states(self, values: SignalValues) -> Dict[str, ConstraintState]:
         """The constraints' states as this source knows them (for the document)."""
+        ...
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    """A signal source that can also answer as of a past moment (Prometheus keeps history):
+    what the adapter replays at start (``Adapter.replay_history``)."""
+
+    def fetch_at(self, catalog: Catalog, at: float, *, deadline: Optional[float] = None) -> SignalValues:
+        """Every signal of ``catalog`` as of ``at`` (unix seconds). Raises
+        :class:`~dualtrack.errors.SourceError` when it cannot answer at all."""
         ...
 
 
@@ -187,5 +198,6 @@ class AdaptationController:
         return Cycle("ok" if len(values) else "no_data", None, None, values, decision, prefs, decision.fired)
 
 
-__all__ = ["AdaptationController", "Cycle", "MemoryPublisher", "Publisher", "SignalSource", "StreamPublisher",
+__all__ = ["AdaptationController", "Cycle", "HistorySource", "MemoryPublisher", "Publisher", "SignalSource",
+           "StreamPublisher",
            "decision_to_preferences"]

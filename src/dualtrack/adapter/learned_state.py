@@ -333,6 +333,7 @@ class StateFile:
         self.clock = clock
         self.mode = mode
         self._last_error: Optional[str] = None
+        self.saved_at: Optional[float] = None  # when the state restored was saved (unix seconds)
 
     def document(self, engine: RuleEngine) -> Dict[str, Any]:
         return {"kind": KIND, "schema": SCHEMA, "saved_at": self.clock.time(), "strategy": engine.strategy,
@@ -393,6 +394,7 @@ class StateFile:
             log.error("unusable adapter state (starting cold): %s", err)
             return "invalid"
         log.info("adapter state restored from %s (saved %.0f s ago)", self.path, max(0.0, age))
+        self.saved_at = self.clock.time() - age
         return "restored"
 
     def _mismatch(self, doc: Mapping[str, Any], engine: RuleEngine) -> Optional[str]:

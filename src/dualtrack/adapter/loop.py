@@ -38,10 +38,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .._validate import label_value
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ConfigError
+from ..errors import ConfigError, SourceError
 from ..preferences import Preferences, PreferencesWriter
 from ..vocabulary import DEFAULT_QUERY_CLASSES
-from .controller import AdaptationController, Cycle, Publisher, SignalSource, StreamPublisher
+from .controller import AdaptationController, Cycle, HistorySource, Publisher, SignalSource, StreamPublisher
 from .engine import RuleEngine
 from .learned_state import DEFAULT_MAX_AGE_SECONDS, RESULTS, StateFile
 from .plan_view import PlanCollector
@@ -49,6 +49,9 @@ from .prometheus_source import check_window
 from .strategy import StrategySet, load_strategies, rule_files
 
 log = logging.getLogger(__name__)
+
+#: The most intervals of history the adapter replays at start (an hour at 30 s).
+MAX_REPLAY_INTERVALS = 120
 
 CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -70,6 +73,9 @@ class AdapterSettings:
     dry_run: bool = False
     state_file: Optional[str] = None  # what the strategy learned, kept across restarts (None: not kept)
     state_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS  # a state older than this at start is not used
+    # Intervals of history evaluated at start, publishing nothing, before the first cycle (a source
+    # that keeps history, as Prometheus does; with a restored state, only those since it was saved).
+    replay_intervals: int = 0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.interval_seconds) or self.interval_seconds <= 0:
@@ -82,6 +88,10 @@ class AdapterSettings:
         if not math.isfinite(self.state_max_age_seconds) or self.state_max_age_seconds <= 0:
             raise ConfigError(f"must be a positive number of seconds, got {self.state_max_age_seconds!r}",
                               field="state_max_age")
+        if isinstance(self.replay_intervals, bool) or not isinstance(self.replay_intervals, int) \
+                or not 0 <= self.replay_intervals <= MAX_REPLAY_INTERVALS:
+            raise ConfigError(f"must be a whole number of intervals from 0 to {MAX_REPLAY_INTERVALS}, "
+                              f"got {self.replay_intervals!r}", field="replay")
         if self.state_file is not None and os.path.realpath(self.state_file) == os.path.realpath(self.output):
             raise ConfigError("must not be the preferences file (--output)", field="state_file")
         try:
@@ -156,6 +166,9 @@ class AdapterMetrics:
         self.state_loads = Counter("dualtrack_adapter_state_loads",
                                    "Reads of the learned-state file at start, by result (restored, absent, "
                                    "stale, mismatch, invalid).", ["result"], registry=registry)
+        self.replayed = Counter("dualtrack_adapter_replayed_intervals",
+                                "Intervals of history evaluated at start, before the first cycle (nothing "
+                                "published).", registry=registry)
         self.state_saves = Counter("dualtrack_adapter_state_saves",
                                    "Writes of the learned-state file, by result (ok, error).", ["result"],
                                    registry=registry)
@@ -235,6 +248,37 @@ class Adapter:
             self.state = StateFile(settings.state_file, max_age_seconds=settings.state_max_age_seconds,
                                    interval_seconds=settings.interval_seconds, clock=clock)
             self.metrics.state_loads.labels(self.state.restore(self.engine)).inc()
+
+    # ------------------------------------------------------------ replay
+
+    def replay_history(self) -> int:
+        """Evaluate the strategy on the last ``replay_intervals`` intervals the source holds, oldest
+        first, publishing nothing: the first cycle then decides from their evidence, not from
+        nothing. With a learned state restored, only the intervals since it was saved. Stops at the
+        first interval the source cannot answer (what was learned stays). Returns the intervals
+        replayed; 0 with a source that keeps no history."""
+        count = self.settings.replay_intervals
+        if count <= 0 or not isinstance(self.source, HistorySource):
+            return 0
+        step = self.settings.interval_seconds
+        now, mono = self.clock.time(), self.clock.monotonic()
+        if self.state is not None and self.state.saved_at is not None:
+            # Only intervals wholly after the state's last cycle: its evidence is already in.
+            count = min(count, max(0, int((now - self.state.saved_at) // step) - 1))
+        catalog = self.engine.strategies.catalog
+        done = 0
+        for k in range(count, 0, -1):
+            try:
+                values = self.source.fetch_at(catalog, now - k * step, deadline=self.clock.monotonic() + 0.8 * step)
+            except SourceError as err:
+                log.warning("replay of the history stopped after %d of %d intervals: %s", done, count, err)
+                break
+            self.engine.evaluate(values, mono - k * step)
+            done += 1
+        self.metrics.replayed.inc(done)
+        if done:
+            log.info("replayed %d interval(s) of history (%.0f s) before the first cycle", done, done * step)
+        return done
 
     # ------------------------------------------------------------ cycle
 
@@ -316,7 +360,9 @@ class Adapter:
                    max(self.settings.max_backoff_seconds, self.settings.interval_seconds))
 
     def run(self) -> int:
-        """Run until ``stop_event`` is set (SIGTERM) or once with ``once``. Returns an exit status."""
+        """Replay the history (``replay_intervals``), then run until ``stop_event`` is set (SIGTERM) or
+        once with ``once``. Returns an exit status."""
+        self.replay_history()
         while True:
             result = self.run_cycle()
             if result.result == "error":

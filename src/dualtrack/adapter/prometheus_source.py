@@ -216,6 +216,10 @@ class PrometheusSource:
                 self._fetch_one(values, signal, catalog, at, deadline)
         return values
 
+    def fetch_at(self, catalog: Catalog, at: float, *, deadline: Optional[float] = None) -> SignalValues:
+        """All signals as of ``at`` (unix seconds): the history the adapter replays at start."""
+        return self.fetch(catalog, at=at, deadline=deadline)
+
     def constraint_states(self, values: SignalValues) -> Dict[str, ConstraintState]:
         """Constraint states as seen through PromQL: the routers' exported
         ``dualtrack_constraint_violated`` flags, without value or limit."""

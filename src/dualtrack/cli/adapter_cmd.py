@@ -63,6 +63,9 @@ SETTINGS: Dict[str, Tuple[Any, Any, str]] = {
                               "from it after a restart (default: not kept, every start is cold)"),
     "state_max_age": (3600.0, float, "seconds a saved state stays usable at start; an older one is not used "
                                      "(default 3600)"),
+    "replay": (10, int, "intervals of Prometheus' history to evaluate at start, publishing nothing, so that the "
+                        "first cycle decides from them (with a restored state: only those since it was saved; "
+                        "default 10, 0: none)"),
 }
 
 
@@ -184,6 +187,7 @@ def build(values: Dict[str, Any], *, once: bool, dry_run: bool) -> Tuple[Any, An
         interval_seconds=values["interval"], window=values["window"], validity_seconds=values["validity"],
         query_classes=tuple(_split(values["query_classes"])), file_mode=mode, once=once, dry_run=dry_run,
         state_file=values["state_file"] or None, state_max_age_seconds=values["state_max_age"],
+        replay_intervals=values["replay"],
     )
     basic = None
     if values["basic_auth_user"]:
