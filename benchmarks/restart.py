@@ -12,6 +12,14 @@ queries, noise and failures (the simulator's common random numbers):
 - **warm**: built again from the state file the first adapter wrote after
   each cycle (``adaptation_state_file``): its estimates, its last routing.
 
+With ``--second-day RESULTS.json`` (a ``dualtrack bench adaptation --json``
+file) it asks another question: how close does the adaptive strategy come to
+the scenario's hindsight split once the start is paid? Each scenario runs
+cold (as the bench does) and warm from the state of a first run's first
+``min(600 s, first event)`` seconds: a deployment on its second day, which
+knows the system's standing regime but not what will happen to it. Both are
+held against the JSON's ``perclass_hindsight``.
+
 Both restarts keep the optimizer's request windows (a real restart loses
 them too; they are the same two minutes for both) and everything outside
 the adapter. The figure is each restart's objective ``J`` over the whole run
@@ -80,6 +88,71 @@ def one(job: Tuple[str, float]) -> Dict[str, Any]:
     return out
 
 
+def second_day(job: Tuple[str, float]) -> Dict[str, Any]:
+    """One scenario cold and warm from its first minutes' state, against its hindsight split's ``J``."""
+    name, hindsight = job
+    scenario = scenario_for(name)
+    learned_for = min([600.0] + [e.at for e in scenario.timeline])
+    out: Dict[str, Any] = {"scenario": name, "hindsight": hindsight, "learned_for": learned_for}
+    with tempfile.TemporaryDirectory(prefix="dualtrack-second-day-") as folder:
+        path = os.path.join(folder, "state.json")
+        first = Simulation(scenario, "strategy:adaptive", seed=scenario.seed,
+                           config_changes={"adaptation_state_file": path})
+        first.run_until(learned_for)
+        out["cold"] = Simulation(scenario, "strategy:adaptive", seed=scenario.seed).run().summary["objective"]
+        # The same virtual clock: the state reads as saved `learned_for` seconds ahead, within its max age.
+        warm = Simulation(scenario, "strategy:adaptive", seed=scenario.seed,
+                          config_changes={"adaptation_state_file": path})
+        assert warm.optimizer.adaptive is not None
+        out["warm_load"] = warm.optimizer.adaptive.state_load
+        out["warm"] = warm.run().summary["objective"]
+    return out
+
+
+def against_hindsight(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Cold and warm against the hindsight split: the gap (percent) and how often at or above it."""
+    out: Dict[str, Any] = {"scenarios": len(rows)}
+    for variant in ("cold", "warm"):
+        gaps = [100.0 * (r[variant] - r["hindsight"]) / r["hindsight"] for r in rows]
+        out[variant] = {"mean": statistics.mean(gaps), "median": statistics.median(gaps), "worst": min(gaps),
+                        "at_least_hindsight": sum(g >= 0 for g in gaps)}
+    return out
+
+
+def run_second_day(path: str, jobs_n: int, json_out: Optional[str]) -> int:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            results = json.load(fh)
+        jobs = [(name, float(s["hindsight"]["objective"])) for name, s in results["scenarios"].items()]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"restart.py: {path}: not a bench JSON with hindsight splits ({type(err).__name__}: {err})",
+              file=sys.stderr)
+        return 2
+    info = announce("dualtrack second-day benchmark: the adaptive strategy warm from its first minutes, "
+                    "against the hindsight split")
+    started = time.perf_counter()
+    if jobs_n > 1:
+        with ProcessPoolExecutor(jobs_n) as pool:
+            rows = list(pool.map(second_day, jobs))
+    else:
+        rows = [second_day(j) for j in jobs]
+    figures = against_hindsight(rows)
+    print(f"{len(rows)} scenarios ({time.perf_counter() - started:.0f} s); "
+          "gap to perclass_hindsight, percent of its J:")
+    for variant, label in (("cold", "cold start (the bench)"), ("warm", "second day (warm)")):
+        f = figures[variant]
+        print(f"  {label:<24} mean {f['mean']:+.3f}  median {f['median']:+.3f}  worst {f['worst']:+.2f}  "
+              f"at or above it in {f['at_least_hindsight']} of {len(rows)}")
+    restored = sum(r["warm_load"] == "restored" for r in rows)
+    print(f"warm runs that restored the state: {restored} of {len(rows)}")
+    if json_out:
+        write_json(json_out, {"benchmark": "second_day", "machine": info, "results": path, "summary": figures,
+                              "runs": rows})
+    return 0 if restored == len(rows) else 1
+
+
 def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Per variant, the change of J against no restart (percent): mean, median, worst; the share saved."""
     out: Dict[str, Any] = {"runs": len(rows)}
@@ -102,11 +175,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="a shipped scenario or random_<seed>_<index> instead (repeatable)")
     parser.add_argument("--at", type=float, action="append", metavar="SECONDS",
                         help="restart time in seconds (repeatable; default 600)")
+    parser.add_argument("--second-day", metavar="RESULTS", help="instead: each scenario of this bench JSON cold and "
+                        "warm from its first minutes' state, against its hindsight split")
     parser.add_argument("--jobs", type=int, default=1, help="scenarios in parallel (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.random < 1 or args.jobs < 1:
         parser.error("--random and --jobs must be at least 1")
+    if args.second_day:
+        return run_second_day(args.second_day, args.jobs, args.json)
     names = args.scenario or [f"random_{s}_{i:03d}" for s in (args.seed or [1]) for i in range(args.random)]
     times = args.at or [600.0]
     if any(t <= 0 for t in times):

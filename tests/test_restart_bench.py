@@ -32,3 +32,21 @@ def test_the_summary_says_the_share_of_the_cold_restarts_loss_the_warm_one_saves
 def test_a_restart_time_that_is_not_positive_is_a_usage_error() -> None:
     proc = run_script("restart", "--scenario", "steady", "--at", "0")
     assert proc.returncode == 2 and "--at must be a positive number of seconds" in proc.stderr
+
+
+def test_the_second_day_starts_warm_from_the_first_minutes_and_is_held_against_the_hindsight_split() -> None:
+    mod = bench_script("restart")
+    row = mod.second_day(("api_outage", 0.75))  # its first event at 900 s: ten minutes learned
+    assert row["learned_for"] == 600.0 and row["warm_load"] == "restored"
+    assert row["warm"] != row["cold"]  # the first minutes decided from what was learned
+    figures = mod.against_hindsight([{**row, "cold": 0.74, "warm": 0.76}, {**row, "cold": 0.75, "warm": 0.75}])
+    assert figures["cold"]["at_least_hindsight"] == 1 and figures["warm"]["at_least_hindsight"] == 2
+    assert figures["warm"]["mean"] == pytest.approx(100 * 0.01 / 0.75 / 2)
+
+
+def test_a_second_day_file_that_is_not_a_bench_json_is_a_one_line_error(tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"scenarios": {"steady": {}}}')
+    proc = run_script("restart", "--second-day", str(bad))
+    assert proc.returncode == 2 and "not a bench JSON with hindsight splits" in proc.stderr
+    assert "Traceback" not in proc.stderr
