@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from dualtrack import DualTrackOptimizer, ModelPrice, OptimizationConfig, ResourceConstraints, ResourceMonitor
+from dualtrack.adapter.learned_state import StateCollector, StateFile
 from dualtrack.adapter.loop import AdapterMetrics
 from dualtrack.adapter.plan_view import ESTIMATES, PlanCollector, PlanView
 from dualtrack.exporter.local_server import LocalServerScraper
@@ -54,6 +55,9 @@ def test_every_exported_metric_is_documented(tmp_path):
                     changes={("api", "", "latency"): 1})
     for prefix in ("dualtrack_adapter", "dualtrack_adaptation"):
         registry.register(PlanCollector(lambda: full, prefix))
+    # The adapter process's learned-state counters (the embedded optimizer's registered them above).
+    registry.register(StateCollector(StateFile(str(tmp_path / "adapter-state.json"), interval_seconds=30.0),
+                                     "dualtrack_adapter"))
 
     names = _names(registry)
     assert len(names) > 60

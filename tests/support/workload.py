@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dualtrack.adapter.embedded import AdaptiveOptimizer
-from dualtrack.adapter.learned_state import RESULTS
+from dualtrack.adapter.learned_state import StateCollector
 from dualtrack.adapter.plan_view import PlanCollector
 from dualtrack.clock import VirtualClock
 from dualtrack.config import ModelPrice, OptimizationConfig, ResourceConstraints
@@ -130,14 +130,8 @@ class AdapterStandIn:
                                  registry=r)
         self.mode_info = Gauge("dualtrack_adapter_mode_info", "Strategy and mode.", ["strategy", "mode"],
                                registry=r)
-        self.state_loads = Counter("dualtrack_adapter_state_loads", "Learned state read at start.", ["result"],
-                                   registry=r)
-        for result in RESULTS:
-            self.state_loads.labels(result)
-        self.state_loads.labels(self.engine.state_load).inc()
-        self.state_saves = Counter("dualtrack_adapter_state_saves", "Learned state writes.", ["result"], registry=r)
-        for result in ("ok", "error"):
-            self.state_saves.labels(result)
+        assert self.engine.state is not None
+        r.register(StateCollector(self.engine.state, "dualtrack_adapter"))  # the process's own exporter
         # No history to replay: the stand-in starts with its routers (the process replays what Prometheus holds).
         self.replayed = Counter("dualtrack_adapter_replayed_intervals", "History replayed at start.", registry=r)
         # The real collector of what the objective-driven strategy believes, as the process registers it.
@@ -152,10 +146,7 @@ class AdapterStandIn:
         # a PromQL round trip on loopback typically costs.
         for _ in range(4):
             self.query_duration.observe(self._rng.uniform(0.004, 0.03))
-        saves = dict(self.engine.state_saves)
         note = self.engine.adapt_strategy()
-        for result, count in self.engine.state_saves.items():
-            self.state_saves.labels(result).inc(count - saves[result])
         self.cycle_duration.observe(self._rng.uniform(0.02, 0.12))
         if not note.get("ok"):
             self.cycles.labels("error").inc()

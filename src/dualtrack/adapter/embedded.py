@@ -330,13 +330,11 @@ class AdaptiveOptimizer:
         # What the strategy learned before a restart (config.adaptation_state_file): restored
         # here, the first interval routes as the last one did; saved after each good cycle.
         self.state: Optional[StateFile] = None
-        self.state_load: Optional[str] = None  # what reading the state at start gave (learned_state.RESULTS)
-        self.state_saves = {"ok": 0, "error": 0}
         if config.adaptation_state_file is not None:
             self.state = StateFile(config.adaptation_state_file,
                                    max_age_seconds=config.adaptation_state_max_age_seconds,
                                    interval_seconds=config.adaptation_interval_seconds, clock=clock)
-            self.state_load = self.state.restore(self.engine)
+            self.state.restore(self.engine)
         base = self.engine.routing
         self.routing_preferences: Dict[str, float] = dict(base)
         self.history: Deque[Dict[str, Any]] = deque(maxlen=config.history_size)
@@ -352,6 +350,11 @@ class AdaptiveOptimizer:
         self.controller = AdaptationController(self.engine, self.source, self.publisher, source_name="embedded",
                                                validity_seconds=validity, clock=clock)
         self._lock = threading.Lock()  # one cycle (and its notification) at a time
+
+    @property
+    def state_load(self) -> Optional[str]:
+        """What reading the learned state at start gave (``learned_state.RESULTS``; None: no state file)."""
+        return self.state.at_start if self.state is not None else None
 
     @property
     def preferences(self) -> Preferences:
@@ -382,7 +385,7 @@ class AdaptiveOptimizer:
         self.routing_preferences = dict(decision.routing)
         self.cycles["ok"] += 1
         if self.state is not None:
-            self.state_saves["ok" if self.state.save(self.engine) else "error"] += 1
+            self.state.save(self.engine)
         changes = {p: round(decision.routing[p] - previous[p], 6) for p in previous
                    if abs(decision.routing[p] - previous[p]) > 1e-9}
         note = {

@@ -34,7 +34,10 @@ import math
 import os
 from collections import deque
 from dataclasses import fields
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import PreferencesError
@@ -334,6 +337,8 @@ class StateFile:
         self.mode = mode
         self._last_error: Optional[str] = None
         self.saved_at: Optional[float] = None  # when the state restored was saved (unix seconds)
+        self.at_start: Optional[str] = None  # what :meth:`restore` gave (one of RESULTS)
+        self.saves = {"ok": 0, "error": 0}  # writes so far, by result
 
     def document(self, engine: RuleEngine) -> Dict[str, Any]:
         return {"kind": KIND, "schema": SCHEMA, "saved_at": self.clock.time(), "strategy": engine.strategy,
@@ -342,6 +347,11 @@ class StateFile:
 
     def save(self, engine: RuleEngine) -> bool:
         """Write the engine's state atomically; False (the error logged once) when it cannot."""
+        ok = self._save(engine)
+        self.saves["ok" if ok else "error"] += 1
+        return ok
+
+    def _save(self, engine: RuleEngine) -> bool:
         try:
             data = json.dumps(self.document(engine), sort_keys=True, allow_nan=False).encode()
             write_file_atomic(self.path, data, mode=self.mode, what="adapter state")
@@ -361,6 +371,10 @@ class StateFile:
     def restore(self, engine: RuleEngine) -> str:
         """Put the saved state into ``engine`` when it fits; one of :data:`RESULTS`. Never raises:
         whatever is wrong is logged (naming the file) and the engine starts cold."""
+        self.at_start = self._restore(engine)
+        return self.at_start
+
+    def _restore(self, engine: RuleEngine) -> str:
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
@@ -411,5 +425,29 @@ class StateFile:
         return None
 
 
-__all__ = ["DEFAULT_MAX_AGE_SECONDS", "KIND", "NOT_KEPT", "RESULTS", "SCHEMA", "StateError", "StateFile",
-           "decode_estimator", "encode_engine", "encode_estimator", "restore_engine"]
+class StateCollector(Collector):
+    """Scrape-time counters of a :class:`StateFile`: ``<prefix>_state_loads_total{result}`` (1 for
+    what reading it at start gave) and ``<prefix>_state_saves_total{result}`` (ok, error)."""
+
+    def __init__(self, state: StateFile, prefix: str) -> None:
+        self.state = state
+        self.prefix = prefix
+
+    def describe(self) -> Iterator[Any]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Any]:
+        loads = CounterMetricFamily(f"{self.prefix}_state_loads", "Reads of the learned-state file at start, by "
+                                    "result (restored, absent, stale, mismatch, invalid).", labels=["result"])
+        for result in RESULTS:
+            loads.add_metric([result], 1.0 if result == self.state.at_start else 0.0)
+        yield loads
+        saves = CounterMetricFamily(f"{self.prefix}_state_saves", "Writes of the learned-state file, by result "
+                                    "(ok, error).", labels=["result"])
+        for result, count in self.state.saves.items():
+            saves.add_metric([result], float(count))
+        yield saves
+
+
+__all__ = ["DEFAULT_MAX_AGE_SECONDS", "KIND", "NOT_KEPT", "RESULTS", "SCHEMA", "StateCollector", "StateError",
+           "StateFile", "decode_estimator", "encode_engine", "encode_estimator", "restore_engine"]

@@ -43,7 +43,7 @@ from ..preferences import Preferences, PreferencesWriter
 from ..vocabulary import DEFAULT_QUERY_CLASSES
 from .controller import AdaptationController, Cycle, HistorySource, Publisher, SignalSource, StreamPublisher
 from .engine import RuleEngine
-from .learned_state import DEFAULT_MAX_AGE_SECONDS, RESULTS, StateFile
+from .learned_state import DEFAULT_MAX_AGE_SECONDS, StateCollector, StateFile
 from .plan_view import PlanCollector
 from .prometheus_source import check_window
 from .strategy import StrategySet, load_strategies, rule_files
@@ -163,15 +163,9 @@ class AdapterMetrics:
                                           "Cycles failed in a row (0 when healthy).", registry=registry)
         self.signals = Gauge("dualtrack_adapter_signal_values", "Signal values fetched in the last cycle.",
                              registry=registry)
-        self.state_loads = Counter("dualtrack_adapter_state_loads",
-                                   "Reads of the learned-state file at start, by result (restored, absent, "
-                                   "stale, mismatch, invalid).", ["result"], registry=registry)
         self.replayed = Counter("dualtrack_adapter_replayed_intervals",
                                 "Intervals of history evaluated at start, before the first cycle (nothing "
                                 "published).", registry=registry)
-        self.state_saves = Counter("dualtrack_adapter_state_saves",
-                                   "Writes of the learned-state file, by result (ok, error).", ["result"],
-                                   registry=registry)
 
     def observe_query(self, seconds: float, error: Optional[str]) -> None:
         self.query_duration.observe(seconds)
@@ -241,13 +235,10 @@ class Adapter:
         self.stop_event = threading.Event()
         self.state: Optional[StateFile] = None
         if settings.state_file is not None:
-            for result in RESULTS:
-                self.metrics.state_loads.labels(result)
-            for result in ("ok", "error"):
-                self.metrics.state_saves.labels(result)
             self.state = StateFile(settings.state_file, max_age_seconds=settings.state_max_age_seconds,
                                    interval_seconds=settings.interval_seconds, clock=clock)
-            self.metrics.state_loads.labels(self.state.restore(self.engine)).inc()
+            self.state.restore(self.engine)
+            self.registry.register(StateCollector(self.state, "dualtrack_adapter"))
 
     # ------------------------------------------------------------ replay
 
@@ -334,7 +325,7 @@ class Adapter:
             return CycleResult("error", 0.0, cycle.error, fired=cycle.fired)
         self._export(cycle.preferences, cycle.decision.mode if cycle.decision else None)
         if self.state is not None and not self.settings.dry_run:
-            self.metrics.state_saves.labels("ok" if self.state.save(self.engine) else "error").inc()
+            self.state.save(self.engine)
         return CycleResult(cycle.result, 0.0, published=not self.settings.dry_run,
                            sequence=cycle.preferences.sequence, fired=cycle.fired)
 

@@ -32,7 +32,7 @@ from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 from prometheus_client import CollectorRegistry, Counter
 
 from ..adapter.embedded import AdaptiveOptimizer, EmbeddedSource, LocalServerProbe
-from ..adapter.learned_state import RESULTS
+from ..adapter.learned_state import StateCollector
 from ..adapter.plan_view import PlanCollector
 from ..adapter.strategy import StrategySet
 from ..clock import SYSTEM_CLOCK, Clock
@@ -135,17 +135,7 @@ class DualTrackOptimizer:
             engine = self.adaptive.engine
             self.registry.register(PlanCollector(lambda: engine.plan, "dualtrack_adaptation"))
             if self.adaptive.state is not None:
-                self._state_loads = Counter("dualtrack_adaptation_state_loads",
-                                            "Reads of the learned-state file at start, by result (restored, "
-                                            "absent, stale, mismatch, invalid).", ["result"], registry=self.registry)
-                for result in RESULTS:
-                    self._state_loads.labels(result)
-                self._state_loads.labels(self.adaptive.state_load).inc()
-                self._state_saves = Counter("dualtrack_adaptation_state_saves",
-                                            "Writes of the learned-state file, by result (ok, error).", ["result"],
-                                            registry=self.registry)
-                for result in ("ok", "error"):
-                    self._state_saves.labels(result)
+                self.registry.register(StateCollector(self.adaptive.state, "dualtrack_adaptation"))
 
         self._cache: Dict[Tuple[str, bool, bool], Tuple[float, Any, Any, Dict[str, Any]]] = {}
         self._overrides: Optional[Overrides] = None
@@ -225,12 +215,8 @@ class DualTrackOptimizer:
         """
         self.recorder.sweep(self.clock.monotonic())  # expire orphans even when no request arrives
         if self.adaptive is not None:
-            saves = dict(self.adaptive.state_saves)
             note = self.adaptive.adapt_strategy()
             self._cycles.labels("ok" if note.get("ok") else "error").inc()
-            for result, count in self.adaptive.state_saves.items():
-                if count > saves[result]:
-                    self._state_saves.labels(result).inc(count - saves[result])
         else:
             assert self.reader is not None
             prefs = self.reader.current(force=True)
@@ -377,10 +363,10 @@ class DualTrackOptimizer:
         if self.adaptive is not None:
             health["adapter"] = {"mode": "embedded", "cycles": dict(self.adaptive.cycles),
                                  "last_error": self.adaptive.last_error}
-            if self.adaptive.state is not None:
-                health["adapter"]["learned_state"] = {"file": self.adaptive.state.path,
-                                                      "at_start": self.adaptive.state_load,
-                                                      "saves": dict(self.adaptive.state_saves)}
+            state = self.adaptive.state
+            if state is not None:
+                health["adapter"]["learned_state"] = {"file": state.path, "at_start": state.at_start,
+                                                      "saves": dict(state.saves)}
         if self.reader is not None:
             health["preferences_file"] = self.reader.status()
         summary = self.collector.get_metrics_summary()
