@@ -582,6 +582,38 @@ def test_a_track_is_failing_when_most_calls_fail_but_the_models_errors_only_when
         assert rec["routing"]["local_bias"] == 0.0
 
 
+@pytest.mark.parametrize("track", ["local", "api"])
+def test_a_failing_track_is_left_to_a_newer_cycle_until_it_fails_again(track: str) -> None:
+    """A cycle newer than a track's failures has weighed them, and its probes are what show a
+    recovery: the override yields to it until a call on the track fails after it was written."""
+    from dualtrack.exporter.collector import MetricsCollector
+    from dualtrack.optimizer.overrides import compute_overrides
+    from dualtrack.preferences import Preferences
+
+    config = OptimizationConfig(enable_resource_monitoring=False)
+    collector = MetricsCollector(config)
+    failing = f"{track}_failing"
+
+    def call(t: float, ok: bool) -> None:
+        collector.record_metric(PerformanceMetrics(t, track, f"r{t}", 500.0, 10, 0.0, 0.0, success=ok,
+                                                   error_type=None if ok else "unavailable"))
+
+    def overrides(generated_at: float, now: float) -> Any:
+        prefs = Preferences.defaults(now=generated_at)
+        return getattr(compute_overrides(config, ["short"], collector, None, prefs, now), failing)
+
+    for i in range(10):  # a crash: every call fails, from t=1000 to t=1009
+        call(1000.0 + i, False)
+    assert overrides(generated_at=995.0, now=1010.0)  # preferences older than the failures
+    assert not overrides(generated_at=1010.0, now=1012.0)  # a cycle after them: its probes go through
+    call(1013.0, True)
+    assert not overrides(generated_at=1010.0, now=1014.0)  # it answers again
+    call(1015.0, False)
+    assert overrides(generated_at=1010.0, now=1016.0)  # failed again since the cycle: steered from
+    # A writer's clock ahead of the router's says nothing of the order: the failures count.
+    assert overrides(generated_at=1030.0, now=1016.0)
+
+
 def test_without_a_resource_monitor_the_overrides_follow_the_calls_within_a_cycle() -> None:
     """The overrides are recomputed a monitor interval after they were, reading or not: a router
     with no resource monitor steers from a track that fails after the cycle's first request."""

@@ -22,7 +22,12 @@ the latest resource reading and the recent windows, in priority order:
    timeouts, too late for the count of failed calls): prefer the other
    track at once, without waiting for the next cycle. Unlike the others this
    override is *soft*: the router still sends the failing track its
-   exploration share, so that its recovery shows.
+   exploration share, so that its recovery shows. And it yields to each new
+   preferences document until the track fails again: the cycle that wrote
+   it saw the same calls, and its own probes (a call or so an interval,
+   above the exploration floor) are what show a recovery; held to the floor,
+   a crashed local server that came back waited for the failures to age out
+   of the window, a cycle or two after the plan had sent traffic back.
 
 Steering to the API is pointless while its recent calls mostly fail (it would
 only add a round trip before the fallback): then the failing track's override
@@ -109,9 +114,10 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                             f"${c.max_cost_per_request:.4f} and local quality {local_quality:.2f} is "
                             "acceptable: preferring local")
     api_calls = collector.records("api", None, since)
+    local_calls = collector.records("local", None, since)
     api_hanging = _hanging(api_calls, api_ages, now)
-    api_failing = api_hanging or _failing(api_calls)
-    local_failing = _failing(collector.records("local", None, since))
+    api_failing = api_hanging or (_failing(api_calls) and _failed_since(api_calls, prefs.generated_at, now))
+    local_failing = _failing(local_calls) and _failed_since(local_calls, prefs.generated_at, now)
     api_refusing = _refusing(api_calls, now - REFUSED_WINDOW_SECONDS)
     battery = checks["battery"]
     battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
@@ -142,6 +148,18 @@ def _failing(records: Sequence[PerformanceMetrics]) -> bool:
         # kept was spent on the API: random_93_017, 47% of local calls failing).
         return ok < len(recent) * (1.0 - ERRORS_FAILING_SHARE)
     return ok < len(recent) / 2
+
+
+def _failed_since(records: Sequence[PerformanceMetrics], moment: float, now: float) -> bool:
+    """Did a call fail after ``moment`` (the preferences' ``generated_at``)? A failing track is
+    steered from only then: a cycle newer than its failures has weighed them, and sends the
+    track its probes (random_139_010: the local server back at 690 s, the next cycle sent two
+    classes back to it, and the override held them off for one more interval). A ``moment`` ahead of
+    ``now`` (the writer's clock ahead of the router's) says nothing: the failures count."""
+    if moment > now:
+        return True
+    return any(r.timestamp >= moment and r.outcome != "success" and r.outcome != "cancelled"
+               and r.error_type != RATE_LIMITED for r in records)
 
 
 def _hanging(api_calls: Sequence[PerformanceMetrics], ages: Sequence[Tuple[str, float]], now: float) -> bool:
