@@ -5,6 +5,7 @@ recording at once. The machine comes from the fakes in tests/fakes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -598,8 +599,8 @@ def test_a_failing_track_is_left_to_a_newer_cycle_until_it_fails_again(track: st
         collector.record_metric(PerformanceMetrics(t, track, f"r{t}", 500.0, 10, 0.0, 0.0, success=ok,
                                                    error_type=None if ok else "unavailable"))
 
-    def overrides(generated_at: float, now: float) -> Any:
-        prefs = Preferences.defaults(now=generated_at)
+    def overrides(generated_at: float, now: float, source: str = "embedded") -> Any:
+        prefs = dataclasses.replace(Preferences.defaults(now=generated_at), source=source)
         return getattr(compute_overrides(config, ["short"], collector, None, prefs, now), failing)
 
     for i in range(10):  # a crash: every call fails, from t=1000 to t=1009
@@ -612,6 +613,9 @@ def test_a_failing_track_is_left_to_a_newer_cycle_until_it_fails_again(track: st
     assert overrides(generated_at=1010.0, now=1016.0)  # failed again since the cycle: steered from
     # A writer's clock ahead of the router's says nothing of the order: the failures count.
     assert overrides(generated_at=1030.0, now=1016.0)
+    # Nor do safe defaults, which the preferences reader dates when it falls back to them.
+    assert not overrides(generated_at=1015.5, now=1016.0, source="prometheus")
+    assert overrides(generated_at=1015.5, now=1016.0, source="defaults")
 
 
 def test_without_a_resource_monitor_the_overrides_follow_the_calls_within_a_cycle() -> None:

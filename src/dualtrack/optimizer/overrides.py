@@ -116,8 +116,10 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
     api_calls = collector.records("api", None, since)
     local_calls = collector.records("local", None, since)
     api_hanging = _hanging(api_calls, api_ages, now)
-    api_failing = api_hanging or (_failing(api_calls) and _failed_since(api_calls, prefs.generated_at, now))
-    local_failing = _failing(local_calls) and _failed_since(local_calls, prefs.generated_at, now)
+    # Safe defaults weighed nothing (the preferences reader dates them when it falls back): no cycle.
+    cycle = prefs.generated_at if prefs.source != "defaults" else -math.inf
+    api_failing = api_hanging or (_failing(api_calls) and _failed_since(api_calls, cycle, now))
+    local_failing = _failing(local_calls) and _failed_since(local_calls, cycle, now)
     api_refusing = _refusing(api_calls, now - REFUSED_WINDOW_SECONDS)
     battery = checks["battery"]
     battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
@@ -151,7 +153,7 @@ def _failing(records: Sequence[PerformanceMetrics]) -> bool:
 
 
 def _failed_since(records: Sequence[PerformanceMetrics], moment: float, now: float) -> bool:
-    """Did a call fail after ``moment`` (the preferences' ``generated_at``)? A failing track is
+    """Did a call fail after ``moment`` (when the cycle that wrote the preferences ran)? A failing track is
     steered from only then: a cycle newer than its failures has weighed them, and sends the
     track its probes (random_139_010: the local server back at 690 s, the next cycle sent two
     classes back to it, and the override held them off for one more interval). A ``moment`` ahead of
