@@ -588,7 +588,7 @@ def test_a_failing_track_is_left_to_a_newer_cycle_until_it_fails_again(track: st
     """A cycle newer than a track's failures has weighed them, and its probes are what show a
     recovery: the override yields to it until a call on the track fails after it was written."""
     from dualtrack.exporter.collector import MetricsCollector
-    from dualtrack.optimizer.overrides import compute_overrides
+    from dualtrack.optimizer.overrides import build_recommendation, compute_overrides
     from dualtrack.preferences import Preferences
 
     config = OptimizationConfig(enable_resource_monitoring=False)
@@ -607,6 +607,12 @@ def test_a_failing_track_is_left_to_a_newer_cycle_until_it_fails_again(track: st
         call(1000.0 + i, False)
     assert overrides(generated_at=995.0, now=1010.0)  # preferences older than the failures
     assert not overrides(generated_at=1010.0, now=1012.0)  # a cycle after them: its probes go through
+    prefs = dataclasses.replace(Preferences.defaults(now=1010.0), source="embedded")
+    left = compute_overrides(config, ["short"], collector, None, prefs, 1012.0)
+    assert left.yielded == (track,)
+    rec = build_recommendation(prefs, "short", prefs.routing_for("short"), False, False, left)
+    assert rec["overrides"] == [] and rec["routing"]["local_bias"] == prefs.routing_for("short").local_bias
+    assert f"most recent {track} calls failed, but the preferences were written after them" in " ".join(rec["reasons"])
     call(1013.0, True)
     assert not overrides(generated_at=1010.0, now=1014.0)  # it answers again
     call(1015.0, False)

@@ -91,6 +91,8 @@ class Overrides:
     local_failing: bool = False  # most recent local calls failed
     api_refusing: bool = False  # the API's rate limit refused calls within the last minute: it is full
     api_hanging: bool = False  # its calls in flight run far past its answers, none answered since (failing too)
+    # Tracks whose recent calls mostly failed, left to preferences written after those failures.
+    yielded: Tuple[str, ...] = ()
 
 
 def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collector: MetricsCollector,
@@ -118,14 +120,16 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
     api_hanging = _hanging(api_calls, api_ages, now)
     # Safe defaults weighed nothing (the preferences reader dates them when it falls back): no cycle.
     cycle = prefs.generated_at if prefs.source != "defaults" else -math.inf
-    api_failing = api_hanging or (_failing(api_calls) and _failed_since(api_calls, cycle, now))
-    local_failing = _failing(local_calls) and _failed_since(local_calls, cycle, now)
+    failed = {"api": _failing(api_calls), "local": _failing(local_calls)}
+    api_failing = api_hanging or (failed["api"] and _failed_since(api_calls, cycle, now))
+    local_failing = failed["local"] and _failed_since(local_calls, cycle, now)
+    yielded = tuple(t for t, steered in (("api", api_failing), ("local", local_failing)) if failed[t] and not steered)
     api_refusing = _refusing(api_calls, now - REFUSED_WINDOW_SECONDS)
     battery = checks["battery"]
     battery_low = bool(battery) and battery.value is not None and battery.limit is not None \
         and battery.value < BATTERY_OVERRIDE_SHARE * battery.limit
     return Overrides(snapshot, prefs, tuple(n for n in ("memory", "gpu_memory") if checks[n]),
-                     battery_low, cost, api_failing, local_failing, api_refusing, api_hanging)
+                     battery_low, cost, api_failing, local_failing, api_refusing, api_hanging, yielded)
 
 
 def _failing(records: Sequence[PerformanceMetrics]) -> bool:
@@ -249,6 +253,9 @@ def build_recommendation(prefs: Preferences, qc: str, routing: Routing, parallel
         what = "api calls hang (no answer long past its usual)" if overrides.api_hanging and failing == "api" \
             else f"most recent {failing} calls failed"
         reasons.append(f"{what}: preferring {preferred} until it recovers")
+    for track in overrides.yielded:
+        reasons.append(f"most recent {track} calls failed, but the preferences were written after them: "
+                       f"following them until a {track} call fails again")
     if preferred is None:
         if parallel and values["parallel_threshold"] <= 1.0:
             preferred = "parallel"
