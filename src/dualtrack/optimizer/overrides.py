@@ -120,9 +120,10 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
     api_hanging = _hanging(api_calls, api_ages, now)
     # Safe defaults weighed nothing (the preferences reader dates them when it falls back): no cycle.
     cycle = prefs.generated_at if prefs.source != "defaults" else -math.inf
-    failed = {"api": _failing(api_calls), "local": _failing(local_calls)}
-    api_failing = api_hanging or (failed["api"] and _failed_since(api_calls, cycle, now))
-    local_failing = failed["local"] and _failed_since(local_calls, cycle, now)
+    judged = {"api": _judged(api_calls), "local": _judged(local_calls)}
+    failed = {t: _failing(calls) for t, calls in judged.items()}
+    api_failing = api_hanging or (failed["api"] and _failed_since(judged["api"], cycle, now))
+    local_failing = failed["local"] and _failed_since(judged["local"], cycle, now)
     yielded = tuple(t for t, steered in (("api", api_failing), ("local", local_failing)) if failed[t] and not steered)
     api_refusing = _refusing(api_calls, now - REFUSED_WINDOW_SECONDS)
     battery = checks["battery"]
@@ -132,8 +133,13 @@ def compute_overrides(config: OptimizationConfig, classes: Sequence[str], collec
                      battery_low, cost, api_failing, local_failing, api_refusing, api_hanging, yielded)
 
 
-def _failing(records: Sequence[PerformanceMetrics]) -> bool:
-    """Did most of a track's recent calls (the last 20, at least 5) fail?
+def _judged(records: Sequence[PerformanceMetrics]) -> List[PerformanceMetrics]:
+    """The calls that judge whether a track fails: neither cancelled nor refused by a rate limit."""
+    return [r for r in records if r.outcome != "cancelled" and r.error_type != RATE_LIMITED]
+
+
+def _failing(calls: Sequence[PerformanceMetrics]) -> bool:
+    """Did most of a track's recent calls (the last 20 of ``_judged``, at least 5) fail?
 
     Calls refused by a rate limit are left out: an API at its limit is full, not failing.
     It answers what the limit allows and refuses the rest, which come back to local at
@@ -141,7 +147,6 @@ def _failing(records: Sequence[PerformanceMetrics]) -> bool:
     (random_102_003, a limit of 21 calls a minute: the last 20 calls mostly refused at
     the end of each minute, every class sent local past its slots, 211 queries of 1,200
     unanswered; 0.8213 -> 0.8444 without it)."""
-    calls = [r for r in records if r.outcome != "cancelled" and r.error_type != RATE_LIMITED]
     recent = calls[-RECENT_CALLS:]
     if len(recent) < 5:
         return False
@@ -156,16 +161,16 @@ def _failing(records: Sequence[PerformanceMetrics]) -> bool:
     return ok < len(recent) / 2
 
 
-def _failed_since(records: Sequence[PerformanceMetrics], moment: float, now: float) -> bool:
-    """Did a call fail after ``moment`` (when the cycle that wrote the preferences ran)? A failing track is
-    steered from only then: a cycle newer than its failures has weighed them, and sends the
-    track its probes (random_139_010: the local server back at 690 s, the next cycle sent two
-    classes back to it, and the override held them off for one more interval). A ``moment`` ahead of
-    ``now`` (the writer's clock ahead of the router's) says nothing: the failures count."""
+def _failed_since(calls: Sequence[PerformanceMetrics], moment: float, now: float) -> bool:
+    """Did one of ``calls`` (``_judged``) fail after ``moment``, when the cycle that wrote the
+    preferences ran? A failing track is steered from only then: a cycle newer than its
+    failures has weighed them, and sends the track its probes (random_139_010: the local
+    server back at 690 s, the next cycle sent two classes back to it, and the override held
+    them off for one more interval). A ``moment`` ahead of ``now`` (the writer's clock ahead
+    of the router's) says nothing: the failures count."""
     if moment > now:
         return True
-    return any(r.timestamp >= moment and r.outcome != "success" and r.outcome != "cancelled"
-               and r.error_type != RATE_LIMITED for r in records)
+    return any(r.timestamp >= moment and r.outcome != "success" for r in calls)
 
 
 def _hanging(api_calls: Sequence[PerformanceMetrics], ages: Sequence[Tuple[str, float]], now: float) -> bool:
