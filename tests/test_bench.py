@@ -275,3 +275,29 @@ def test_an_event_is_material_when_the_best_split_in_hindsight_moves_its_way() -
         {"applied_intervals": 1, "material": True}, {"applied_intervals": 5, "material": True},
         {"applied_intervals": None, "material": False}, {"applied_intervals": 1, "material": None}]}})
     assert summary == {"events": 4, "judged": 3, "material": 2, "within_2": 1, "share_within_2": 0.5}
+
+
+def test_the_random_summary_splits_the_scenarios_by_the_oracles_lead() -> None:
+    """``by_oracle_lead``: scenarios where the oracle leads the hindsight split by less than
+    ``MIN_ORACLE_LEAD`` (nothing to adapt to) apart from the others, each with adaptive's margins."""
+    from dualtrack.bench.verdicts import MIN_ORACLE_LEAD, by_oracle_lead
+
+    def scenario(adaptive: float, hindsight: float, oracle: float) -> Dict[str, Any]:
+        return {"oracle_objective": oracle, "hindsight_objective": hindsight, "at_least_hindsight": adaptive >= hindsight,
+                "gap_below_hindsight": (hindsight - adaptive) / hindsight}
+
+    lead = MIN_ORACLE_LEAD
+    parts = by_oracle_lead({
+        "flat_below": scenario(0.796, 0.8, 0.8 + lead / 2),
+        "flat_above": scenario(0.802, 0.8, 0.8),
+        "flat_far_below": scenario(0.78, 0.8, 0.8),
+        "leading": scenario(0.81, 0.8, 0.8 + 20 * lead),
+        "no_oracle": {"hindsight_objective": 0.8, "gap_below_hindsight": 0.0, "at_least_hindsight": True},
+    })
+    assert parts["flat"]["scenarios"] == 3 and parts["flat"]["at_least_hindsight"] == 1
+    assert parts["flat"]["median_margin"] == pytest.approx(-0.005)
+    assert parts["flat"]["mean_margin"] == pytest.approx((-0.005 + 0.0025 - 0.025) / 3, abs=1e-6)  # rounded
+    assert parts["leading"] == {"scenarios": 1, "at_least_hindsight": 1, "median_margin": pytest.approx(0.0125),
+                                "mean_margin": pytest.approx(0.0125)}
+    assert by_oracle_lead({})["flat"] == {"scenarios": 0, "at_least_hindsight": 0, "median_margin": None,
+                                          "mean_margin": None}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Sequence
 
 from ..simulation import ORACLE
-from .verdicts import RANDOM_REACTION_LIMIT, REACTION_LIMIT_INTERVALS
+from .verdicts import MIN_ORACLE_LEAD, RANDOM_REACTION_LIMIT, REACTION_LIMIT_INTERVALS
 
 _PLURAL = {"onset": "onsets", "recovery": "recoveries"}
 _COLUMNS = ("policy", "p95 s", "in target", "cost $", "quality", "useful", "viol s", "failed", "J", "vs oracle",
@@ -192,6 +192,14 @@ def verdict_lines(results: Dict[str, Any]) -> List[str]:
         lines.append("  applied reactions: " + "; ".join(
             f"{k['in_time']} of {k['events']} {_PLURAL[kind]} within {k['limit_intervals']} interval"
             f"{'s' if k['limit_intervals'] > 1 else ''}" for kind, k in kinds.items()))
+    lead = s.get("by_oracle_lead")
+    if lead and lead["flat"]["scenarios"] and lead["leading"]["scenarios"]:
+        flat, leading = lead["flat"], lead["leading"]
+        lines.append(f"  (not a target: where the oracle leads perclass_hindsight by less than {MIN_ORACLE_LEAD:g} "
+                     f"({flat['scenarios']} scenarios: nothing to adapt to, only learning to pay for) adaptive >= "
+                     f"it in {flat['at_least_hindsight']}, median margin {flat['median_margin']:+.2%}; where it "
+                     f"leads by more ({leading['scenarios']}), in {leading['at_least_hindsight']}, median margin "
+                     f"{leading['median_margin']:+.2%})")
     m = s.get("material_events")
     if m and m["judged"]:
         share = "-" if m["share_within_2"] is None else f"{m['share_within_2']:.0%}"

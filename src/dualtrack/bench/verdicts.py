@@ -181,6 +181,7 @@ def overall(scenarios: Mapping[str, Mapping[str, Any]], suite: str) -> Dict[str,
     out["material_events"] = material_events(with_adaptive)
     if suite == "random":
         out["random"] = random_targets(with_adaptive)
+        out["by_oracle_lead"] = by_oracle_lead(with_adaptive)
         misses = [f"{name}: {t['text']}" for name, t in out["random"].items() if t["met"] is False]
     else:
         out["shipped"] = shipped_targets(with_adaptive)
@@ -201,6 +202,33 @@ def material_events(adaptive: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]
     share = len(within) / len(chosen) if chosen else None
     return {"events": len(reactions), "judged": len(judged), "material": len(chosen), "within_2": len(within),
             "share_within_2": share}
+
+
+def by_oracle_lead(adaptive: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Not a target: the scenarios split by what there was to adapt to, and the adaptive strategy
+    against ``perclass_hindsight`` in each part.
+
+    ``flat``: the oracle, which knows the whole timeline, leads the hindsight split by less than
+    :data:`MIN_ORACLE_LEAD` -- the best fixed split is as good as foresight there, so a strategy that
+    learns can only pay for learning (its first interval, its moves on thin evidence).
+    ``leading``: the oracle leads by more: there is something to adapt to. ``margin``: adaptive's
+    relative margin over the split (negative below it), as a median and a mean."""
+    parts: Dict[str, List[Mapping[str, Any]]] = {"flat": [], "leading": []}
+    for t in adaptive.values():
+        oracle, hindsight = t.get("oracle_objective"), t.get("hindsight_objective")
+        if oracle is None or hindsight is None or t.get("gap_below_hindsight") is None:
+            continue
+        parts["flat" if oracle - hindsight < MIN_ORACLE_LEAD else "leading"].append(t)
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, mine in parts.items():
+        margins = [-t["gap_below_hindsight"] for t in mine]
+        out[name] = {
+            "scenarios": len(mine),
+            "at_least_hindsight": sum(1 for t in mine if t.get("at_least_hindsight")),
+            "median_margin": round(statistics.median(margins), 6) if margins else None,
+            "mean_margin": round(statistics.fmean(margins), 6) if margins else None,
+        }
+    return out
 
 
 def shipped_targets(adaptive: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
@@ -276,6 +304,7 @@ def _random_text(name: str, value: Optional[float], goal: float, n: int) -> str:
 
 __all__ = [
     "ADAPTIVE", "APPLIED_LIMITS", "MIN_ORACLE_LEAD", "ORACLE_GAP_LIMIT", "RANDOM_TARGETS", "REACTION_LIMIT_INTERVALS",
-    "SIMPLE_STATICS", "STEADY_TOLERANCE", "adaptive_figures", "analyse_scenario", "capture", "overall",
+    "SIMPLE_STATICS", "STEADY_TOLERANCE", "adaptive_figures", "analyse_scenario", "by_oracle_lead", "capture",
+    "overall",
     "material_events", "random_targets", "reactions_by_kind", "shipped_targets",
 ]
