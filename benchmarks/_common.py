@@ -43,6 +43,21 @@ def add_scenario_option(parser: argparse.ArgumentParser) -> None:
                         help="a shipped scenario's name or a scenario file; repeat for several")
 
 
+def add_generated_options(parser: argparse.ArgumentParser) -> None:
+    """``--random N``, ``--seed S`` (repeatable) and ``--scenario NAME`` (repeatable): the scenarios a
+    script runs, drawn by the generator or named (:func:`scenario_names` lists them)."""
+    parser.add_argument("--random", type=int, default=20, metavar="N", help="generated scenarios per seed (20)")
+    parser.add_argument("--seed", type=int, action="append", metavar="S", help="generator seed (repeatable; 1)")
+    parser.add_argument("--scenario", action="append", metavar="NAME",
+                        help="a shipped scenario or random_<seed>_<index> instead (repeatable)")
+
+
+def scenario_names(args: argparse.Namespace) -> List[str]:
+    """The names :func:`add_generated_options` asked for: the ``--scenario`` ones, else ``--random``
+    of each ``--seed`` (seed 1 by default) as ``random_<seed>_<index>``."""
+    return args.scenario or [f"random_{s}_{i:03d}" for s in (args.seed or [1]) for i in range(args.random)]
+
+
 def scenario_for(name: str) -> Scenario:
     """``random_<seed>_<index>`` as the generator draws it; else a shipped scenario or a file."""
     match = _GENERATED.fullmatch(name)

@@ -49,7 +49,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import announce, scenario_for, write_json  # noqa: E402
+from _common import add_generated_options, announce, scenario_for, scenario_names, write_json  # noqa: E402
 
 from dualtrack.adapter.strategy import load_strategies  # noqa: E402
 from dualtrack.bench.verdicts import MIN_ORACLE_LEAD  # noqa: E402
@@ -155,10 +155,7 @@ def read_bench(path: str) -> Dict[str, Tuple[float, bool]]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="See the module's docstring (this file) for each ablation.")
-    parser.add_argument("--random", type=int, default=20, metavar="N", help="generated scenarios per seed (20)")
-    parser.add_argument("--seed", type=int, action="append", metavar="S", help="generator seed (repeatable; 1)")
-    parser.add_argument("--scenario", action="append", metavar="NAME",
-                        help="a shipped scenario or random_<seed>_<index> instead (repeatable)")
+    add_generated_options(parser)
     parser.add_argument("--bench", metavar="RESULTS", help="the scenarios of this bench JSON, each also held "
                         "against its perclass_hindsight (split by the oracle's lead)")
     parser.add_argument("--ablation", action="append", choices=sorted(ABLATIONS), metavar="NAME",
@@ -178,8 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as err:
             parser.error(f"--bench {args.bench}: not a bench JSON with hindsight splits and the oracle "
                          f"({type(err).__name__}: {err})")
-    names = list(bench) if bench is not None else (
-        args.scenario or [f"random_{s}_{i:03d}" for s in (args.seed or [1]) for i in range(args.random)])
+    names = list(bench) if bench is not None else scenario_names(args)
     rules = Path(args.rules) if args.rules else bundled_dir("rules")
     if not (rules / f"{STRATEGY}.yaml").is_file():
         parser.error(f"--rules {rules}: no {STRATEGY}.yaml there")

@@ -44,7 +44,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import announce, scenario_for, write_json  # noqa: E402
+from _common import add_generated_options, announce, scenario_for, scenario_names, write_json  # noqa: E402
 
 from dualtrack.adapter.embedded import AdaptiveOptimizer  # noqa: E402
 from dualtrack.simulation import Simulation  # noqa: E402
@@ -169,10 +169,7 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="See the module's docstring (this file) for what is measured.")
-    parser.add_argument("--random", type=int, default=20, metavar="N", help="generated scenarios per seed (20)")
-    parser.add_argument("--seed", type=int, action="append", metavar="S", help="generator seed (repeatable; 1)")
-    parser.add_argument("--scenario", action="append", metavar="NAME",
-                        help="a shipped scenario or random_<seed>_<index> instead (repeatable)")
+    add_generated_options(parser)
     parser.add_argument("--at", type=float, action="append", metavar="SECONDS",
                         help="restart time in seconds (repeatable; default 600)")
     parser.add_argument("--second-day", metavar="RESULTS", help="instead: each scenario of this bench JSON cold and "
@@ -184,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--random and --jobs must be at least 1")
     if args.second_day:
         return run_second_day(args.second_day, args.jobs, args.json)
-    names = args.scenario or [f"random_{s}_{i:03d}" for s in (args.seed or [1]) for i in range(args.random)]
+    names = scenario_names(args)
     times = args.at or [600.0]
     if any(t <= 0 for t in times):
         parser.error("--at must be a positive number of seconds")
