@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_generated_options, announce, scenario_for, scenario_names, write_json  # noqa: E402
 
 from dualtrack.adapter.strategy import load_strategies  # noqa: E402
-from dualtrack.bench.verdicts import MIN_ORACLE_LEAD  # noqa: E402
+from dualtrack.bench.verdicts import MIN_ORACLE_LEAD, flat  # noqa: E402
 from dualtrack.bundled import bundled_dir  # noqa: E402
 from dualtrack.errors import ConfigError  # noqa: E402
 from dualtrack.simulation import Simulation  # noqa: E402
@@ -126,8 +126,8 @@ def summarize(runs: Dict[str, Dict[str, float]], variants: List[str],
         }
     if bench is not None:
         parts: Dict[str, Any] = {}
-        for part, flat in (("flat", True), ("leading", False)):
-            names = [n for n in runs if n in bench and bench[n][1] == flat]
+        for part, is_flat in (("flat", True), ("leading", False)):
+            names = [n for n in runs if n in bench and bench[n][1] == is_flat]
             parts[part] = {"scenarios": len(names)}
             for variant in [SHIPPED] + variants:
                 margins = [100.0 * (runs[n][variant] - bench[n][0]) / bench[n][0] for n in names]
@@ -148,7 +148,7 @@ def read_bench(path: str) -> Dict[str, Tuple[float, bool]]:
     for name, s in results["scenarios"].items():
         hindsight = float(s["hindsight"]["objective"])
         oracle = float(s["adaptive"]["oracle_objective"])
-        out[name] = (hindsight, oracle - hindsight < MIN_ORACLE_LEAD)
+        out[name] = (hindsight, flat(hindsight, oracle))
     return out
 
 

@@ -133,10 +133,16 @@ def adaptive_figures(scores: Mapping[str, float], adaptive_run: Mapping[str, Any
     return target
 
 
+def flat(hindsight: float, oracle: float) -> bool:
+    """Nothing to adapt to: the oracle leads ``perclass_hindsight`` by less than :data:`MIN_ORACLE_LEAD`,
+    so the best fixed split is as good as foresight (and a capture of the lead says nothing)."""
+    return oracle - hindsight < MIN_ORACLE_LEAD
+
+
 def capture(adaptive: float, hindsight: Optional[float], oracle: Optional[float]) -> Optional[float]:
     """The share of the oracle's lead over ``perclass_hindsight`` the adaptive strategy captures;
     ``None`` when the oracle leads by less than :data:`MIN_ORACLE_LEAD` (or is the hindsight split itself)."""
-    if hindsight is None or oracle is None or oracle - hindsight < MIN_ORACLE_LEAD:
+    if hindsight is None or oracle is None or flat(hindsight, oracle):
         return None
     return round((adaptive - hindsight) / (oracle - hindsight), 4)
 
@@ -218,7 +224,7 @@ def by_oracle_lead(adaptive: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[
         oracle, hindsight = t.get("oracle_objective"), t.get("hindsight_objective")
         if oracle is None or hindsight is None or t.get("gap_below_hindsight") is None:
             continue
-        parts["flat" if oracle - hindsight < MIN_ORACLE_LEAD else "leading"].append(t)
+        parts["flat" if flat(hindsight, oracle) else "leading"].append(t)
     out: Dict[str, Dict[str, Any]] = {}
     for name, mine in parts.items():
         margins = [-t["gap_below_hindsight"] for t in mine]
@@ -304,7 +310,7 @@ def _random_text(name: str, value: Optional[float], goal: float, n: int) -> str:
 
 __all__ = [
     "ADAPTIVE", "APPLIED_LIMITS", "MIN_ORACLE_LEAD", "ORACLE_GAP_LIMIT", "RANDOM_TARGETS", "REACTION_LIMIT_INTERVALS",
-    "SIMPLE_STATICS", "STEADY_TOLERANCE", "adaptive_figures", "analyse_scenario", "by_oracle_lead", "capture",
+    "SIMPLE_STATICS", "STEADY_TOLERANCE", "adaptive_figures", "analyse_scenario", "by_oracle_lead", "capture", "flat",
     "overall",
     "material_events", "random_targets", "reactions_by_kind", "shipped_targets",
 ]
