@@ -76,6 +76,8 @@ def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationRe
             "slots": estimator.slots, "capacity": estimator.capacity, "memory_slots": estimator.memory_slots,
             "planned_load": estimator.planned_load, "base_service": dict(estimator.base_service),
             "arrivals": dict(estimator.arrivals),
+            "preferred": dict(split.preferred),
+            "expected": {c: dict(v) for c, v in split.expected.items()},
         })
         return split
 
@@ -153,17 +155,23 @@ def window_table(result: SimulationResult, scenario: Scenario, start: float, end
         row["within"] += within
         row["quality"] += q.quality or 0.0
         row["cost"] += q.cost
-    w = OBJECTIVE
     out = {}
     for key, row in sums.items():
         n = row["queries"]
         cost_ratio = row["cost"] / n / mean_api if mean_api > 0 else 0.0
         rates = {"queries": n, "useful": row["useful"] / n, "within": row["within"] / n,
                  "quality": row["quality"] / n, "cost_ratio": cost_ratio}
-        rates["value"] = (w.useful * rates["useful"] + w.within_target * rates["within"]
-                          + w.quality * rates["quality"] - w.savings * cost_ratio)
+        rates["value"] = value_of(rates["useful"], rates["within"], rates["quality"], cost_ratio)
         out[key] = rates
     return out
+
+
+def value_of(useful: float, within: float, quality: float, cost_ratio: float) -> float:
+    """A query's share of ``J``'s query terms (or the mean of several's, from their rates): useful,
+    within target and quality at their weights, less savings' weight times its cost over the run's
+    mean all-API cost per query."""
+    w = OBJECTIVE
+    return w.useful * useful + w.within_target * within + w.quality * quality - w.savings * cost_ratio
 
 
 def window_value(table: Table) -> Optional[float]:
