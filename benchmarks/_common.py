@@ -11,12 +11,16 @@ import json
 import os
 import platform
 import re
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from importlib.metadata import version
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from dualtrack.simulation.generator import generate_scenario
 from dualtrack.simulation.scenario import Scenario, load_scenario
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: The bench's name of a generated scenario (``dualtrack bench adaptation --random``).
 _GENERATED = re.compile(r"random_(\d+)_(\d+)")
@@ -76,6 +80,15 @@ def named_scenarios(names: Optional[Sequence[str]], parser: argparse.ArgumentPar
         except (OSError, ValueError) as err:
             parser.error(f"--scenario {name}: {err}")
     return out
+
+
+def run_each(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> List[R]:
+    """``[fn(item) for item in items]``, in ``jobs`` processes when ``jobs`` is more than 1 (``fn`` a
+    module-level function, for the pool to pickle), in this one otherwise; in ``items``' order."""
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            return list(pool.map(fn, items))
+    return [fn(item) for item in items]
 
 
 def write_json(path: str, figures: Dict[str, Any]) -> None:

@@ -41,7 +41,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -49,7 +48,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_generated_options, announce, scenario_for, scenario_names, write_json  # noqa: E402
+from _common import add_generated_options, announce, run_each, scenario_for, scenario_names, write_json  # noqa: E402
 
 from dualtrack.adapter.strategy import load_strategies  # noqa: E402
 from dualtrack.bench.verdicts import MIN_ORACLE_LEAD, flat  # noqa: E402
@@ -191,11 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"ablations.py: {variant}: the changed strategy does not load: {err}", file=sys.stderr)
                 return 2
         jobs = [(n, v, folders[v], args.routing_draw) for n in names for v in folders]
-        if args.jobs > 1:
-            with ProcessPoolExecutor(args.jobs) as pool:
-                results = list(pool.map(one, jobs))
-        else:
-            results = [one(j) for j in jobs]
+        results = run_each(one, jobs, args.jobs)
     runs: Dict[str, Dict[str, float]] = {}
     for name, variant, objective in results:
         runs.setdefault(name, {})[variant] = objective

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import _common
@@ -122,11 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--count and --jobs must be at least 1")
     scenarios = _scenarios(args, parser)
     figures = _common.announce("compliance calibration: the plan's chance of a violation against the runs")
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(_one, scenarios))
-    else:
-        runs = [_one(item) for item in scenarios]
+    runs = _common.run_each(_one, scenarios, args.jobs)
     figures["scenarios"] = [name for name, _ in scenarios]
     for constraint in ("memory", "budget"):
         pairs = [p for _, run in runs for p in run[constraint]]

@@ -50,12 +50,11 @@ import statistics
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import announce, scenario_for, write_json  # noqa: E402
+from _common import announce, run_each, scenario_for, write_json  # noqa: E402
 from trace_adaptation import trace, useful_and_within, value_of  # noqa: E402
 
 from dualtrack.bench.verdicts import MIN_ORACLE_LEAD, flat  # noqa: E402
@@ -236,11 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     info = announce("dualtrack flat gap: strategy:adaptive against its scenario's hindsight split")
     started = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = dict(pool.map(one, jobs))
-    else:
-        runs = dict(one(j) for j in jobs)
+    runs = dict(run_each(one, jobs, args.jobs))
     wall = time.perf_counter() - started
     print(f"{len(runs)} {'leading' if args.leading else 'flat'} scenarios ({wall:.0f} s with {args.jobs} job(s)); "
           "percent of the split's J:")

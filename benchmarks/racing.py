@@ -25,12 +25,11 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import announce, replaced, scenario_for, write_json  # noqa: E402
+from _common import announce, replaced, run_each, scenario_for, write_json  # noqa: E402
 
 from dualtrack.router.policy import RoutePlan  # noqa: E402
 from dualtrack.simulation import Simulation  # noqa: E402
@@ -119,11 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         jobs = [j for j in jobs if j[0] in set(args.scenario)]
     info = announce("dualtrack racing benchmark: each class raced on both tracks, against the hindsight split")
     started = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(one, jobs))
-    else:
-        rows = [one(j) for j in jobs]
+    rows = run_each(one, jobs, args.jobs)
     for r in rows:
         h = r["hindsight"]
         changes = "  ".join(f"{c} raced {100.0 * (v['objective'] - h) / h:+.2f}%" for c, v in r["raced"].items())

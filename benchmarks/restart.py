@@ -39,12 +39,11 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_generated_options, announce, scenario_for, scenario_names, write_json  # noqa: E402
+from _common import add_generated_options, announce, run_each, scenario_for, scenario_names, write_json  # noqa: E402
 
 from dualtrack.adapter.embedded import AdaptiveOptimizer  # noqa: E402
 from dualtrack.simulation import Simulation  # noqa: E402
@@ -133,11 +132,7 @@ def run_second_day(path: str, jobs_n: int, json_out: Optional[str]) -> int:
     info = announce("dualtrack second-day benchmark: the adaptive strategy warm from its first minutes, "
                     "against the hindsight split")
     started = time.perf_counter()
-    if jobs_n > 1:
-        with ProcessPoolExecutor(jobs_n) as pool:
-            rows = list(pool.map(second_day, jobs))
-    else:
-        rows = [second_day(j) for j in jobs]
+    rows = run_each(second_day, jobs, jobs_n)
     figures = against_hindsight(rows)
     print(f"{len(rows)} scenarios ({time.perf_counter() - started:.0f} s); "
           "gap to perclass_hindsight, percent of its J:")
@@ -188,11 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = announce("dualtrack restart benchmark: a cold restart of the embedded adapter against a warm one")
     started = time.perf_counter()
     jobs = [(n, t) for t in times for n in names]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(one, jobs))
-    else:
-        rows = [one(j) for j in jobs]
+    rows = run_each(one, jobs, args.jobs)
     wall = time.perf_counter() - started
     print(f"{len(names)} scenarios, restarts at {', '.join(f'{t:g}' for t in times)} s "
           f"({len(rows)} runs of three, {wall:.0f} s with {args.jobs} job(s))")
