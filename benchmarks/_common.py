@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
+from dualtrack.bench.verdicts import flat
 from dualtrack.simulation.generator import generate_scenario
 from dualtrack.simulation.scenario import Scenario, load_scenario
 
@@ -80,6 +81,27 @@ def named_scenarios(names: Optional[Sequence[str]], parser: argparse.ArgumentPar
         except (OSError, ValueError) as err:
             parser.error(f"--scenario {name}: {err}")
     return out
+
+
+def hindsight_splits(parser: argparse.ArgumentParser, path: str) -> Dict[str, Dict[str, Any]]:
+    """Each scenario of a bench JSON (``dualtrack bench adaptation --json``), by name: its hindsight
+    split's ``objective``, ``policy`` and ``split`` (local share per class), and ``flat`` (the oracle
+    leads the split by less than ``MIN_ORACLE_LEAD``); a file that has no such figures is the
+    parser's one-line error, naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            scenarios = json.load(fh)["scenarios"]
+        out = {}
+        for name, s in sorted(scenarios.items()):
+            hindsight = s["hindsight"]
+            objective = float(hindsight["objective"])
+            out[name] = {"objective": objective, "policy": str(hindsight["policy"]),
+                         "split": {c: float(v) for c, v in hindsight["split"].items()},
+                         "flat": flat(objective, float(s["adaptive"]["oracle_objective"]))}
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        parser.error(f"--bench {path}: not a bench JSON with hindsight splits and the oracle "
+                     f"({type(err).__name__}: {err})")
 
 
 def run_each(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> List[R]:

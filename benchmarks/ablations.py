@@ -48,10 +48,18 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_generated_options, announce, run_each, scenario_for, scenario_names, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    add_generated_options,
+    announce,
+    hindsight_splits,
+    run_each,
+    scenario_for,
+    scenario_names,
+    write_json,
+)
 
 from dualtrack.adapter.strategy import load_strategies  # noqa: E402
-from dualtrack.bench.verdicts import MIN_ORACLE_LEAD, flat  # noqa: E402
+from dualtrack.bench.verdicts import MIN_ORACLE_LEAD  # noqa: E402
 from dualtrack.bundled import bundled_dir  # noqa: E402
 from dualtrack.errors import ConfigError  # noqa: E402
 from dualtrack.simulation import Simulation  # noqa: E402
@@ -138,19 +146,6 @@ def summarize(runs: Dict[str, Dict[str, float]], variants: List[str],
     return out
 
 
-def read_bench(path: str) -> Dict[str, Tuple[float, bool]]:
-    """Each scenario of a bench JSON: its hindsight split's ``J`` and whether it is flat."""
-    import json
-    with open(path, encoding="utf-8") as fh:
-        results = json.load(fh)
-    out = {}
-    for name, s in results["scenarios"].items():
-        hindsight = float(s["hindsight"]["objective"])
-        oracle = float(s["adaptive"]["oracle_objective"])
-        out[name] = (hindsight, flat(hindsight, oracle))
-    return out
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="See the module's docstring (this file) for each ablation.")
@@ -169,11 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--random and --jobs must be at least 1")
     bench = None
     if args.bench:
-        try:
-            bench = read_bench(args.bench)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            parser.error(f"--bench {args.bench}: not a bench JSON with hindsight splits and the oracle "
-                         f"({type(err).__name__}: {err})")
+        bench = {name: (h["objective"], h["flat"]) for name, h in hindsight_splits(parser, args.bench).items()}
     names = list(bench) if bench is not None else scenario_names(args)
     rules = Path(args.rules) if args.rules else bundled_dir("rules")
     if not (rules / f"{STRATEGY}.yaml").is_file():

@@ -44,7 +44,6 @@ a scenario's figures are partly chance; read the means over many.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -54,10 +53,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import announce, run_each, scenario_for, write_json  # noqa: E402
+from _common import announce, hindsight_splits, run_each, scenario_for, write_json  # noqa: E402
 from trace_adaptation import trace, useful_and_within, value_of  # noqa: E402
 
-from dualtrack.bench.verdicts import MIN_ORACLE_LEAD, flat  # noqa: E402
+from dualtrack.bench.verdicts import MIN_ORACLE_LEAD  # noqa: E402
 from dualtrack.objective import OBJECTIVE, TERMS  # noqa: E402
 from dualtrack.simulation import Simulation, SimulationResult  # noqa: E402
 
@@ -165,18 +164,6 @@ def on_battery(scenario: Any) -> bool:
     return not battery.get("plugged", True) or bool(unplugged)
 
 
-def read_bench(path: str, leading: bool) -> List[Tuple[str, str, Dict[str, float]]]:
-    """The (scenario, hindsight split's policy, split) of a bench JSON's flat scenarios (or the others)."""
-    with open(path, encoding="utf-8") as fh:
-        results = json.load(fh)
-    out = []
-    for name, s in sorted(results["scenarios"].items()):
-        hindsight = s["hindsight"]
-        if flat(float(hindsight["objective"]), float(s["adaptive"]["oracle_objective"])) != leading:
-            out.append((name, str(hindsight["policy"]), {c: float(v) for c, v in hindsight["split"].items()}))
-    return out
-
-
 def summarize(runs: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
     """Means over the scenarios (all, on battery power, the rest): the gap, each term, each kind of
     interval; and the side counts added up, as shares of the cycles of one-track classes."""
@@ -219,11 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    try:
-        jobs = read_bench(args.bench, args.leading)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        parser.error(f"--bench {args.bench}: not a bench JSON with hindsight splits and the oracle "
-                     f"({type(err).__name__}: {err})")
+    jobs = [(name, h["policy"], h["split"]) for name, h in hindsight_splits(parser, args.bench).items()
+            if h["flat"] != args.leading]
     if args.scenario:
         unknown = sorted(set(args.scenario) - {name for name, _, _ in jobs})
         if unknown:

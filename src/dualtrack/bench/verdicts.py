@@ -311,6 +311,5 @@ def _random_text(name: str, value: Optional[float], goal: float, n: int) -> str:
 __all__ = [
     "ADAPTIVE", "APPLIED_LIMITS", "MIN_ORACLE_LEAD", "ORACLE_GAP_LIMIT", "RANDOM_TARGETS", "REACTION_LIMIT_INTERVALS",
     "SIMPLE_STATICS", "STEADY_TOLERANCE", "adaptive_figures", "analyse_scenario", "by_oracle_lead", "capture", "flat",
-    "overall",
-    "material_events", "random_targets", "reactions_by_kind", "shipped_targets",
+    "material_events", "overall", "random_targets", "reactions_by_kind", "shipped_targets",
 ]
