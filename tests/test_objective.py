@@ -95,12 +95,30 @@ def test_tally_reads_negative_or_missing_counts_as_zero() -> None:
 
 
 def test_estimates_decay_older_intervals() -> None:
-    est = Estimator(("short",), EstimatorSettings(decay=0.5))
-    est.update(interval(steady(calls(10, quality=0.8), calls(10, quality=0.8))), INTERVAL)
-    est.update(interval(steady(calls(10, quality=0.9), calls(10, quality=0.8))), INTERVAL)
-    # 0.5 * 10 answers at 0.8 + 10 at 0.9 -> (4 + 9) / 15
-    assert est.tally("local", "short").quality == pytest.approx(13 / 15)
+    est = Estimator(("short",), EstimatorSettings(decay=0.5, quality_decay=0.8))
+    est.update(interval(steady(calls(10, quality=0.8, latency=1.0), calls(10, quality=0.8))), INTERVAL)
+    est.update(interval(steady(calls(10, quality=0.9, latency=1.2), calls(10, quality=0.8))), INTERVAL)
+    # latency: 0.5 * 10 calls at 1 s + 10 at 1.2 s -> (5 + 12) / 15
+    assert est.tally("local", "short").mean_latency == pytest.approx(17 / 15)
+    # quality, a slower property: 0.8 * 10 answers at 0.8 + 10 at 0.9 -> (6.4 + 9) / 18
+    assert est.tally("local", "short").quality == pytest.approx(15.4 / 18)
     assert est.arrivals["short"] == pytest.approx(0.5 * 20 / INTERVAL + 0.5 * 20 / INTERVAL)
+
+
+def test_a_probed_track_keeps_more_answers_of_quality_evidence_than_of_calls() -> None:
+    """A few probe calls an interval: the success and latency estimates rest on about
+    1 / (1 - decay) intervals of them, the useful rate and quality on about
+    1 / (1 - quality_decay), so a close call between the tracks is not decided by a
+    handful of answers."""
+    s = EstimatorSettings()
+    assert s.quality_decay > s.decay
+    est = Estimator(("short",), s)
+    for _ in range(80):
+        est.update(interval(steady(calls(5, useful=0.8, quality=0.7), calls(40))), INTERVAL)
+    local = est.tally("local", "short")
+    assert local.calls == pytest.approx(5 / (1 - s.decay), rel=1e-3)
+    assert local.quality_count == pytest.approx(5 / (1 - s.quality_decay), rel=0.01)
+    assert (local.useful_rate, local.quality) == (pytest.approx(0.8), pytest.approx(0.7))
 
 
 def test_an_outage_is_believed_within_one_interval() -> None:

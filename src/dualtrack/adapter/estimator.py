@@ -12,7 +12,8 @@ Decay alone would take several intervals to believe a change, so changes are
 latency or price of a track departs from its estimate by more than chance
 allows (``change_z`` standard errors), the track's tallies restart from that
 interval. An outage or a recovery is then believed within one interval.
-Quality is checked the same way per track and class. Latency and price are
+Quality is checked the same way per track and class (a CUSUM), and its
+evidence is kept longer (``quality_decay``). Latency and price are
 means of calls that vary among themselves (tokens vary within a class), so a
 ratio counts as a change only beyond both its floor (x1.5 latency, x1.25
 price) and chance for the interval's number of calls: on the few calls of a
@@ -148,6 +149,12 @@ class Tally:
     def scaled(self, factor: float) -> "Tally":
         return Tally(*(getattr(self, f.name) * factor for f in fields(self)))
 
+    def aged(self, decay: float, quality_decay: float) -> "Tally":
+        """One cycle older: the answers' quality evidence (``useful``, ``quality_sum``,
+        ``quality_count``) weighed by ``quality_decay``, everything else by ``decay``."""
+        return replace(self.scaled(decay), useful=self.useful * quality_decay,
+                       quality_sum=self.quality_sum * quality_decay, quality_count=self.quality_count * quality_decay)
+
     def plus(self, other: "Tally") -> "Tally":
         return Tally(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
@@ -210,6 +217,9 @@ def _beyond(ratio: float, least: float, dispersion: float, n: float, z: float) -
 @dataclass(frozen=True)
 class EstimatorSettings:
     decay: float = 0.7  # weight of the previous tallies at each cycle
+    # The same for the answers' quality evidence (useful, quality): a slow property of the model
+    # for a class, whose changes the quality CUSUM detects (and then drops the old evidence).
+    quality_decay: float = 0.9
     arrival_decay: float = 0.3  # the same for the arrival rates
     change_z: float = 3.0  # standard errors for a change
     change_slack: float = 0.05  # and at least this much (rates)
@@ -425,7 +435,7 @@ class Estimator:
                     # After a restart the tallies start from the calls the track was judged on
                     # (the restart kept the earlier ones' quality: not counted twice).
                     new = new.plus(replace(earlier[c], useful=0.0, quality_sum=0.0, quality_count=0.0))
-                state.tallies[c] = new if old is None else old.scaled(s.decay).plus(new)
+                state.tallies[c] = new if old is None else old.aged(s.decay, s.quality_decay).plus(new)
         self._correct_spend(values.get("cost_burn_dollars_per_hour", {}))
         memory = {name: v for name in MEMORY_SIGNALS if (v := values.get(name, {})) is not None}
         busy_now, capped = self._busy_counts(values)
