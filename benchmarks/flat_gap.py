@@ -4,6 +4,7 @@
     python benchmarks/flat_gap.py --bench results.json --jobs 2
     python benchmarks/flat_gap.py --bench results.json --scenario random_146_006
     python benchmarks/flat_gap.py --bench results.json --leading --json gap.json
+    python benchmarks/flat_gap.py --bench results.json --start-at-split --tell-local-model   # diagnoses
 
 A *flat* scenario is one where the oracle leads ``perclass_hindsight`` by less
 than 0.001 (``dualtrack.bench.verdicts.flat``): the best fixed split, chosen
@@ -39,6 +40,14 @@ The scenarios on battery power (unplugged at any time) are counted apart in
 the means: there the battery guard rail (``battery_horizon``) keeps local
 load the benchmark's 30-40 minute runs do not need kept. One routing draw:
 a scenario's figures are partly chance; read the means over many.
+
+Two diagnoses take a part of the price away to show what is left:
+``--start-at-split`` starts the adaptive run with each class at the split's
+share instead of the strategy's starting preferences (what the first
+minutes of learning cost), and ``--tell-local-model`` gives its estimator
+the simulator's own local model every cycle, as ``plan_calibration.py``
+does (what the estimate of local's slots and service times costs). Neither
+is a setting a deployment could have.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import announce, hindsight_splits, run_each, scenario_for, write_json  # noqa: E402
+from adaptation_noise import TOLD  # noqa: E402
 from trace_adaptation import trace, useful_and_within, value_of  # noqa: E402
 
 from dualtrack.bench.verdicts import MIN_ORACLE_LEAD  # noqa: E402
@@ -121,11 +131,12 @@ def side_reason(split_share: float, cycle: Mapping[str, Any], c: str) -> Optiona
     return "estimate"
 
 
-def one(job: Tuple[str, str, Mapping[str, float]]) -> Tuple[str, Dict[str, Any]]:
-    """One scenario's three views of the gap between ``strategy:adaptive`` and the split ``policy``."""
-    name, policy, split = job
+def one(job: Tuple[str, str, Mapping[str, float], bool, Optional[str]]) -> Tuple[str, Dict[str, Any]]:
+    """One scenario's three views of the gap between ``strategy:adaptive`` and the split ``policy``
+    (the adaptive run started at the split, or told the local model, where the job asks)."""
+    name, policy, split, start_at_split, tell = job
     scenario = scenario_for(name)
-    adaptive, cycles = trace(scenario)
+    adaptive, cycles = trace(scenario, start=split if start_at_split else None, tell=tell)
     fixed = Simulation(scenario, policy, seed=scenario.seed, keep_requests=True).run()
     base = float(fixed.summary["objective"])
     step = scenario.adaptation_interval
@@ -201,15 +212,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--leading", action="store_true",
                         help=f"the scenarios where the oracle leads the split by {MIN_ORACLE_LEAD:g} or more instead")
     parser.add_argument("--scenario", action="append", metavar="NAME", help="only this one of them (repeatable)")
+    parser.add_argument("--start-at-split", action="store_true",
+                        help="a diagnosis: the adaptive run starts each class at the split's share instead of "
+                             "the strategy's starting preferences (what the start costs)")
+    parser.add_argument("--tell-local-model", nargs="?", const="both", choices=TOLD, metavar="WHAT",
+                        help="a diagnosis: give the estimator the simulator's own local model every cycle "
+                             "(both, the default, slots or service; as plan_calibration.py)")
     parser.add_argument("--jobs", type=int, default=1, help="scenarios in parallel (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    jobs = [(name, h["policy"], h["split"]) for name, h in hindsight_splits(parser, args.bench).items()
-            if h["flat"] != args.leading]
+    jobs = [(name, h["policy"], h["split"], args.start_at_split, args.tell_local_model)
+            for name, h in hindsight_splits(parser, args.bench).items() if h["flat"] != args.leading]
     if args.scenario:
-        unknown = sorted(set(args.scenario) - {name for name, _, _ in jobs})
+        unknown = sorted(set(args.scenario) - {job[0] for job in jobs})
         if unknown:
             parser.error(f"--scenario {', '.join(unknown)}: not among the bench's "
                          f"{'leading' if args.leading else 'flat'} scenarios")
@@ -217,7 +234,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not jobs:
         print("no such scenarios in the bench file")
         return 0
-    info = announce("dualtrack flat gap: strategy:adaptive against its scenario's hindsight split")
+    diagnoses = (["started at the split"] if args.start_at_split else []) + (
+        [f"the local model told ({args.tell_local_model})"] if args.tell_local_model else [])
+    info = announce("dualtrack flat gap: strategy:adaptive against its scenario's hindsight split"
+                    + (f" ({', '.join(diagnoses)})" if diagnoses else ""))
     started = time.perf_counter()
     runs = dict(run_each(one, jobs, args.jobs))
     wall = time.perf_counter() - started
@@ -237,7 +257,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                   + "  ".join(f"{k} {v:.1%}" for k, v in g["sides"].items()))
     if args.json:
         write_json(args.json, {"benchmark": "flat_gap", "machine": info, "bench": args.bench,
-                               "leading": args.leading, "wall_seconds": wall, "summary": figures, "runs": runs})
+                               "leading": args.leading, "start_at_split": args.start_at_split,
+                               "local_model_told": args.tell_local_model, "wall_seconds": wall,
+                               "summary": figures, "runs": runs})
     return 0
 
 

@@ -46,10 +46,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import _common
 from _common import scenario_for
+from adaptation_noise import local_model_told
 
 import dualtrack.adapter.engine as engine
 from dualtrack.objective import OBJECTIVE
@@ -63,9 +65,29 @@ ROUTINE_RULES = ("objective", "no_racing")
 APPLIED_GAP = 0.1
 
 
-def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationResult, List[Dict[str, Any]]]:
+@contextmanager
+def started_at(shares: Mapping[str, float]) -> Iterator[None]:
+    """While it lasts, every rule engine made starts each query class at the local share ``shares``
+    gives it instead of the strategy's starting preferences (a diagnosis, not a setting: what the
+    first minutes of learning cost, given a start that already knows the answer)."""
+    original = engine.RuleEngine.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        for c, share in shares.items():
+            if c in self.class_prefs:
+                self.class_prefs[c]["local_bias"] = float(share)
+
+    with _common.replaced(engine.RuleEngine, "__init__", init):
+        yield
+
+
+def trace(scenario: Scenario, rules: Optional[str] = None, *, start: Optional[Mapping[str, float]] = None,
+          tell: Optional[str] = None) -> Tuple[SimulationResult, List[Dict[str, Any]]]:
     """Run ``strategy:adaptive`` on ``scenario``, keeping every request and, per cycle, the plan's
-    split and the estimates it was chosen from."""
+    split and the estimates it was chosen from. Two diagnoses: ``start``, each class's local share to
+    start from (:func:`started_at`); ``tell``, the simulator's own local model given to the estimator
+    every cycle (``adaptation_noise.local_model_told``: both, slots or service)."""
     cycles: List[Dict[str, Any]] = []
     original = engine.choose_split
 
@@ -81,8 +103,14 @@ def trace(scenario: Scenario, rules: Optional[str] = None) -> Tuple[SimulationRe
         })
         return split
 
-    with _common.replaced(engine, "choose_split", recorded):
-        result = Simulation(scenario, ADAPTIVE, rules_path=rules, keep_requests=True).run()
+    with ExitStack() as stack:
+        stack.enter_context(_common.replaced(engine, "choose_split", recorded))
+        if start is not None:
+            stack.enter_context(started_at(start))
+        sim = Simulation(scenario, ADAPTIVE, rules_path=rules, keep_requests=True)
+        if tell is not None:
+            stack.enter_context(local_model_told(sim, tell))
+        result = sim.run()
     rows = {round(float(row["t"]), 3): row for row in result.series}
     for i, cycle in enumerate(cycles):
         cycle["t"] = t = round((i + 1) * scenario.adaptation_interval, 3)

@@ -101,6 +101,26 @@ def test_it_runs_the_flat_scenarios_of_a_bench_file_and_its_views_add_up(tmp_pat
     assert sum(run["sides"].values()) > 0 and run["battery"] is False
 
 
+def test_the_diagnoses_are_run_and_recorded(tmp_path: Path) -> None:
+    split = {"short": 1.0, "medium": 0.0, "long": 0.0}
+    bench = {"scenarios": {"steady": {"hindsight": {"objective": 0.9, "policy": "perclass:short=1,medium=0,long=0",
+                                                    "split": split}, "adaptive": {"oracle_objective": 0.9}}}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    runs = {}
+    for name, extra in (("plain", []), ("started", ["--start-at-split", "--tell-local-model"])):
+        out = tmp_path / f"{name}.json"
+        proc = run_script("flat_gap", "--bench", str(path), "--json", str(out), *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = json.loads(out.read_text())
+    assert runs["started"]["start_at_split"] is True and runs["started"]["local_model_told"] == "both"
+    assert runs["plain"]["start_at_split"] is False and runs["plain"]["local_model_told"] is None
+    # The diagnosed run is another run (trace_adaptation's tests check what each diagnosis does to it).
+    plain, started = (runs[k]["runs"]["steady"] for k in ("plain", "started"))
+    assert plain["gap"] != started["gap"]
+    assert "started at the split" in proc.stdout and "the local model told (both)" in proc.stdout
+
+
 def test_bad_input_is_a_one_line_usage_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"scenarios": {"steady": {}}}))

@@ -122,3 +122,22 @@ def test_bad_arguments_are_one_line_errors(args: List[str], message: str) -> Non
     proc = run_script("trace_adaptation", *args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_diagnosis_can_start_the_strategy_at_a_given_split_or_tell_it_the_local_model() -> None:
+    mod = bench_script("trace_adaptation")
+    scenario = load_scenario("steady").time_scaled(0.25)
+    split = {"short": 1.0, "medium": 0.0, "long": 0.5}
+    result, _ = mod.trace(scenario, start=split)
+    first = {c: v["local_bias"] for c, v in result.series[0]["applied"]["by_class"].items()}
+    # The first interval runs at the split (within the exploration floor), not at the starting 0.5.
+    assert first == pytest.approx({"short": 0.995, "medium": 0.005, "long": 0.5})
+    plain, _ = mod.trace(scenario)
+    assert {c: v["local_bias"] for c, v in plain.series[0]["applied"]["by_class"].items()} == pytest.approx(
+        {"short": 0.5, "medium": 0.5, "long": 0.5})
+    # Told the local model, every cycle plans on the simulator's own slots.
+    _, cycles = mod.trace(scenario, tell="slots")
+    assert cycles and all(c["slots"] == scenario.params["local"]["concurrency"] for c in cycles)
+    # The engine is itself again after a diagnosis.
+    again, _ = mod.trace(scenario)
+    assert again.summary == plain.summary
