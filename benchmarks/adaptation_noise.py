@@ -147,6 +147,14 @@ def local_model_told(sim: Simulation, what: str = "both") -> Iterator[None]:
         yield
 
 
+def add_tell_option(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--tell-local-model [WHAT]``: :func:`local_model_told` for the script's runs (``purpose``
+    ends its help: what the diagnosis shows there)."""
+    parser.add_argument("--tell-local-model", nargs="?", const="both", choices=TOLD, metavar="WHAT",
+                        help="give the estimator the simulator's own local model every cycle: both (the "
+                             f"default), slots or service (times): {purpose}")
+
+
 def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -232,10 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "draws: its selection bias, and the gap to it unbiased")
     parser.add_argument("--baseline", metavar="FILE",
                         help="an earlier run's --json (same scenarios): the paired difference of mean J against it")
-    parser.add_argument("--tell-local-model", nargs="?", const="both", choices=TOLD, metavar="WHAT",
-                        help="give the estimator the simulator's own local model every cycle: both (the "
-                             "default), slots or service (times): what a perfect local-model estimator would "
-                             "buy (compare with --baseline)")
+    add_tell_option(parser, "what a perfect local-model estimator would buy (compare with --baseline)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.random < 1 or args.repeats < 2 or args.jobs < 1:

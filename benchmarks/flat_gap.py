@@ -63,7 +63,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import announce, hindsight_splits, run_each, scenario_for, write_json  # noqa: E402
-from adaptation_noise import TOLD  # noqa: E402
+from adaptation_noise import add_tell_option  # noqa: E402
 from trace_adaptation import trace, useful_and_within, value_of  # noqa: E402
 
 from dualtrack.bench.verdicts import MIN_ORACLE_LEAD  # noqa: E402
@@ -215,9 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--start-at-split", action="store_true",
                         help="a diagnosis: the adaptive run starts each class at the split's share instead of "
                              "the strategy's starting preferences (what the start costs)")
-    parser.add_argument("--tell-local-model", nargs="?", const="both", choices=TOLD, metavar="WHAT",
-                        help="a diagnosis: give the estimator the simulator's own local model every cycle "
-                             "(both, the default, slots or service; as plan_calibration.py)")
+    add_tell_option(parser, "a diagnosis, what the estimate of local's slots and service times costs")
     parser.add_argument("--jobs", type=int, default=1, help="scenarios in parallel (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)

@@ -58,7 +58,7 @@ from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import _common
-from adaptation_noise import local_model_told
+from adaptation_noise import add_tell_option, local_model_told
 
 import dualtrack.adapter.engine as engine
 from dualtrack.adapter.objective import ObjectiveSpec, SplitPlanner
@@ -284,9 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the cycles to look at, as shares of the run (default 0.25,0.5,0.75,1)")
     parser.add_argument("--levels", default=",".join(f"{x:g}" for x in GRID_LEVELS),
                         help="local shares per class of the grid of splits (default the bench's: 0,0.25,0.5,0.75,1)")
-    parser.add_argument("--tell-local-model", nargs="?", const="both", choices=("both", "slots", "service"),
-                        metavar="WHAT", help="give the estimator the simulator's own local model every cycle "
-                                             "(both, the default, slots or service), so what is left is the plan's")
+    add_tell_option(parser, "so what is left is the plan's")
     parser.add_argument("--rules", default=None, help="strategy rules folder (default: the bundled rules)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
