@@ -18,8 +18,9 @@ or ``--rules``), written to a temporary copy of the rules folder:
     ``objective.battery_horizon: 0``: on battery power, no local load kept back
     for the charge to last;
 ``no_track_watch``
-    ``objective.observed_calls: 0``: every class probes the track it does not
-    choose with ``probe_calls``, whether other classes' traffic watches it or not.
+    ``objective.observed_calls: 0`` and ``probe_after_change: false``: every class
+    probes the track it does not choose with ``probe_calls``, whether other
+    classes' traffic watches it or not and whether or not a recovery is awaited.
 
 Each scenario runs ``strategy:adaptive`` as shipped and with each ablation, on
 the same queries and routing draw (``--routing-draw`` picks another); the
@@ -83,7 +84,9 @@ def _no_battery_horizon(doc: Dict[str, Any]) -> None:
 
 
 def _no_track_watch(doc: Dict[str, Any]) -> None:
-    doc.setdefault("objective", {})["observed_calls"] = 0
+    objective = doc.setdefault("objective", {})
+    objective["observed_calls"] = 0
+    objective["probe_after_change"] = False
 
 
 #: Each ablation: what it changes in the strategy's file.

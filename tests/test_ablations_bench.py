@@ -19,7 +19,7 @@ def test_each_ablation_writes_a_strategy_that_loads_with_its_part_switched_off(t
     shipped = load_strategies(rules).strategies["adaptive"]
     assert shipped.objective is not None and shipped.objective.probe > 0 and shipped.exploration_floor > 0
     assert shipped.timeouts.min_seconds < shipped.timeouts.max_seconds
-    assert shipped.objective.battery_horizon > 0 and shipped.objective.observed_calls > 0
+    assert shipped.objective.battery_horizon > 0 and shipped.objective.probe_after_change
     changed = {name: load_strategies(mod.write_ablation(rules, name, tmp_path)).strategies["adaptive"]
                for name in mod.ABLATIONS}
     off = changed["no_exploration"]
@@ -29,7 +29,7 @@ def test_each_ablation_writes_a_strategy_that_loads_with_its_part_switched_off(t
     horizon = changed["no_battery_horizon"].objective
     assert horizon is not None and horizon.battery_horizon == 0
     watch = changed["no_track_watch"].objective
-    assert watch is not None and watch.observed_calls == 0
+    assert watch is not None and watch.observed_calls == 0 and not watch.probe_after_change
     # Everything else as shipped: the other strategies' files are copied unchanged.
     assert (tmp_path / "no_exploration" / "cost.yaml").read_text() == (rules / "cost.yaml").read_text()
 

@@ -896,6 +896,45 @@ def test_a_class_whose_own_answers_changed_keeps_its_probe_where_they_did() -> N
     assert ("local", "long") not in est.own_changes
 
 
+def test_probes_for_recoveries_only_a_steady_choice_keeps_the_floor() -> None:
+    """Both classes choose the API on the evidence of a steady state: nothing else watches
+    local, but no change sent them away from it, so with ``probe_after_change`` they keep
+    only the ``probe`` floor there, not the calls ``probe_calls`` asks for."""
+    est = close_calls(short_local=0.85, long_local=0.85)
+    spec = ObjectiveSpec(value_noise=0.0, probe=0.005, probe_calls=3.0, probe_after_change=True)
+    split = choose_split(est, spec)
+    assert split.shares == {"short": pytest.approx(0.005), "long": pytest.approx(0.005)}
+    assert not est.own_changes
+    # Without it (observed_calls alone), the unwatched track keeps the recovery probes.
+    assert choose_split(est, replace(spec, probe_after_change=False, observed_calls=5.0)).shares["long"] == \
+        pytest.approx(3 / 60)
+
+
+def test_a_class_that_left_a_track_after_a_change_there_probes_it_until_it_is_back() -> None:
+    """Both classes on local when its calls start failing (a detected ``local`` change): they
+    go to the API, and keep the probes ``probe_calls`` asks for on local until local recovers
+    and they are back; a class that was not on local at the change would keep the floor."""
+    spec = ObjectiveSpec(value_noise=0.0, probe=0.005, probe_calls=3.0, probe_after_change=True, probe_loss=1.0)
+    est = close_calls(short_local=0.95, long_local=0.95)
+    shares = choose_split(est, spec).shares
+    assert shares["short"] > 0.5 and shares["long"] > 0.5  # both local
+    failing = {**steady(calls(60, success=0.1, quality=0.95), calls(60), "short"),
+               **steady(calls(30, success=0.1, quality=0.95), calls(30), "long")}
+    events = est.update(interval(failing), INTERVAL)
+    assert events.get("local") == "success"
+    split = choose_split(est, spec, current=shares, changed=events)
+    probes = probe_shares(est.arrivals, spec, INTERVAL)  # about 3 calls an interval each
+    assert probes["short"] > 4 * spec.probe and probes["long"] > 4 * spec.probe
+    assert split.shares == {"short": pytest.approx(probes["short"]), "long": pytest.approx(probes["long"])}
+    assert {("local", "short"), ("local", "long")} <= est.own_changes
+    shares = split.shares
+    for _ in range(6):  # local recovers, and both classes go back there
+        events = est.update(interval(close_calls_counts(short_local=0.95, long_local=0.95)), INTERVAL)
+        shares = choose_split(est, spec, current=shares, changed=events).shares
+    assert shares["short"] > 0.5 and shares["long"] > 0.5
+    assert not {("local", "short"), ("local", "long")} & est.own_changes
+
+
 def test_the_capacity_goes_to_the_classes_that_gain_most_per_busy_slot() -> None:
     spec = ObjectiveSpec(utilization=1.0, probe=0.0, probe_calls=0.0, value_noise=0.0)
     est = Estimator(("a", "b"))

@@ -323,7 +323,7 @@ def test_range_errors(tmp_path: Path, yaml_text: str, line: int, field: str, mes
 
 @pytest.mark.parametrize("key, given, default, bundled", [
     ("probe_calls", 2.5, 1.0, 1.0),
-    ("observed_calls", 8.0, 0.0, 5.0),  # off unless a strategy asks for it; adaptive does
+    ("observed_calls", 8.0, 0.0, 0.0),  # off unless a strategy asks for it (adaptive: probe_after_change)
 ])
 def test_the_objective_probing_settings(tmp_path: Path, key: str, given: float, default: float,
                                         bundled: float) -> None:
@@ -334,6 +334,17 @@ def test_the_objective_probing_settings(tmp_path: Path, key: str, given: float, 
     assert getattr(load_strategies(bundled_dir("rules"))["adaptive"].objective, key) == bundled
     err = load_error(write(tmp_path, "t.yaml", f"strategy: t\nobjective:\n  {key}: -1\n"))
     assert (err.line, err.field, err.message) == (3, f"objective.{key}", "-1 is less than the minimum of 0")
+
+
+def test_the_objective_probes_for_recoveries_only_when_asked(tmp_path: Path) -> None:
+    asked = load_strategies(write(tmp_path, "s.yaml", "strategy: s\nobjective:\n  probe_after_change: true\n"))
+    assert asked["s"].objective is not None and asked["s"].objective.probe_after_change is True
+    unset = load_strategies(write(tmp_path, "d.yaml", "strategy: d\nobjective:\n  probe: 0.02\n"))["d"].objective
+    assert unset is not None and unset.probe_after_change is False
+    assert load_strategies(bundled_dir("rules"))["adaptive"].objective.probe_after_change is True
+    err = load_error(write(tmp_path, "t.yaml", "strategy: t\nobjective:\n  probe_after_change: often\n"))
+    assert (err.line, err.field) == (3, "objective.probe_after_change")
+    assert "is not of type 'boolean'" in err.message
 
 
 def test_the_objective_battery_horizon_is_a_duration(tmp_path: Path) -> None:

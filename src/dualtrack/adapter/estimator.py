@@ -330,7 +330,9 @@ class Estimator:
         self.server_capacity: Optional[float] = None  # Erlangs the server was seen to carry without a queue
         # (track, class) pairs whose answers changed on their own (a quality change of that class
         # alone), until the class chooses that track again: the other classes' traffic there says
-        # nothing of its recovery, so its probe there is not cut (SplitPlanner).
+        # nothing of its recovery, so its probe there is not cut (SplitPlanner). With the
+        # objective's ``probe_after_change``, also the classes on a track when a change was
+        # detected there: they watch it for its recovery once they have left it.
         self.own_changes: Set[Tuple[str, str]] = set()
         self.server_full = False  # the last reading showed the server over what the plan explains
         # Cycles in a row each class's gain has pointed away from the track it is held on, within

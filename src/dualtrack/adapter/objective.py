@@ -21,7 +21,9 @@ track ``o`` once on a failure) is::
 
 Each class goes to the track where a query is worth more, all but a probe
 share (at least ``probe``, enough for a couple of calls per interval) that
-keeps evidence coming from the other track, so that a recovery shows. A class
+keeps evidence coming from the other track, so that a recovery shows (with
+``probe_after_change``, the couple of calls only where the class left that
+track after a change detected there: the floor elsewhere). A class
 changes track only when the gain is beyond the estimates' noise, when a
 change was just detected, or when the gain has pointed the same way for
 ``SWAY_CYCLES`` cycles in a row: noise does not make it flip-flop, and a
@@ -126,6 +128,11 @@ class ObjectiveSpec:
     # that traffic: there the other classes keep only the ``probe`` floor (0: they probe as
     # ``probe_calls`` asks wherever they are).
     observed_calls: float = 0.0
+    # Probes watch for recoveries: a class probes a track it does not choose as ``probe_calls``
+    # asks only where it left that track after a change detected there (or its own answers there
+    # changed), until it chooses it again; everywhere else, the ``probe`` floor (supersedes
+    # ``observed_calls``).
+    probe_after_change: bool = False
     utilization: float = 0.9  # of the local capacity estimate the split may plan to use
     decay: float = 0.7  # weight of older evidence per interval (the estimator's)
     value_noise: float = 0.15  # standard deviation of one query's value: how much evidence a difference needs
@@ -381,7 +388,16 @@ class SplitPlanner:
         # The (track, class) pairs each class chose this cycle (choose_split ends their own-change
         # exemption there; the planner itself leaves the estimator as it found it).
         self.back: Set[Tuple[str, str]] = set()
-        if spec.observed_calls > 0:
+        # The (track, class) pairs of the classes on a track when a change was detected there
+        # (probe_after_change): those that leave it keep watching it for its recovery.
+        self.left: Set[Tuple[str, str]] = set()
+        if spec.probe_after_change:
+            for track in changed & {"local", "api"}:
+                for c in estimator.classes:
+                    share = (current or {}).get(c)
+                    if share is not None and (share if track == "local" else 1.0 - share) >= 0.5:
+                        self.left.add((track, c))
+        if spec.observed_calls > 0 or spec.probe_after_change:
             self._probe_watched_tracks_less(probes, interval_seconds)
         self.gains = gains
         self.probe = {c: probes.get(c, spec.probe) for c in gains}
@@ -407,7 +423,8 @@ class SplitPlanner:
         self.rate_limit = estimator.api_rate_limit
 
     def _probe_watched_tracks_less(self, probes: Dict[str, float], interval_seconds: float) -> None:
-        """Cut the probes on a track other classes already watch with their own traffic.
+        """Cut the probes on a track other classes already watch with their own traffic
+        (``observed_calls``), or, with ``probe_after_change``, wherever no recovery is awaited.
 
         A change of a whole track (an outage or its end, a slowdown, a price change)
         shows in the calls of the classes that chose it, and the change detector
@@ -418,6 +435,12 @@ class SplitPlanner:
         chooses that track again, its probes are the only evidence of a recovery.
         A track no class sends ``observed_calls`` calls an interval keeps the probes
         ``probe_calls`` asks for.
+
+        With ``probe_after_change`` the probes are for recoveries only: a class that
+        chose the other track on the evidence of a steady state keeps the floor there
+        (a standing difference between two tracks seldom goes away on its own, an
+        outage, a slowdown or a price spike does), and a class that left a track after
+        a change detected there probes it as ``probe_calls`` asks until it is back.
         """
         spec, preferred = self.spec, self.preferred
         watched = {"local": 0.0, "api": 0.0}
@@ -425,13 +448,15 @@ class SplitPlanner:
             chosen = "local" if share >= 0.5 else "api"
             watched[chosen] += self.arrivals.get(c, 0.0) * interval_seconds
             self.back.add((chosen, c))
-        # A class back on the track where its answers changed no longer needs its probe there.
-        own = self.estimator.own_changes - self.back
+        # A class back on the track where its answers changed (or that it left after a change
+        # there) no longer needs its probe there.
+        own = (self.estimator.own_changes | self.left) - self.back
         for c, share in preferred.items():
             probed = "api" if share >= 0.5 else "local"
             if (probed, c) in own:
-                continue  # its own answers there changed: only its probes show when they recover
-            if watched[probed] >= spec.observed_calls and probes.get(c, spec.probe) > spec.probe:
+                continue  # only its probes show when that track recovers for it
+            unwatched = watched[probed] < spec.observed_calls and not spec.probe_after_change
+            if not unwatched and probes.get(c, spec.probe) > spec.probe:
                 probes[c] = spec.probe
                 preferred[c] = 1.0 - spec.probe if share >= 0.5 else spec.probe
 
@@ -806,7 +831,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     """
     planner = SplitPlanner(estimator, spec, budget_per_hour=budget_per_hour, current=current,
                            interval_seconds=interval_seconds, changed=changed, latency_target=latency_target)
-    estimator.own_changes -= planner.back
+    estimator.own_changes = (estimator.own_changes | planner.left) - planner.back
     estimator.held_against = planner.against
     return planner.choose()
 

@@ -256,6 +256,7 @@ class _Compiler:
                                       probe=float(od.get("probe", 0.03)),
                                       probe_calls=float(od.get("probe_calls", 1.0)),
                                       observed_calls=float(od.get("observed_calls", 0.0)),
+                                      probe_after_change=bool(od.get("probe_after_change", False)),
                                       utilization=float(od.get("utilization", 0.9)),
                                       decay=float(od.get("decay", 0.7)),
                                       battery_horizon=self.duration(od.get("battery_horizon"),
