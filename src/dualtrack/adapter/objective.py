@@ -392,11 +392,9 @@ class SplitPlanner:
         # (probe_after_change): those that leave it keep watching it for its recovery.
         self.left: Set[Tuple[str, str]] = set()
         if spec.probe_after_change:
-            for track in changed & {"local", "api"}:
-                for c in estimator.classes:
-                    share = (current or {}).get(c)
-                    if share is not None and (share if track == "local" else 1.0 - share) >= 0.5:
-                        self.left.add((track, c))
+            self.left = {(track, c) for track in changed & {"local", "api"}
+                         for c, share in (current or {}).items() if c in estimator.classes
+                         and (share >= 0.5 if track == "local" else share <= 0.5)}
         if spec.observed_calls > 0 or spec.probe_after_change:
             self._probe_watched_tracks_less(probes, interval_seconds)
         self.gains = gains
@@ -455,8 +453,8 @@ class SplitPlanner:
             probed = "api" if share >= 0.5 else "local"
             if (probed, c) in own:
                 continue  # only its probes show when that track recovers for it
-            unwatched = watched[probed] < spec.observed_calls and not spec.probe_after_change
-            if not unwatched and probes.get(c, spec.probe) > spec.probe:
+            cut = spec.probe_after_change or watched[probed] >= spec.observed_calls
+            if cut and probes.get(c, spec.probe) > spec.probe:
                 probes[c] = spec.probe
                 preferred[c] = 1.0 - spec.probe if share >= 0.5 else spec.probe
 
