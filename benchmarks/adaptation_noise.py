@@ -45,8 +45,9 @@ scenarios and repeats (its ``--json``; another ``--rules`` folder, or the
 code of another revision on ``PYTHONPATH``): per scenario the difference
 of the mean `J` over the draws, and for the suite the mean difference with
 its standard error from the draws' own spread (the scenarios are the same,
-so only the dice differ). A difference within two standard errors is
-chance.
+so only the dice differ), how many scenarios' means went up and down, and
+the five that moved most each way (the ones to trace first). A difference
+within two standard errors is chance.
 
 ``--tell-local-model`` measures what a perfect estimator of the local
 model would buy: each adaptation cycle, after the estimator has read the
@@ -201,10 +202,15 @@ def hindsight_figures(objectives: Dict[str, List[float]], hindsight: Dict[str, L
     }
 
 
+#: How many scenarios :func:`compare` names among the largest moves each way.
+MOVERS = 5
+
+
 def compare(objectives: Dict[str, List[float]], theirs: Mapping[str, Sequence[float]]) -> Dict[str, Any]:
     """This run against an earlier one's objectives (every scenario of this run in them): the paired
     difference of mean J in % of J, its standard error, and the scenarios that moved beyond their spread."""
     diffs, variance, better, worse = [], 0.0, 0, 0
+    by_name: Dict[str, float] = {}
     for name, mine in objectives.items():
         other = [float(v) for v in theirs[name]]
         base = statistics.mean(other)
@@ -212,12 +218,18 @@ def compare(objectives: Dict[str, List[float]], theirs: Mapping[str, Sequence[fl
         # The variance of this scenario's difference, from each side's draws (% of J, squared).
         var = (_sd(mine) ** 2 / len(mine) + _sd(other) ** 2 / len(other)) / base ** 2 * 100 ** 2
         diffs.append(diff)
+        by_name[name] = diff
         variance += var
         better += diff > 2 * math.sqrt(var) and diff > 0
         worse += diff < -2 * math.sqrt(var) and diff < 0
+    ranked = sorted(by_name, key=lambda n: by_name[n])
     return {"scenarios": len(diffs), "mean_difference_percent": statistics.mean(diffs),
             "standard_error_percent": math.sqrt(variance) / len(diffs), "better": better, "worse": worse,
-            "differences_percent": diffs}
+            "up": sum(1 for d in diffs if d > 0), "down": sum(1 for d in diffs if d < 0),
+            "differences_percent": diffs,
+            # The scenarios to read first: the largest moves each way (at most MOVERS, signed as named).
+            "largest_down": [(n, by_name[n]) for n in ranked[:MOVERS] if by_name[n] < 0],
+            "largest_up": [(n, by_name[n]) for n in reversed(ranked[-MOVERS:]) if by_name[n] > 0]}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -320,7 +332,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    else "beyond chance")
         print(f"\nagainst {args.baseline}: mean J {c['mean_difference_percent']:+.3f}% "
               f"(standard error {c['standard_error_percent']:.3f}%: {verdict}); better beyond its own spread in "
-              f"{c['better']} of {c['scenarios']} scenarios, worse in {c['worse']}")
+              f"{c['better']} of {c['scenarios']} scenarios, worse in {c['worse']}; mean up in {c['up']}, "
+              f"down in {c['down']}")
+        for label, movers in (("down most", c["largest_down"]), ("up most", c["largest_up"])):
+            if movers:
+                print(f"  {label}: " + ", ".join(f"{n} {d:+.2f}%" for n, d in movers))
     print(f"({len(jobs)} runs in {time.perf_counter() - started:.0f} s with {args.jobs} jobs)")
     if args.json:
         _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds, "named": named,

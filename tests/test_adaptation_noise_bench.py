@@ -143,3 +143,16 @@ def test_adaptation_noise_runs_named_scenarios_over_the_draws(tmp_path: Path) ->
     # A name that is neither shipped nor a file is refused before anything runs, naming it.
     proc = run_script("adaptation_noise", "--scenario", "no_such_scenario", "--repeats", "2", timeout=60)
     assert proc.returncode == 2 and "--scenario no_such_scenario" in proc.stderr
+
+
+def test_the_comparison_counts_the_moves_and_names_the_largest_each_way() -> None:
+    noise = bench_script("adaptation_noise")
+    theirs = {"a": [1.0, 1.0], "b": [0.5, 0.5], "c": [0.8, 0.8], "d": [0.9, 0.9]}
+    mine = {"a": [1.01, 1.01], "b": [0.49, 0.49], "c": [0.8, 0.8], "d": [0.9045, 0.9045]}
+    c = noise.compare(mine, theirs)
+    assert (c["up"], c["down"]) == (2, 1)  # "c" did not move
+    assert [n for n, _ in c["largest_down"]] == ["b"]
+    assert [n for n, _ in c["largest_up"]] == ["a", "d"]
+    assert c["largest_down"][0][1] == pytest.approx(-2.0)
+    assert c["largest_up"][1][1] == pytest.approx(0.5)
+    assert c["mean_difference_percent"] == pytest.approx((1.0 - 2.0 + 0.0 + 0.5) / 4)
