@@ -209,27 +209,27 @@ MOVERS = 5
 def compare(objectives: Dict[str, List[float]], theirs: Mapping[str, Sequence[float]]) -> Dict[str, Any]:
     """This run against an earlier one's objectives (every scenario of this run in them): the paired
     difference of mean J in % of J, its standard error, and the scenarios that moved beyond their spread."""
-    diffs, variance, better, worse = [], 0.0, 0, 0
-    by_name: Dict[str, float] = {}
+    diffs: Dict[str, float] = {}
+    variance, better, worse = 0.0, 0, 0
     for name, mine in objectives.items():
         other = [float(v) for v in theirs[name]]
         base = statistics.mean(other)
         diff = (statistics.mean(mine) / base - 1.0) * 100
         # The variance of this scenario's difference, from each side's draws (% of J, squared).
         var = (_sd(mine) ** 2 / len(mine) + _sd(other) ** 2 / len(other)) / base ** 2 * 100 ** 2
-        diffs.append(diff)
-        by_name[name] = diff
+        diffs[name] = diff
         variance += var
         better += diff > 2 * math.sqrt(var) and diff > 0
         worse += diff < -2 * math.sqrt(var) and diff < 0
-    ranked = sorted(by_name, key=lambda n: by_name[n])
-    return {"scenarios": len(diffs), "mean_difference_percent": statistics.mean(diffs),
-            "standard_error_percent": math.sqrt(variance) / len(diffs), "better": better, "worse": worse,
-            "up": sum(1 for d in diffs if d > 0), "down": sum(1 for d in diffs if d < 0),
-            "differences_percent": diffs,
+    ranked = sorted(diffs.items(), key=lambda item: item[1])
+    values = list(diffs.values())
+    return {"scenarios": len(values), "mean_difference_percent": statistics.mean(values),
+            "standard_error_percent": math.sqrt(variance) / len(values), "better": better, "worse": worse,
+            "up": sum(1 for d in values if d > 0), "down": sum(1 for d in values if d < 0),
+            "differences_percent": values,
             # The scenarios to read first: the largest moves each way (at most MOVERS, signed as named).
-            "largest_down": [(n, by_name[n]) for n in ranked[:MOVERS] if by_name[n] < 0],
-            "largest_up": [(n, by_name[n]) for n in reversed(ranked[-MOVERS:]) if by_name[n] > 0]}
+            "largest_down": [(n, d) for n, d in ranked[:MOVERS] if d < 0],
+            "largest_up": [(n, d) for n, d in reversed(ranked[-MOVERS:]) if d > 0]}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -385,16 +385,15 @@ class SplitPlanner:
                 if self.against[c] >= SWAY_CYCLES:
                     held, self.against[c] = None, 0
             self.preferred[c] = _side(gains[c], spread, probes.get(c, spec.probe), held)
-        # The (track, class) pairs each class chose this cycle (choose_split ends their own-change
-        # exemption there; the planner itself leaves the estimator as it found it).
-        self.back: Set[Tuple[str, str]] = set()
-        # The (track, class) pairs of the classes on a track when a change was detected there
-        # (probe_after_change): those that leave it keep watching it for its recovery.
-        self.left: Set[Tuple[str, str]] = set()
+        # The (track, class) pairs whose probes wait for a recovery there: the classes whose own
+        # answers there changed and, with probe_after_change, the classes on a track when a change
+        # was detected there; a class that chooses the track again this cycle is back. choose_split
+        # hands the set to the estimator; the planner itself leaves the estimator as it found it.
+        self.watching: Set[Tuple[str, str]] = set(estimator.own_changes)
         if spec.probe_after_change:
-            self.left = {(track, c) for track in changed & {"local", "api"}
-                         for c, share in (current or {}).items() if c in estimator.classes
-                         and (share >= 0.5 if track == "local" else share <= 0.5)}
+            self.watching |= {(track, c) for track in changed & {"local", "api"}
+                              for c, share in (current or {}).items() if c in estimator.classes
+                              and (share >= 0.5 if track == "local" else share <= 0.5)}
         if spec.observed_calls > 0 or spec.probe_after_change:
             self._probe_watched_tracks_less(probes, interval_seconds)
         self.gains = gains
@@ -445,13 +444,10 @@ class SplitPlanner:
         for c, share in preferred.items():
             chosen = "local" if share >= 0.5 else "api"
             watched[chosen] += self.arrivals.get(c, 0.0) * interval_seconds
-            self.back.add((chosen, c))
-        # A class back on the track where its answers changed (or that it left after a change
-        # there) no longer needs its probe there.
-        own = (self.estimator.own_changes | self.left) - self.back
+            self.watching.discard((chosen, c))  # back on it: no longer waiting for its recovery
         for c, share in preferred.items():
             probed = "api" if share >= 0.5 else "local"
-            if (probed, c) in own:
+            if (probed, c) in self.watching:
                 continue  # only its probes show when that track recovers for it
             cut = spec.probe_after_change or watched[probed] >= spec.observed_calls
             if cut and probes.get(c, spec.probe) > spec.probe:
@@ -829,7 +825,7 @@ def choose_split(estimator: Estimator, spec: ObjectiveSpec, *, budget_per_hour: 
     """
     planner = SplitPlanner(estimator, spec, budget_per_hour=budget_per_hour, current=current,
                            interval_seconds=interval_seconds, changed=changed, latency_target=latency_target)
-    estimator.own_changes = (estimator.own_changes | planner.left) - planner.back
+    estimator.own_changes = planner.watching
     estimator.held_against = planner.against
     return planner.choose()
 
