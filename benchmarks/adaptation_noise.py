@@ -54,7 +54,12 @@ model would buy: each adaptation cycle, after the estimator has read the
 interval, its local model is overwritten with the simulator's own (the
 server's slots, and each class's mean service time at the model's speed
 of the moment: throttling and batching slowdown included; ``slots`` or
-``service`` tells one of the two). Everything
+``service`` tells one of the two). ``effective`` tells another pair, one
+that needs no model of the batching slowdown: the slots as the calls the
+server carries at full load counted at the speed of a call alone
+(``slots / (1 + contention x (slots - 1))``), and each class's service
+time of a call alone (throttling included); ``effective-slots`` and
+``service-alone`` tell one half of it each. Everything
 else (the API, quality, arrivals, the plan) is still estimated. It is a
 ceiling for work on the local-model estimator, not a policy: run it
 against a ``--json`` of the same scenarios without it (``--baseline``).
@@ -90,7 +95,7 @@ from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, percla
 #  repeats, what of the local model to tell)
 Job = Tuple[str, Optional[int], str, Optional[str], bool, int, Optional[str]]
 #: What ``--tell-local-model`` may tell the estimator.
-TOLD = ("both", "slots", "service")
+TOLD = ("both", "slots", "service", "effective", "effective-slots", "service-alone")
 HINDSIGHT = "perclass_hindsight"
 
 
@@ -120,13 +125,22 @@ def _run(job: Job) -> Tuple[str, str, List[float]]:
 
 def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both") -> None:
     """Overwrite ``estimator``'s local model with the simulator's: the slots, and each class's
-    mean service time at the speed a call starting now would get (``what``: both, or one)."""
-    model, slots = sim.local, sim.params["local"]["concurrency"]
-    if what in ("both", "service"):
-        speed = model.speed()
+    mean service time at the speed a call starting now would get (``what``: both, or one);
+    or, ``effective``, the slots the server carries at full load counted in calls alone and
+    each class's service time alone (``effective-slots``, ``service-alone``: one of the two)."""
+    model, params = sim.local, sim.params["local"]
+    slots = params["concurrency"]
+    if what in ("both", "service", "effective", "service-alone"):
+        # A call alone runs at the speed the model has with no other call in service.
+        alone = params["speed_factor"] * model.thermal_factor()
+        speed = alone if what in ("effective", "service-alone") else model.speed()
         for spec in sim.scenario.classes:
             estimator.base_service[spec.name] = model.service_time(
                 round(spec.tokens_in.mean), round(spec.tokens_out.mean), speed)
+    if what in ("effective", "effective-slots"):
+        effective = slots / (1.0 + params["contention"] * (slots - 1))
+        estimator.slots = effective
+        estimator._slots_seen_free = max(1, int(effective))
     if what in ("both", "slots"):
         estimator.slots = float(slots)
         estimator._slots_seen_free = int(slots)
@@ -153,7 +167,9 @@ def add_tell_option(parser: argparse.ArgumentParser, purpose: str) -> None:
     ends its help: what the diagnosis shows there)."""
     parser.add_argument("--tell-local-model", nargs="?", const="both", choices=TOLD, metavar="WHAT",
                         help="give the estimator the simulator's own local model every cycle: both (the "
-                             f"default), slots or service (times): {purpose}")
+                             "default), slots or service (times); effective (the slots counted in calls "
+                             "alone, with the service times of a call alone), effective-slots or "
+                             f"service-alone: {purpose}")
 
 
 def _sd(values: Sequence[float]) -> float:

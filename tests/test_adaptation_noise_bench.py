@@ -125,6 +125,38 @@ def test_telling_only_the_slots_leaves_the_service_times_estimated() -> None:
             pass
 
 
+def test_telling_the_effective_local_model_counts_the_slots_in_calls_alone() -> None:
+    from dualtrack.simulation import Simulation
+    from dualtrack.simulation.generator import generate_scenario
+
+    noise = bench_script("adaptation_noise")
+    scenario = generate_scenario(1, 0).time_scaled(0.1)
+    sim = Simulation(scenario, "strategy:adaptive")
+    with noise.local_model_told(sim, "effective"):
+        sim.run_until(5 * scenario.adaptation_interval)
+    est = sim.optimizer.adaptive.engine.estimator
+    params = sim.params["local"]
+    n, contention = params["concurrency"], params["contention"]
+    assert contention > 0 and n > 1
+    # Fewer slots than declared: a full batch serves each call slower, by 1 + contention x (n - 1).
+    assert est.slots == pytest.approx(n / (1.0 + contention * (n - 1)))
+    assert est.slots < n
+    # Each class's service time is a call alone's: the nominal speed, throttling aside (none yet here).
+    alone = params["speed_factor"] * sim.local.thermal_factor()
+    for c in scenario.classes:
+        assert est.base_service[c.name] == pytest.approx(
+            sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), alone))
+    # One half alone leaves the other half estimated.
+    sim = Simulation(scenario, "strategy:adaptive")
+    with noise.local_model_told(sim, "effective-slots"):
+        sim.run_until(5 * scenario.adaptation_interval)
+    est = sim.optimizer.adaptive.engine.estimator
+    assert est.slots == pytest.approx(n / (1.0 + contention * (n - 1)))
+    assert any(est.base_service.get(c.name) != pytest.approx(
+        sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), alone), rel=1e-6)
+        for c in scenario.classes)
+
+
 def test_adaptation_noise_runs_named_scenarios_over_the_draws(tmp_path: Path) -> None:
     # A shipped scenario by name: the bench's one draw of it is chance too (api_price_spike's verdict
     # moves with the routing dice), so it is measured over draws like the generated ones.
