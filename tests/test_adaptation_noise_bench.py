@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any, Tuple
 
 import pytest
 
@@ -104,16 +105,22 @@ def test_telling_the_local_model_needs_a_strategy() -> None:
     assert proc.returncode == 2 and "--tell-local-model needs a strategy" in proc.stderr
 
 
-def test_telling_only_the_slots_leaves_the_service_times_estimated() -> None:
+def _told_for_five_cycles(what: str) -> Tuple[Any, Any, Any]:
+    """A short generated run whose estimator is told ``what`` of the local model: (module, run, estimator)."""
     from dualtrack.simulation import Simulation
     from dualtrack.simulation.generator import generate_scenario
 
     noise = bench_script("adaptation_noise")
     scenario = generate_scenario(1, 0).time_scaled(0.1)
     sim = Simulation(scenario, "strategy:adaptive")
-    with noise.local_model_told(sim, "slots"):
+    with noise.local_model_told(sim, what):
         sim.run_until(5 * scenario.adaptation_interval)
-    est = sim.optimizer.adaptive.engine.estimator
+    return noise, sim, sim.optimizer.adaptive.engine.estimator
+
+
+def test_telling_only_the_slots_leaves_the_service_times_estimated() -> None:
+    noise, sim, est = _told_for_five_cycles("slots")
+    scenario = sim.scenario
     assert est.slots == sim.params["local"]["concurrency"]
     # The service times are the estimator's own (from latencies), not the model's for the mean tokens.
     speed = sim.local.speed()
@@ -126,15 +133,8 @@ def test_telling_only_the_slots_leaves_the_service_times_estimated() -> None:
 
 
 def test_telling_the_effective_local_model_counts_the_slots_in_calls_alone() -> None:
-    from dualtrack.simulation import Simulation
-    from dualtrack.simulation.generator import generate_scenario
-
-    noise = bench_script("adaptation_noise")
-    scenario = generate_scenario(1, 0).time_scaled(0.1)
-    sim = Simulation(scenario, "strategy:adaptive")
-    with noise.local_model_told(sim, "effective"):
-        sim.run_until(5 * scenario.adaptation_interval)
-    est = sim.optimizer.adaptive.engine.estimator
+    _, sim, est = _told_for_five_cycles("effective")
+    scenario = sim.scenario
     params = sim.params["local"]
     n, contention = params["concurrency"], params["contention"]
     assert contention > 0 and n > 1
@@ -147,10 +147,7 @@ def test_telling_the_effective_local_model_counts_the_slots_in_calls_alone() -> 
         assert est.base_service[c.name] == pytest.approx(
             sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), alone))
     # One half alone leaves the other half estimated.
-    sim = Simulation(scenario, "strategy:adaptive")
-    with noise.local_model_told(sim, "effective-slots"):
-        sim.run_until(5 * scenario.adaptation_interval)
-    est = sim.optimizer.adaptive.engine.estimator
+    _, sim, est = _told_for_five_cycles("effective-slots")
     assert est.slots == pytest.approx(n / (1.0 + contention * (n - 1)))
     assert any(est.base_service.get(c.name) != pytest.approx(
         sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), alone), rel=1e-6)
