@@ -94,8 +94,13 @@ from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, percla
 # (scenario: random_<seed>_<index> or a --scenario name, routing seed or None, policy or HINDSIGHT, rules, quick,
 #  repeats, what of the local model to tell)
 Job = Tuple[str, Optional[int], str, Optional[str], bool, int, Optional[str]]
-#: What ``--tell-local-model`` may tell the estimator.
-TOLD = ("both", "slots", "service", "effective", "effective-slots", "service-alone")
+#: What ``--tell-local-model`` may tell the estimator: each choice's service times (at the speed of
+#: the moment, or of a call alone) and slots (declared, or counted in calls alone); None: estimated.
+TELLS: Dict[str, Tuple[Optional[str], Optional[str]]] = {
+    "both": ("now", "declared"), "slots": (None, "declared"), "service": ("now", None),
+    "effective": ("alone", "effective"), "effective-slots": (None, "effective"), "service-alone": ("alone", None),
+}
+TOLD = tuple(TELLS)
 HINDSIGHT = "perclass_hindsight"
 
 
@@ -129,21 +134,18 @@ def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both") 
     or, ``effective``, the slots the server carries at full load counted in calls alone and
     each class's service time alone (``effective-slots``, ``service-alone``: one of the two)."""
     model, params = sim.local, sim.params["local"]
-    slots = params["concurrency"]
-    if what in ("both", "service", "effective", "service-alone"):
+    service, slots = TELLS[what]
+    if service is not None:
         # A call alone runs at the speed the model has with no other call in service.
-        alone = params["speed_factor"] * model.thermal_factor()
-        speed = alone if what in ("effective", "service-alone") else model.speed()
+        speed = params["speed_factor"] * model.thermal_factor() if service == "alone" else model.speed()
         for spec in sim.scenario.classes:
             estimator.base_service[spec.name] = model.service_time(
                 round(spec.tokens_in.mean), round(spec.tokens_out.mean), speed)
-    if what in ("effective", "effective-slots"):
-        effective = slots / (1.0 + params["contention"] * (slots - 1))
-        estimator.slots = effective
-        estimator._slots_seen_free = max(1, int(effective))
-    if what in ("both", "slots"):
-        estimator.slots = float(slots)
-        estimator._slots_seen_free = int(slots)
+    if slots is not None:
+        declared = params["concurrency"]
+        told = declared / (1.0 + params["contention"] * (declared - 1)) if slots == "effective" else float(declared)
+        estimator.slots = told
+        estimator._slots_seen_free = max(1, int(told))
 
 
 @contextmanager
