@@ -59,7 +59,11 @@ that needs no model of the batching slowdown: the slots as the calls the
 server carries at full load counted at the speed of a call alone
 (``slots / (1 + contention x (slots - 1))``), and each class's service
 time of a call alone (throttling included); ``effective-slots`` and
-``service-alone`` tell one half of it each. Everything
+``service-alone`` tell one half of it each. ``effective-own`` tells the
+effective slots alone, counted in the estimator's own service times rather
+than in calls alone (the told slots times the arrival-weighted ratio of its
+service times to a call alone's): the capacity in the units the plan
+loads it in, whatever those service times' error. Everything
 else (the API, quality, arrivals, the plan) is still estimated. It is a
 ceiling for work on the local-model estimator, not a policy: run it
 against a ``--json`` of the same scenarios without it (``--baseline``).
@@ -99,6 +103,7 @@ Job = Tuple[str, Optional[int], str, Optional[str], bool, int, Optional[str]]
 TELLS: Dict[str, Tuple[Optional[str], Optional[str]]] = {
     "both": ("now", "declared"), "slots": (None, "declared"), "service": ("now", None),
     "effective": ("alone", "effective"), "effective-slots": (None, "effective"), "service-alone": ("alone", None),
+    "effective-own": (None, "effective-own"),
 }
 TOLD = tuple(TELLS)
 HINDSIGHT = "perclass_hindsight"
@@ -132,20 +137,31 @@ def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both") 
     """Overwrite ``estimator``'s local model with the simulator's: the slots, and each class's
     mean service time at the speed a call starting now would get (``what``: both, or one);
     or, ``effective``, the slots the server carries at full load counted in calls alone and
-    each class's service time alone (``effective-slots``, ``service-alone``: one of the two)."""
+    each class's service time alone (``effective-slots``, ``service-alone``: one of the two);
+    or, ``effective-own``, those slots alone, counted in the estimator's own service times."""
     model, params = sim.local, sim.params["local"]
     service, slots = TELLS[what]
+    # A call alone runs at the speed the model has with no other call in service.
+    alone = {spec.name: model.service_time(round(spec.tokens_in.mean), round(spec.tokens_out.mean),
+                                           params["speed_factor"] * model.thermal_factor())
+             for spec in sim.scenario.classes}
     if service is not None:
-        # A call alone runs at the speed the model has with no other call in service.
-        speed = params["speed_factor"] * model.thermal_factor() if service == "alone" else model.speed()
         for spec in sim.scenario.classes:
-            estimator.base_service[spec.name] = model.service_time(
-                round(spec.tokens_in.mean), round(spec.tokens_out.mean), speed)
-    if slots is not None:
-        declared = params["concurrency"]
-        told = declared / (1.0 + params["contention"] * (declared - 1)) if slots == "effective" else float(declared)
-        estimator.slots = told
-        estimator._slots_seen_free = max(1, int(told))
+            estimator.base_service[spec.name] = alone[spec.name] if service == "alone" else model.service_time(
+                round(spec.tokens_in.mean), round(spec.tokens_out.mean), model.speed())
+    if slots is None:
+        return
+    declared = params["concurrency"]
+    told = float(declared) if slots == "declared" else declared / (1.0 + params["contention"] * (declared - 1))
+    if slots == "effective-own":
+        # Counted in the estimator's service times: the load it plans is arrivals x those times.
+        base = estimator.base_service
+        if not base:
+            return  # local has answered nothing yet: no units to count the slots in
+        weight = {c: estimator.arrivals.get(c, 0.0) + 1e-9 for c in base}
+        told *= sum(weight[c] * base[c] for c in base) / sum(weight[c] * alone[c] for c in base)
+    estimator.slots = told
+    estimator._slots_seen_free = max(1, int(told))
 
 
 @contextmanager
@@ -171,7 +187,8 @@ def add_tell_option(parser: argparse.ArgumentParser, purpose: str) -> None:
                         help="give the estimator the simulator's own local model every cycle: both (the "
                              "default), slots or service (times); effective (the slots counted in calls "
                              "alone, with the service times of a call alone), effective-slots or "
-                             f"service-alone: {purpose}")
+                             "service-alone; effective-own (the effective slots counted in the estimator's "
+                             f"own service times): {purpose}")
 
 
 def _sd(values: Sequence[float]) -> float:

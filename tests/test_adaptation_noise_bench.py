@@ -154,6 +154,25 @@ def test_telling_the_effective_local_model_counts_the_slots_in_calls_alone() -> 
         for c in scenario.classes)
 
 
+def test_telling_the_effective_slots_in_the_estimators_own_units_scales_them_by_its_service_times() -> None:
+    _, sim, est = _told_for_five_cycles("effective-own")
+    params = sim.params["local"]
+    n, contention = params["concurrency"], params["contention"]
+    effective = n / (1.0 + contention * (n - 1))
+    alone_speed = params["speed_factor"] * sim.local.thermal_factor()
+    alone = {c.name: sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), alone_speed)
+             for c in sim.scenario.classes}
+    # The service times stay the estimator's own; the slots are the effective ones in those units:
+    # x (its service times / a call alone's), weighted by the classes' arrivals.
+    base = est.base_service
+    assert base and any(base[c] != pytest.approx(alone[c], rel=1e-6) for c in base)
+    weight = {c: est.arrivals.get(c, 0.0) + 1e-9 for c in base}
+    ratio = sum(weight[c] * base[c] for c in base) / sum(weight[c] * alone[c] for c in base)
+    assert ratio != pytest.approx(1.0, abs=1e-3)  # the estimator's units are not a call alone's
+    assert est.slots == pytest.approx(effective * ratio)
+    assert est._slots_seen_free == max(1, int(est.slots))
+
+
 def test_adaptation_noise_runs_named_scenarios_over_the_draws(tmp_path: Path) -> None:
     # A shipped scenario by name: the bench's one draw of it is chance too (api_price_spike's verdict
     # moves with the routing dice), so it is measured over draws like the generated ones.
