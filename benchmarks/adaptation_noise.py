@@ -63,7 +63,12 @@ time of a call alone (throttling included); ``effective-slots`` and
 effective slots alone, counted in the estimator's own service times rather
 than in calls alone (the told slots times the arrival-weighted ratio of its
 service times to a call alone's): the capacity in the units the plan
-loads it in, whatever those service times' error. Everything
+loads it in, whatever those service times' error.
+``--tell-slots-error SIGMA`` multiplies the told slots by ``exp(N(0,
+SIGMA))``, one factor a scenario (drawn from its name: the same in each
+routing draw), or a fresh one each cycle with ``--tell-slots-error-each-cycle``:
+how right an estimator of them has to be to keep what they are worth.
+Everything
 else (the API, quality, arrivals, the plan) is still estimated. It is a
 ceiling for work on the local-model estimator, not a policy: run it
 against a ``--json`` of the same scenarios without it (``--baseline``).
@@ -77,9 +82,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -96,8 +103,8 @@ from dualtrack.simulation.hindsight import SplitEvaluator, search_split, uniform
 from dualtrack.simulation.planners import STATIC_POLICIES, STATIC_SHARES, perclass_policy
 
 # (scenario: random_<seed>_<index> or a --scenario name, routing seed or None, policy or HINDSIGHT, rules, quick,
-#  repeats, what of the local model to tell)
-Job = Tuple[str, Optional[int], str, Optional[str], bool, int, Optional[str]]
+#  repeats, what of the local model to tell, the told slots' error: (sigma, a fresh factor each cycle))
+Job = Tuple[str, Optional[int], str, Optional[str], bool, int, Optional[str], Tuple[float, bool]]
 #: What ``--tell-local-model`` may tell the estimator: each choice's service times (at the speed of
 #: the moment, or of a call alone) and slots (declared, or counted in calls alone); None: estimated.
 TELLS: Dict[str, Tuple[Optional[str], Optional[str]]] = {
@@ -117,7 +124,7 @@ def _scenario(name: str, quick: bool) -> Any:
 def _run(job: Job) -> Tuple[str, str, List[float]]:
     """One policy run (its J), or a hindsight search (the search's J, then the split's J on each other draw);
     with the scenario's name and the policy."""
-    name, routing_seed, policy, rules, quick, repeats, tell = job
+    name, routing_seed, policy, rules, quick, repeats, tell, slots_error = job
     scenario = _scenario(name, quick)
     if policy == HINDSIGHT:
         evaluator = SplitEvaluator(scenario)
@@ -128,52 +135,86 @@ def _run(job: Job) -> Tuple[str, str, List[float]]:
         return name, policy, [float(found.objective), *map(float, fresh)]
     strategies = load_strategies(rules or bundled_dir("rules")) if policy.startswith("strategy:") else None
     sim = Simulation(scenario, policy, strategies=strategies, routing_seed=routing_seed)
-    with local_model_told(sim, tell) if tell else nullcontext():
+    with local_model_told(sim, tell, slots_error) if tell else nullcontext():
         result = sim.run()
     return name, policy, [float(result.summary["objective"])]
 
 
-def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both") -> None:
+def alone_service_times(sim: Simulation) -> Dict[str, float]:
+    """Each class's service time for its mean tokens at the speed of a call alone (no other call in
+    service; throttling included)."""
+    model, params = sim.local, sim.params["local"]
+    speed = params["speed_factor"] * model.thermal_factor()
+    return {spec.name: model.service_time(round(spec.tokens_in.mean), round(spec.tokens_out.mean), speed)
+            for spec in sim.scenario.classes}
+
+
+def effective_slots(sim: Simulation) -> float:
+    """The slots the local server carries at full load, counted in calls alone."""
+    declared = sim.params["local"]["concurrency"]
+    return declared / (1.0 + sim.params["local"]["contention"] * (declared - 1))
+
+
+def effective_own_slots(estimator: Estimator, sim: Simulation) -> Optional[float]:
+    """:func:`effective_slots` counted in ``estimator``'s own service times (the load it plans is
+    arrivals x those times): times the arrival-weighted ratio of them to a call alone's. None while
+    local has answered nothing (no units to count them in)."""
+    base = estimator.base_service
+    if not base:
+        return None
+    alone = alone_service_times(sim)
+    weight = {c: estimator.arrivals.get(c, 0.0) + 1e-9 for c in base}
+    return effective_slots(sim) * sum(weight[c] * base[c] for c in base) / sum(weight[c] * alone[c] for c in base)
+
+
+def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both", slots_factor: float = 1.0) -> None:
     """Overwrite ``estimator``'s local model with the simulator's: the slots, and each class's
     mean service time at the speed a call starting now would get (``what``: both, or one);
     or, ``effective``, the slots the server carries at full load counted in calls alone and
     each class's service time alone (``effective-slots``, ``service-alone``: one of the two);
-    or, ``effective-own``, those slots alone, counted in the estimator's own service times."""
-    model, params = sim.local, sim.params["local"]
+    or, ``effective-own``, those slots alone, counted in the estimator's own service times.
+    The told slots are multiplied by ``slots_factor`` (an estimator's error)."""
+    model = sim.local
     service, slots = TELLS[what]
-    # A call alone runs at the speed the model has with no other call in service.
-    alone = {spec.name: model.service_time(round(spec.tokens_in.mean), round(spec.tokens_out.mean),
-                                           params["speed_factor"] * model.thermal_factor())
-             for spec in sim.scenario.classes}
     if service is not None:
+        alone = alone_service_times(sim)
         for spec in sim.scenario.classes:
             estimator.base_service[spec.name] = alone[spec.name] if service == "alone" else model.service_time(
                 round(spec.tokens_in.mean), round(spec.tokens_out.mean), model.speed())
     if slots is None:
         return
-    declared = params["concurrency"]
-    told = float(declared) if slots == "declared" else declared / (1.0 + params["contention"] * (declared - 1))
     if slots == "effective-own":
-        # Counted in the estimator's service times: the load it plans is arrivals x those times.
-        base = estimator.base_service
-        if not base:
-            return  # local has answered nothing yet: no units to count the slots in
-        weight = {c: estimator.arrivals.get(c, 0.0) + 1e-9 for c in base}
-        told *= sum(weight[c] * base[c] for c in base) / sum(weight[c] * alone[c] for c in base)
+        own = effective_own_slots(estimator, sim)
+        if own is None:
+            return
+        told = own
+    else:
+        told = float(sim.params["local"]["concurrency"]) if slots == "declared" else effective_slots(sim)
+    told *= slots_factor
     estimator.slots = told
     estimator._slots_seen_free = max(1, int(told))
 
 
 @contextmanager
-def local_model_told(sim: Simulation, what: str = "both") -> Iterator[None]:
-    """While it lasts, every estimator update in this process ends with :func:`tell_local_model`."""
+def local_model_told(sim: Simulation, what: str = "both",
+                     slots_error: Tuple[float, bool] = (0.0, False)) -> Iterator[None]:
+    """While it lasts, every estimator update in this process ends with :func:`tell_local_model`;
+    ``slots_error`` (sigma, each cycle): the told slots times ``exp(N(0, sigma))``, one factor for the
+    run or a fresh one each cycle, drawn from the scenario's name (and the cycle's number)."""
     if what not in TOLD:
         raise ValueError(f"what: one of {', '.join(TOLD)}, got {what!r}")
     original = Estimator.update
+    sigma, each_cycle = slots_error
+    key = zlib.crc32(sim.scenario.name.encode())
+    cycles = [0]
 
     def update(estimator: Estimator, values: Any, interval_seconds: float) -> Dict[str, str]:
         events = original(estimator, values, interval_seconds)
-        tell_local_model(estimator, sim, what)
+        cycles[0] += 1
+        factor = 1.0
+        if sigma > 0:
+            factor = math.exp(random.Random(key * 1000 + cycles[0] if each_cycle else key).gauss(0.0, sigma))
+        tell_local_model(estimator, sim, what, factor)
         return events
 
     with _common.replaced(Estimator, "update", update):
@@ -288,12 +329,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--baseline", metavar="FILE",
                         help="an earlier run's --json (same scenarios): the paired difference of mean J against it")
     add_tell_option(parser, "what a perfect local-model estimator would buy (compare with --baseline)")
+    parser.add_argument("--tell-slots-error", type=float, default=0.0, metavar="SIGMA",
+                        help="with --tell-local-model: the told slots times exp(N(0, SIGMA)), one factor a "
+                             "scenario (drawn from its name): how right a slots estimate must be")
+    parser.add_argument("--tell-slots-error-each-cycle", action="store_true",
+                        help="with --tell-slots-error: a fresh factor each cycle, not one a scenario")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.random < 1 or args.repeats < 2 or args.jobs < 1:
         parser.error("--random and --jobs must be at least 1, --repeats at least 2")
     if args.tell_local_model and not args.policy.startswith("strategy:"):
         parser.error("--tell-local-model needs a strategy:<name> policy (a static policy has no estimator)")
+    if args.tell_slots_error < 0 or (args.tell_slots_error or args.tell_slots_error_each_cycle) and (
+            not args.tell_local_model or TELLS[args.tell_local_model][1] is None or not args.tell_slots_error):
+        parser.error("--tell-slots-error SIGMA (at least 0; --tell-slots-error-each-cycle with it) needs a "
+                     "--tell-local-model that tells the slots")
     seeds = args.seed or ([] if args.scenario else [1])
     named = [name for name, _ in _common.named_scenarios(args.scenario, parser)]  # loads each once: errors now
     names = [scenario_name(s, i) for s in seeds for i in range(args.random)] + named
@@ -313,14 +363,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          f"{' ...' if len(missing) > 5 else ''} (run it with the same --random, --seed and "
                          "--scenario)")
     told = f", the local model told ({args.tell_local_model})" if args.tell_local_model else ""
+    slots_error = (args.tell_slots_error, args.tell_slots_error_each_cycle)
+    if args.tell_slots_error:
+        told += (f", its slots off by exp(N(0, {args.tell_slots_error:g})) "
+                 f"{'each cycle' if args.tell_slots_error_each_cycle else 'a scenario'}")
     what = [f"{args.random} scenarios x seeds {', '.join(map(str, seeds))}"] if seeds else []
     what += [", ".join(named)] if named else []
     info = _common.announce(f"adaptation noise: {args.policy}{told}, {' and '.join(what)}, "
                             f"{args.repeats} routing draws each")
-    jobs: List[Job] = [(name, None, HINDSIGHT, None, args.quick, args.repeats, None)
+    jobs: List[Job] = [(name, None, HINDSIGHT, None, args.quick, args.repeats, None, (0.0, False))
                        for name in names if args.hindsight]
-    jobs += [(name, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats, args.tell_local_model)
-             for name in names for r in range(args.repeats)]
+    jobs += [(name, None if r == 0 else r, args.policy, args.rules, args.quick, args.repeats, args.tell_local_model,
+              slots_error) for name in names for r in range(args.repeats)]
     started = time.perf_counter()
     objectives: Dict[str, List[float]] = {}
     hindsight: Dict[str, List[float]] = {}
@@ -376,6 +430,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         _common.write_json(args.json, {"machine": info, "policy": args.policy, "seeds": seeds, "named": named,
                                        "local_model_told": args.tell_local_model,
+                                       "told_slots_error": {"sigma": args.tell_slots_error,
+                                                            "each_cycle": args.tell_slots_error_each_cycle},
                                        "random": args.random, "quick": args.quick,
                                        "objectives": objectives, "hindsight_objectives": hindsight,
                                        **figures})

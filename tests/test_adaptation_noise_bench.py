@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
@@ -105,15 +105,24 @@ def test_telling_the_local_model_needs_a_strategy() -> None:
     assert proc.returncode == 2 and "--tell-local-model needs a strategy" in proc.stderr
 
 
-def _told_for_five_cycles(what: str) -> Tuple[Any, Any, Any]:
-    """A short generated run whose estimator is told ``what`` of the local model: (module, run, estimator)."""
+def _told_for_five_cycles(what: str, slots_error: Tuple[float, bool] = (0.0, False),
+                          seen: Optional[List[float]] = None) -> Tuple[Any, Any, Any]:
+    """A short generated run whose estimator is told ``what`` of the local model: (module, run, estimator);
+    ``seen`` gets the told slots over the ones without the error, each cycle."""
     from dualtrack.simulation import Simulation
     from dualtrack.simulation.generator import generate_scenario
 
     noise = bench_script("adaptation_noise")
     scenario = generate_scenario(1, 0).time_scaled(0.1)
     sim = Simulation(scenario, "strategy:adaptive")
-    with noise.local_model_told(sim, what):
+    told = noise.tell_local_model
+
+    def tell(estimator: Any, run: Any, what: str, factor: float = 1.0) -> None:
+        told(estimator, run, what, factor)
+        if seen is not None and estimator.slots is not None:
+            seen.append(factor)
+
+    with noise._common.replaced(noise, "tell_local_model", tell), noise.local_model_told(sim, what, slots_error):
         sim.run_until(5 * scenario.adaptation_interval)
     return noise, sim, sim.optimizer.adaptive.engine.estimator
 
@@ -171,6 +180,40 @@ def test_telling_the_effective_slots_in_the_estimators_own_units_scales_them_by_
     assert ratio != pytest.approx(1.0, abs=1e-3)  # the estimator's units are not a call alone's
     assert est.slots == pytest.approx(effective * ratio)
     assert est._slots_seen_free == max(1, int(est.slots))
+
+
+def test_the_told_slots_error_is_one_factor_a_scenario_or_a_fresh_one_each_cycle() -> None:
+    once: List[float] = []
+    _, sim, est = _told_for_five_cycles("effective-own", (0.3, False), once)
+    assert len(once) >= 3 and len(set(once)) == 1 and once[0] != pytest.approx(1.0, abs=1e-6)
+    params = sim.params["local"]
+    n, contention = params["concurrency"], params["contention"]
+    alone_speed = params["speed_factor"] * sim.local.thermal_factor()
+    alone = {c.name: sim.local.service_time(round(c.tokens_in.mean), round(c.tokens_out.mean), alone_speed)
+             for c in sim.scenario.classes}
+    weight = {c: est.arrivals.get(c, 0.0) + 1e-9 for c in est.base_service}
+    ratio = (sum(weight[c] * est.base_service[c] for c in weight)
+             / sum(weight[c] * alone[c] for c in weight))
+    assert est.slots == pytest.approx(n / (1.0 + contention * (n - 1)) * ratio * once[0])
+    # The same scenario draws the same factor again (the paired runs' draws see one error).
+    again: List[float] = []
+    _told_for_five_cycles("effective-own", (0.3, False), again)
+    assert again == once
+    each: List[float] = []
+    _told_for_five_cycles("effective-own", (0.3, True), each)
+    assert len(set(each)) == len(each) >= 3
+    # Without an error nothing is scaled.
+    none: List[float] = []
+    _told_for_five_cycles("effective-own", (0.0, False), none)
+    assert set(none) == {1.0}
+
+
+def test_the_told_slots_error_needs_told_slots() -> None:
+    for extra in (["--tell-slots-error", "0.2"], ["--tell-local-model", "service", "--tell-slots-error", "0.2"],
+                  ["--tell-local-model", "effective-own", "--tell-slots-error-each-cycle"],
+                  ["--tell-local-model", "effective-own", "--tell-slots-error", "-1"]):
+        proc = run_script("adaptation_noise", *extra, timeout=60)
+        assert proc.returncode == 2 and "needs a --tell-local-model that tells the slots" in proc.stderr, extra
 
 
 def test_adaptation_noise_runs_named_scenarios_over_the_draws(tmp_path: Path) -> None:
