@@ -66,10 +66,10 @@ service times to a call alone's): the capacity in the units the plan
 loads it in, whatever those service times' error.
 ``--tell-slots-error SIGMA`` multiplies the told slots by ``exp(N(0,
 SIGMA))``, one factor a scenario (drawn from its name: the same in each
-routing draw), or a fresh one each cycle with ``--tell-slots-error-each-cycle``:
-how right an estimator of them has to be to keep what they are worth.
-Everything
-else (the API, quality, arrivals, the plan) is still estimated. It is a
+routing draw), or a fresh one each cycle with
+``--tell-slots-error-each-cycle``: how right an estimator of them has to
+be to keep what they are worth. Everything else (the API, quality,
+arrivals, the plan) is still estimated. It is a
 ceiling for work on the local-model estimator, not a policy: run it
 against a ``--json`` of the same scenarios without it (``--baseline``).
 
@@ -176,10 +176,11 @@ def tell_local_model(estimator: Estimator, sim: Simulation, what: str = "both", 
     The told slots are multiplied by ``slots_factor`` (an estimator's error)."""
     model = sim.local
     service, slots = TELLS[what]
-    if service is not None:
-        alone = alone_service_times(sim)
+    if service == "alone":
+        estimator.base_service.update(alone_service_times(sim))
+    elif service == "now":
         for spec in sim.scenario.classes:
-            estimator.base_service[spec.name] = alone[spec.name] if service == "alone" else model.service_time(
+            estimator.base_service[spec.name] = model.service_time(
                 round(spec.tokens_in.mean), round(spec.tokens_out.mean), model.speed())
     if slots is None:
         return
