@@ -207,15 +207,17 @@ def local_model_told(sim: Simulation, what: str = "both",
     original = Estimator.update
     sigma, each_cycle = slots_error
     key = zlib.crc32(sim.scenario.name.encode())
+
+    def factor(seed: int) -> float:
+        return math.exp(random.Random(seed).gauss(0.0, sigma)) if sigma > 0 else 1.0
+
+    run_factor = factor(key)
     cycles = [0]
 
     def update(estimator: Estimator, values: Any, interval_seconds: float) -> Dict[str, str]:
         events = original(estimator, values, interval_seconds)
         cycles[0] += 1
-        factor = 1.0
-        if sigma > 0:
-            factor = math.exp(random.Random(key * 1000 + cycles[0] if each_cycle else key).gauss(0.0, sigma))
-        tell_local_model(estimator, sim, what, factor)
+        tell_local_model(estimator, sim, what, factor(key * 1000 + cycles[0]) if each_cycle else run_factor)
         return events
 
     with _common.replaced(Estimator, "update", update):
@@ -341,8 +343,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--random and --jobs must be at least 1, --repeats at least 2")
     if args.tell_local_model and not args.policy.startswith("strategy:"):
         parser.error("--tell-local-model needs a strategy:<name> policy (a static policy has no estimator)")
-    if args.tell_slots_error < 0 or (args.tell_slots_error or args.tell_slots_error_each_cycle) and (
-            not args.tell_local_model or TELLS[args.tell_local_model][1] is None or not args.tell_slots_error):
+    tells_slots = bool(args.tell_local_model) and TELLS[args.tell_local_model][1] is not None
+    asked = args.tell_slots_error != 0 or args.tell_slots_error_each_cycle
+    if asked and (args.tell_slots_error <= 0 or not tells_slots):
         parser.error("--tell-slots-error SIGMA (at least 0; --tell-slots-error-each-cycle with it) needs a "
                      "--tell-local-model that tells the slots")
     seeds = args.seed or ([] if args.scenario else [1])
