@@ -688,6 +688,46 @@ def test_a_memory_reading_with_more_calls_than_the_slots_is_not_fitted() -> None
     assert est.memory_slots == pytest.approx(25.0, rel=1e-6)
     assert est._busy_counts(interval({}, memory_reading_local_calls=20)) == (10.0, True)
     assert est._busy_counts(interval({}, memory_reading_local_calls=7)) == (7, False)
+
+
+def test_an_intervals_memory_extremes_show_a_limit_its_last_reading_does_not() -> None:
+    # memory = 0.6 + 0.1 x calls served (the limit at 4). Each interval memory went over its
+    # limit at 5 calls and back (an override moved load off local): every cycle's own reading
+    # (2 calls, 0.8) is under the limit and says nothing; the interval's highest reading does.
+    def interval_with(**extremes: float) -> SignalValues:
+        return interval(steady(calls(3 * INTERVAL, latency=1.0), calls(10)), memory_reading_local_calls=2,
+                        gpu_memory_used_ratio=0.8, **extremes)
+
+    blind = Estimator(("short",))
+    blind.update(interval_with(), INTERVAL)
+    assert blind.memory_slots is None
+    # The highest reading alone (two points, too few for a line) puts all of memory down to
+    # the calls until a line says (the points: the moment's, then the highest).
+    highest = Estimator(("short",))
+    highest.update(interval_with(gpu_memory_used_ratio_max=1.1, memory_reading_local_calls_max=5), INTERVAL)
+    d = EstimatorSettings().memory_decay
+    assert highest.memory_slots == pytest.approx((d * 2 + 5) / (d * 0.8 + 1.1), rel=1e-6)
+    assert highest.memory_slots < 4.0
+    # With the lowest reading too the line has three points after one interval, and says.
+    both = Estimator(("short",))
+    both.update(interval_with(gpu_memory_used_ratio_max=1.1, memory_reading_local_calls_max=5,
+                              gpu_memory_used_ratio_min=0.6, memory_reading_local_calls_min=0), INTERVAL)
+    assert both.memory_slots == pytest.approx(4.0, rel=1e-6)
+    # No count with the extremes (a custom monitor): they are not fitted.
+    uncounted = Estimator(("short",))
+    uncounted.update(interval_with(gpu_memory_used_ratio_max=1.1), INTERVAL)
+    assert uncounted.memory_slots is None
+
+
+def test_an_extreme_counted_beyond_the_slots_is_not_fitted() -> None:
+    # The most calls counted (9) are beyond the slots (4): calls waiting hold no memory, so the
+    # highest reading is not fitted at 9; the lowest (1 call) still is.
+    est = Estimator(("short",))
+    est.slots = 4.0
+    est._fit_memory_extremes(interval({}, memory_used_ratio_max=0.9, memory_reading_local_calls_max=9,
+                                      memory_used_ratio_min=0.55, memory_reading_local_calls_min=1))
+    assert est._memory_lines["memory_used_ratio"].points == 1
+    assert est._memory_lines["memory_used_ratio"].sums[1] == pytest.approx(1.0)  # x = 1 call
 def test_a_price_spike_makes_an_api_query_dearer_than_usual() -> None:
     """The savings term is scaled by what a query usually costs on the API, not at the prices of
     the moment: the run's savings add up each query at its moment's prices, so an API query in a

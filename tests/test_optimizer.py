@@ -1206,6 +1206,42 @@ def test_the_battery_time_left_reaches_the_adapters_signals():
     assert source.fetch().get("battery_seconds_left", {}) is None
 
 
+def test_the_adaptive_source_reads_the_intervals_memory_extremes_from_the_monitor():
+    # Memory went up and back between two cycles: the cycle's own reading (the latest) misses
+    # it; the *_max / *_min signals hold the interval's fullest and emptiest readings, each with
+    # the local calls counted with it (not the most calls of any reading).
+    env = Env(monitor=True, adaptation_interval_seconds=30.0)
+    assert env.monitor is not None and env.ps is not None and env.optimizer.adaptive is not None
+    source = env.optimizer.adaptive.source
+    limit = env.config.constraints.max_memory_mb
+
+    def read(rss_mb: float, calls: int) -> None:
+        env.ps.procs[os.getpid()] = FakeProc(rss=int(rss_mb * MB), cpu_percent=10.0)
+        env.monitor.load_probe = lambda: calls
+        env.monitor.sample_now()
+        env.clock.advance(5.0)
+
+    for rss_mb, calls in ((800, 1), (3000, 6), (1200, 8)):
+        read(rss_mb, calls)
+    values = source.fetch()
+    assert values.get("memory_used_ratio", {}) == pytest.approx(1200 / limit)  # the latest reading
+    assert values.get("memory_used_ratio_max", {}) == pytest.approx(3000 / limit)
+    assert values.get("memory_used_ratio_min", {}) == pytest.approx(800 / limit)
+    assert values.get("memory_reading_local_calls_max", {}) == 6
+    assert values.get("memory_reading_local_calls_min", {}) == 1
+    assert values.get("gpu_memory_used_ratio_max", {}) is None  # no GPU: absent, not 0
+    # Readings older than one adaptation interval are not this interval's.
+    env.clock.advance(30.0)
+    read(1500, 3)
+    values = source.fetch()
+    assert values.get("memory_used_ratio_max", {}) == values.get("memory_used_ratio_min", {}) == pytest.approx(
+        1500 / limit)
+    assert values.get("memory_reading_local_calls_max", {}) == 3
+    # A monitor that keeps no readings (the spec's, or a custom one) gives the moment's only.
+    plain = EmbeddedSource(env.config, env.optimizer.collector, env.monitor.snapshot)
+    assert plain.fetch().get("memory_used_ratio_max", {}) is None
+
+
 def test_histogram_buckets_cover_llm_latencies():
     assert LATENCY_BUCKETS[0] == 0.01 and LATENCY_BUCKETS[-1] == 120.0
     assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))

@@ -377,6 +377,43 @@ def _compare(stack: BackfilledStack, at: float, ours: str, theirs: str) -> None:
         assert _same(got[key], value), f"{ours} {dict(key)}: {got[key]!r} != signal {value!r}"
 
 
+def test_the_interval_extremes_are_the_highest_and_lowest_readings(stack: BackfilledStack):
+    """``*_max`` / ``*_min`` (the adaptation interval's extremes, which the estimator fits memory
+    on) against the history the routers exported, computed here from its samples."""
+    at, span = stack.query_time + 7.25, 120.0  # between two scrapes: no sample on an edge
+    series = stack.history.series
+
+    def window(name: str) -> Dict[Tuple[Tuple[str, str], ...], List[float]]:
+        return {labels: [v for ts, v in points if at - span < ts <= at]
+                for (n, labels), points in series.items() if n == name}
+
+    def latest(name: str, key: str = "instance") -> Dict[str, float]:
+        return {dict(labels)[key]: [v for ts, v in points if ts <= at][-1]
+                for (n, labels), points in series.items() if n == name}
+
+    memory, memory_limit = window("dualtrack_process_memory_bytes"), latest("dualtrack_memory_limit_bytes")
+    gpu, gpu_limit = window("dualtrack_gpu_memory_used_bytes"), latest("dualtrack_gpu_memory_limit_bytes")
+    calls = window("dualtrack_resource_reading_local_calls")
+    assert memory and gpu and calls and all(len(v) >= 6 for v in memory.values())
+
+    def by_instance(read: Dict[Tuple[Tuple[str, str], ...], List[float]], pick: Any) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        for labels, values in read.items():
+            instance = dict(labels)["instance"]
+            out[instance] = out.get(instance, 0.0) + pick(values)
+        return out
+
+    expected = {}
+    for end, pick in (("max", max), ("min", min)):
+        expected[f"memory_used_ratio_{end}"] = max(v / memory_limit[i] for i, v in by_instance(memory, pick).items())
+        expected[f"gpu_memory_used_ratio_{end}"] = max(v / gpu_limit[i] for i, v in by_instance(gpu, pick).items())
+        expected[f"memory_reading_local_calls_{end}"] = sum(pick(v) for v in calls.values())
+    assert expected["memory_used_ratio_max"] > expected["memory_used_ratio_min"]  # the history moves
+    for name, want in expected.items():
+        got = stack.prom.query(_signal(name).query((), WINDOW, f"{span:g}s"), time=at)
+        assert len(got) == 1 and math.isclose(got[0][1], want, rel_tol=1e-9), (name, got, want)
+
+
 def test_recording_rules_equal_the_adapters_signals(stack: BackfilledStack, evaluated: float):
     for (name, level), rule in SIGNAL_RULES.items():
         _compare(stack, evaluated, rule, _signal(name).query(level, WINDOW))

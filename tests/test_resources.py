@@ -19,6 +19,7 @@ from dualtrack.clock import VirtualClock
 from dualtrack.config import OptimizationConfig, ResourceConstraints
 from dualtrack.constraints import MB
 from dualtrack.exporter import resources as resources_module
+from dualtrack.exporter.readings import RecentReadings
 from dualtrack.exporter.resources import (
     NVML_RETRY_INITIAL_SECONDS,
     BatteryReading,
@@ -135,6 +136,24 @@ def test_real_reading_on_this_machine():
         assert errors(registry, "gpu") == 0
     if psutil.sensors_battery() is None:
         assert not exported & set(BATTERY_FAMILIES)
+
+
+def test_the_monitor_keeps_its_recent_readings_for_an_intervals_extremes():
+    clock = VirtualClock()
+    monitor = ResourceMonitor(OptimizationConfig(), clock=clock, psutil_module=FakePsutil(), nvml=False)
+    taken = []
+    for _ in range(4):
+        taken.append(monitor.sample_now())
+        clock.advance(10.0)
+    start = taken[0].timestamp
+    assert monitor.readings_between(start, start + 20.0) == taken[1:3]  # after start, up to the end
+    assert monitor.readings_between(start - 1.0, start + 100.0) == taken
+    assert monitor.readings_between(start + 100.0, start + 200.0) == []
+    # Bounded: the oldest go first.
+    recent = RecentReadings(keep=2)
+    for snap in taken:
+        recent.add(snap)
+    assert recent.between(start - 1.0, start + 100.0) == taken[2:]
 
 
 def test_process_cpu_is_measured_over_a_window():

@@ -71,9 +71,16 @@ class MachineReading(MachineState, Protocol):
 
 
 class MachineMonitor(Protocol):
-    """Where machine readings come from (``exporter.monitor.ResourceMonitor``, the simulator's machine)."""
+    """Where machine readings come from (``exporter.monitor.ResourceMonitor``, the simulator's machine).
+    Either also keeps its recent readings (``readings_between(start, end)``: those taken in that
+    span, oldest first), which the interval's extremes are read from; a monitor without it gives
+    the latest reading only."""
 
     def snapshot(self) -> Optional[MachineReading]: ...
+
+
+#: ``readings_between(start, end)`` of a monitor that keeps its recent readings.
+RecentReadingsProbe = Callable[[float, float], Sequence[MachineReading]]
 
 
 class LocalServerReading(Protocol):
@@ -137,10 +144,12 @@ class EmbeddedSource:
     def __init__(self, config: OptimizationConfig, collector: RequestWindows,
                  snapshot: Callable[[], Optional[MachineReading]], *, in_flight: Callable[[], int] = lambda: 0,
                  clock: Clock = SYSTEM_CLOCK, local_server: Optional[LocalServerProbe] = None,
-                 calls_in_flight: Optional[Callable[[str], Optional[int]]] = None) -> None:
+                 calls_in_flight: Optional[Callable[[str], Optional[int]]] = None,
+                 readings: Optional[RecentReadingsProbe] = None) -> None:
         self.config = config
         self.collector = collector
         self._snapshot = snapshot
+        self._readings = readings
         self._in_flight = in_flight
         self._local_server = local_server
         self._calls_in_flight = calls_in_flight
@@ -206,21 +215,48 @@ class EmbeddedSource:
         if snap is not None:
             values.set("cpu_usage_ratio", {}, snap.cpu_ratio)
             values.set("memory_used_bytes", {}, snap.process_memory_bytes)
-            if snap.process_memory_bytes is not None:
-                values.set("memory_used_ratio", {}, snap.process_memory_bytes / (c.max_memory_mb * MB))
-            gpu_used = snap.gpu_memory_used_bytes
-            values.set("gpu_memory_used_bytes", {}, gpu_used)
-            if gpu_used is not None:
-                values.set("gpu_memory_used_ratio", {}, gpu_used / (c.max_gpu_memory_mb * MB))
+            values.set("gpu_memory_used_bytes", {}, snap.gpu_memory_used_bytes)
+            for name, value in self._memory_readings(snap).items():
+                values.set(name, {}, value)
             values.set("gpu_utilization_ratio", {}, snap.gpu_utilization_ratio)
-            # getattr: a custom monitor's readings need not carry the count.
-            values.set("memory_reading_local_calls", {}, getattr(snap, "local_calls_in_flight", None))
             if snap.battery is not None:
                 values.set("battery_ratio", {}, snap.battery.ratio)
                 values.set("battery_seconds_left", {}, getattr(snap.battery, "seconds_left", None))
                 if snap.battery.power_plugged is not None:
                     values.set("battery_discharging", {}, 0.0 if snap.battery.power_plugged else 1.0)
+        self._interval_extremes(values, now)
         return values
+
+    def _memory_readings(self, reading: MachineReading) -> Dict[str, Optional[float]]:
+        """A reading's memory gauges as shares of their limits, and the local calls counted with it."""
+        c = self.config.constraints
+        process, gpu = reading.process_memory_bytes, reading.gpu_memory_used_bytes
+        return {
+            "memory_used_ratio": process / (c.max_memory_mb * MB) if process is not None else None,
+            "gpu_memory_used_ratio": gpu / (c.max_gpu_memory_mb * MB) if gpu is not None else None,
+            # getattr: a custom monitor's readings need not carry the count.
+            "memory_reading_local_calls": getattr(reading, "local_calls_in_flight", None),
+        }
+
+    def _interval_extremes(self, values: SignalValues, now: float) -> None:
+        """The ``*_max`` and ``*_min`` signals: the readings taken in the last adaptation interval
+        (where the monitor keeps them: ``readings_between``) with the most memory and with the
+        least, each read as the latest one is (its memory gauges as shares of their limits and
+        the local calls counted with it). Memory is the larger of the two shares a reading has."""
+        if self._readings is None:
+            return
+        read = [self._memory_readings(r) for r in self._readings(now - self.config.adaptation_interval_seconds, now)]
+
+        def memory(reading: Dict[str, Optional[float]]) -> float:
+            return max((v for k, v in reading.items() if k != "memory_reading_local_calls" and v is not None),
+                       default=-1.0)
+
+        read = [r for r in read if memory(r) >= 0.0]
+        if not read:
+            return
+        for end, reading in (("max", max(read, key=memory)), ("min", min(read, key=memory))):
+            for name, value in reading.items():
+                values.set(f"{name}_{end}", {}, value)
 
     def _server_signals(self, values: SignalValues) -> None:
         """The ``local_server_*`` signals from the last scrape, and the local calls in flight."""
@@ -326,7 +362,8 @@ class AdaptiveOptimizer:
                                  interval_seconds=config.adaptation_interval_seconds)
         snapshot = resource_monitor.snapshot if resource_monitor is not None else (lambda: None)
         self.source = EmbeddedSource(config, metrics_collector, snapshot, in_flight=in_flight, clock=clock,
-                                     local_server=local_server, calls_in_flight=calls_in_flight)
+                                     local_server=local_server, calls_in_flight=calls_in_flight,
+                                     readings=getattr(resource_monitor, "readings_between", None))
         # What the strategy learned before a restart (config.adaptation_state_file): restored
         # here, the first interval routes as the last one did; saved after each good cycle.
         self.state: Optional[StateFile] = None

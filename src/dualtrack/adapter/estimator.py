@@ -47,7 +47,15 @@ which says at how many busy slots memory reaches its limit. Each point
 pairs a memory reading with the local calls counted at the same moment (the
 resource monitor's load probe, exported as
 ``dualtrack_resource_reading_local_calls``): against the interval's mean
-load, a steady load leaves the line without a slope. Until the line has
+load, a steady load leaves the line without a slope. Each interval also
+gives it two more points where the monitor keeps its readings: the
+interval's fullest reading and its emptiest, each at the calls counted with
+it (``*_max``, ``*_min``). The reading at the cycle is
+one moment: memory that went over its limit between two cycles, until an
+immediate override moved load off local, was under it again by then, and
+the plan kept sending local the load that put it over (the random suite's
+first five minutes: 30-86 s over a memory limit in 8 of 40 scenarios of
+seeds 179-180 where the split was over for 0-10). Until the line has
 points enough (three intervals), a reading that finds memory over its limit
 puts all of memory down to local load (a line through zero, which says fewer
 slots than memory holds), and that guess stands through readings under the
@@ -448,6 +456,7 @@ class Estimator:
             # seen) memory's limit came out at 12-14 busy calls where the GPU holds 28.
             memory = {}
         self._update_local_capacity(fresh["local"], interval_seconds, memory, busy_now, queued=capped)
+        self._fit_memory_extremes(values)
         self._update_battery(values, busy_now)
         self._update_usual_api_cost(sum(self.arrivals.get(c, 0.0) for c in self.classes) * interval_seconds)
         self._update_from_server(values)
@@ -725,6 +734,20 @@ class Estimator:
             return False
         k = max(1, int(round(known)))
         return load < k and 1.0 + erlang_c(k, load) / (k - load) < self.settings.uncongested_inflation
+
+    def _fit_memory_extremes(self, values: SignalValues) -> None:
+        """Fold in the interval's fullest and emptiest memory readings, each at the local calls
+        counted with it (``*_max``, ``*_min``), beside the reading of the moment: an interval whose
+        memory went over its limit and back (an immediate override moved load off local) shows
+        it, and the line has both ends of the interval's load. Not at a count beyond the slots
+        (calls waiting hold no memory: how many were served is not known)."""
+        for end in ("max", "min"):
+            calls = values.get(f"memory_reading_local_calls_{end}", {})
+            if calls is None or self.slots and calls > self.slots:
+                continue
+            memory = {name: v for name in MEMORY_SIGNALS if (v := values.get(f"{name}_{end}", {})) is not None}
+            if memory:
+                self._fit_memory(calls, memory)
 
     def _fit_memory(self, load: float, memory: Mapping[str, float]) -> None:
         """Fold in one reading of each memory (share of its limit) at ``load`` busy slots; the

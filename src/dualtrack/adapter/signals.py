@@ -237,6 +237,31 @@ BUILTIN_SIGNALS: Tuple[Signal, ...] = (
     _machine_signal("memory_reading_local_calls",
                     "Local calls in flight when the memory gauges were read (pairs with them).", "requests",
                     "sum(dualtrack_resource_reading_local_calls)"),
+    # The last adaptation interval's extremes: memory that went over its limit between two
+    # cycles shows here though the reading at the cycle is under it (adapter.estimator fits
+    # memory against local load on them too). The embedded source reads each from one
+    # reading, the interval's fullest (emptiest); PromQL takes each gauge's highest (lowest)
+    # scrape, the same reading where memory follows the calls served.
+    _machine_signal("memory_used_ratio_max", "memory_used_ratio of the last adaptation interval's fullest reading.",
+                    "ratio", "max(max_over_time(dualtrack_process_memory_bytes[{interval}]) "
+                    "/ dualtrack_memory_limit_bytes)"),
+    _machine_signal("memory_used_ratio_min", "memory_used_ratio of the last adaptation interval's emptiest reading.",
+                    "ratio", "max(min_over_time(dualtrack_process_memory_bytes[{interval}]) "
+                    "/ dualtrack_memory_limit_bytes)"),
+    _machine_signal("gpu_memory_used_ratio_max",
+                    "gpu_memory_used_ratio of the last adaptation interval's fullest reading.", "ratio",
+                    "max(sum by (instance) (max_over_time(dualtrack_gpu_memory_used_bytes[{interval}])) "
+                    "/ on (instance) max by (instance) (dualtrack_gpu_memory_limit_bytes))"),
+    _machine_signal("gpu_memory_used_ratio_min",
+                    "gpu_memory_used_ratio of the last adaptation interval's emptiest reading.", "ratio",
+                    "max(sum by (instance) (min_over_time(dualtrack_gpu_memory_used_bytes[{interval}])) "
+                    "/ on (instance) max by (instance) (dualtrack_gpu_memory_limit_bytes))"),
+    _machine_signal("memory_reading_local_calls_max",
+                    "Local calls counted with the last adaptation interval's fullest reading.", "requests",
+                    "sum(max_over_time(dualtrack_resource_reading_local_calls[{interval}]))"),
+    _machine_signal("memory_reading_local_calls_min",
+                    "Local calls counted with the last adaptation interval's emptiest reading.", "requests",
+                    "sum(min_over_time(dualtrack_resource_reading_local_calls[{interval}]))"),
     _machine_signal("gpu_utilization_ratio", "Mean GPU utilisation (0..1).", "ratio",
                     "max(avg by (instance) (dualtrack_gpu_utilization_ratio))"),
     _machine_signal("battery_ratio", "Battery charge (0..1); no data without a battery.", "ratio",

@@ -46,6 +46,7 @@ Usage::
     monitor.start_monitoring()
     ...
     snap = monitor.snapshot()            # latest ResourceSnapshot, or None
+    monitor.readings_between(t0, t1)     # the readings taken in (t0, t1], oldest first
     if snap is not None and snap.battery is not None:
         print(snap.battery.ratio)
     monitor.get_current_usage()          # the same as a plain dict
@@ -71,7 +72,7 @@ import re
 import threading
 import time
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -81,7 +82,7 @@ from ..constraints import MB, ConstraintCheck, resource_checks
 from . import procfs
 from .nvml import NvmlReader
 from .read_errors import ReadErrors, log
-from .readings import BatteryReading, ResourceSnapshot, clamp_ratio
+from .readings import BatteryReading, RecentReadings, ResourceSnapshot, clamp_ratio
 from .resource_gauges import register_resource_gauges
 
 #: At most this many ``dualtrack_temperature_celsius{sensor}`` series.
@@ -138,6 +139,7 @@ class ResourceMonitor:
         self._interval = self._base
 
         self._snapshot: Optional[ResourceSnapshot] = None
+        self._recent = RecentReadings()
         # One reading at a time: psutil's per-process CPU baselines and the
         # NVML state are not safe to share between concurrent samplers.
         self._sample_lock = threading.Lock()
@@ -234,6 +236,7 @@ class ResourceMonitor:
         with self._sample_lock:
             snap = self._read()
             self._snapshot = snap
+            self._recent.add(snap)
             self._interval = self._next_interval(snap)
         if self._interval_gauge is not None:
             self._interval_gauge.set(self._interval)
@@ -242,6 +245,11 @@ class ResourceMonitor:
     def snapshot(self) -> Optional[ResourceSnapshot]:
         """The latest reading, or ``None`` before the first one."""
         return self._snapshot
+
+    def readings_between(self, start: float, end: float) -> List[ResourceSnapshot]:
+        """The readings taken after ``start`` and at or before ``end`` (wall clock; the last
+        1,024 are kept): what an adaptation interval's readings held besides its last."""
+        return self._recent.between(start, end)
 
     def get_current_usage(self) -> Dict[str, Any]:
         """The latest reading as a plain dict (taking one if there is none yet).

@@ -3,13 +3,16 @@
 :class:`ResourceSnapshot` is what :class:`~dualtrack.exporter.monitor.ResourceMonitor`
 (and the simulator's machine) publish; :class:`GpuReading` and
 :class:`BatteryReading` are its parts. A capability the machine lacks is
-``None`` / empty, never a made-up ``0``.
+``None`` / empty, never a made-up ``0``. :class:`RecentReadings` keeps the
+last ones, for what an adaptation interval's readings say beyond its last.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
+from typing import Deque, List, Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,27 @@ class ResourceSnapshot:
 def clamp_ratio(ratio: float) -> float:
     """``ratio`` forced into 0..1: sources overshoot (rounding, counters read mid-update)."""
     return min(max(ratio, 0.0), 1.0)
+
+
+class RecentReadings:
+    """The latest readings, oldest first (at most ``keep``: at one a second, 17 minutes).
+
+    The embedded adaptation reads an interval's extremes from them (memory's highest and
+    lowest reading, and the local calls counted with them): the latest reading alone is one
+    moment of the interval, and memory that went over its limit between two cycles (an
+    immediate override then moved load off local) is missed by a reading taken after it.
+    The monitor's thread adds while the adaptation reads: a lock keeps the two apart.
+    """
+
+    def __init__(self, keep: int = 1024) -> None:
+        self._readings: Deque[ResourceSnapshot] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, reading: ResourceSnapshot) -> None:
+        with self._lock:
+            self._readings.append(reading)
+
+    def between(self, start: float, end: float) -> List[ResourceSnapshot]:
+        """The readings taken after ``start`` and at or before ``end`` (wall clock seconds)."""
+        with self._lock:
+            return [r for r in self._readings if start < r.timestamp <= end]

@@ -22,13 +22,13 @@ What a reading holds:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..clock import Clock
 from ..config import ResourceConstraints
 from ..constraints import MB, ConstraintCheck, resource_checks
 from ..exporter.local_server import LocalServerLoad
-from ..exporter.resources import BatteryReading, GpuReading, ResourceSnapshot
+from ..exporter.readings import BatteryReading, GpuReading, RecentReadings, ResourceSnapshot
 from .models import LocalModelSim
 
 
@@ -45,6 +45,7 @@ class SimulatedMachine:
         self.clock = clock
         self._origin = clock.monotonic()
         self._snapshot: Optional[ResourceSnapshot] = None
+        self._recent = RecentReadings()
         self._running = False
         self._t = 0.0
         self._busy = local.busy_seconds
@@ -67,6 +68,9 @@ class SimulatedMachine:
 
     def snapshot(self) -> Optional[ResourceSnapshot]:
         return self._snapshot
+
+    def readings_between(self, start: float, end: float) -> List[ResourceSnapshot]:
+        return self._recent.between(start, end)
 
     def sample_now(self) -> ResourceSnapshot:
         return self.sample(self.clock.monotonic() - self._origin)
@@ -157,6 +161,7 @@ class SimulatedMachine:
             local_calls_in_flight=self.load_probe() if self.load_probe is not None else None,
         )
         self._snapshot = snap
+        self._recent.add(snap)
         self.samples += 1
         return snap
 
