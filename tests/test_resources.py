@@ -3,7 +3,9 @@ NVML backoff, adaptive interval, lifecycle, constraints and exposition."""
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import resource
 import threading
 import time
@@ -154,6 +156,17 @@ def test_the_monitor_keeps_its_recent_readings_for_an_intervals_extremes():
     for snap in taken:
         recent.add(snap)
     assert recent.between(start - 1.0, start + 100.0) == taken[2:]
+    # A simulation (whose machine keeps readings too) is copied to branch (the oracle) and its
+    # results cross to worker processes: the readings copy and pickle, each copy with a lock of
+    # its own.
+    simulated = RecentReadings(keep=2)
+    for t in (1.0, 2.0, 3.0):
+        simulated.add(ResourceSnapshot(timestamp=t, process_memory_bytes=int(t * MB)))
+    for copied in (copy.deepcopy(simulated), pickle.loads(pickle.dumps(simulated))):
+        assert [r.timestamp for r in copied.between(0.0, 9.0)] == [2.0, 3.0]
+        copied.add(ResourceSnapshot(timestamp=4.0))
+        assert [r.timestamp for r in copied.between(0.0, 9.0)] == [3.0, 4.0]
+    assert [r.timestamp for r in simulated.between(0.0, 9.0)] == [2.0, 3.0]
 
 
 def test_process_cpu_is_measured_over_a_window():

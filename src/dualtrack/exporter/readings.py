@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, List, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,16 @@ class RecentReadings:
     def add(self, reading: ResourceSnapshot) -> None:
         with self._lock:
             self._readings.append(reading)
+
+    # A lock does not pickle or copy: a simulation's results, and its machine with them, cross
+    # to the bench's worker processes. The copy gets a lock of its own.
+    def __getstate__(self) -> Dict[str, Any]:
+        with self._lock:
+            return {"readings": list(self._readings), "keep": self._readings.maxlen}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._readings = deque(state["readings"], maxlen=state["keep"])
+        self._lock = threading.Lock()
 
     def between(self, start: float, end: float) -> List[ResourceSnapshot]:
         """The readings taken after ``start`` and at or before ``end`` (wall clock seconds)."""
