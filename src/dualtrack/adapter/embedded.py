@@ -72,9 +72,10 @@ class MachineReading(MachineState, Protocol):
 
 class MachineMonitor(Protocol):
     """Where machine readings come from (``exporter.monitor.ResourceMonitor``, the simulator's machine).
-    Either also keeps its recent readings (``readings_between(start, end)``: those taken in that
-    span, oldest first), which the interval's extremes are read from; a monitor without it gives
-    the latest reading only."""
+
+    Both also keep their recent readings (``readings_between(start, end)``: those taken in that
+    span, oldest first), which the interval's extremes are read from; a monitor without that
+    method gives the latest reading only."""
 
     def snapshot(self) -> Optional[MachineReading]: ...
 

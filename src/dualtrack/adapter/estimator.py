@@ -50,12 +50,12 @@ resource monitor's load probe, exported as
 load, a steady load leaves the line without a slope. Each interval also
 gives it two more points where the monitor keeps its readings: the
 interval's fullest reading and its emptiest, each at the calls counted with
-it (``*_max``, ``*_min``). The reading at the cycle is
-one moment: memory that went over its limit between two cycles, until an
-immediate override moved load off local, was under it again by then, and
-the plan kept sending local the load that put it over (the random suite's
-first five minutes: 30-86 s over a memory limit in 8 of 40 scenarios of
-seeds 179-180 where the split was over for 0-10). Until the line has
+it (``*_max``, ``*_min``). The reading at the cycle is one moment: memory
+that went over its limit between two cycles, until an immediate override
+moved load off local, was under it again by then, and the plan kept sending
+local the load that put it over (the random suite's first five minutes:
+30-86 s over a memory limit in 8 of 40 scenarios of seeds 179-180 where the
+split was over for 0-10). Until the line has
 points enough (three intervals), a reading that finds memory over its limit
 puts all of memory down to local load (a line through zero, which says fewer
 slots than memory holds), and that guess stands through readings under the
