@@ -530,9 +530,14 @@ class Estimator:
             mine = values.get("local_calls_in_flight", {})
         if mine is None:
             return None, False
-        if self.slots and mine > self.slots:
+        if self._beyond_slots(mine):
             return self.slots, True
         return mine, False
+
+    def _beyond_slots(self, calls: float) -> bool:
+        """Do the routers count more local calls than the slots? The rest wait for a slot and hold
+        no memory: how many were served is not known."""
+        return bool(self.slots) and calls > (self.slots or 0.0)
 
     def _update_from_server(self, values: SignalValues) -> None:
         """Fold in the local server's own load signals (nothing when it exports none)."""
@@ -739,11 +744,10 @@ class Estimator:
         """Fold in the interval's fullest and emptiest memory readings, each at the local calls
         counted with it (``*_max``, ``*_min``), beside the reading of the moment: an interval whose
         memory went over its limit and back (an immediate override moved load off local) shows
-        it, and the line has both ends of the interval's load. Not at a count beyond the slots
-        (calls waiting hold no memory: how many were served is not known)."""
+        it, and the line has both ends of the interval's load. Not at a count beyond the slots."""
         for end in ("max", "min"):
             calls = values.get(f"memory_reading_local_calls_{end}", {})
-            if calls is None or self.slots and calls > self.slots:
+            if calls is None or self._beyond_slots(calls):
                 continue
             memory = {name: v for name in MEMORY_SIGNALS if (v := values.get(f"{name}_{end}", {})) is not None}
             if memory:
