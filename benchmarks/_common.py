@@ -43,9 +43,11 @@ def announce(title: str) -> Dict[str, Any]:
 
 
 def add_scenario_option(parser: argparse.ArgumentParser) -> None:
-    """``--scenario NAME``, repeatable: the shipped scenarios or files :func:`named_scenarios` loads."""
+    """``--scenario NAME``, repeatable: the shipped scenarios, files or generated scenarios
+    :func:`named_scenarios` loads."""
     parser.add_argument("--scenario", action="append", metavar="NAME",
-                        help="a shipped scenario's name or a scenario file; repeat for several")
+                        help="a shipped scenario's name, a scenario file or random_<seed>_<index> (a generated "
+                             "scenario); repeat for several")
 
 
 def add_generated_options(parser: argparse.ArgumentParser) -> None:
@@ -72,12 +74,12 @@ def scenario_for(name: str) -> Scenario:
 
 
 def named_scenarios(names: Optional[Sequence[str]], parser: argparse.ArgumentParser) -> List[Tuple[str, Scenario]]:
-    """Each ``--scenario NAME`` (a shipped scenario's name or a file), loaded; one that does not load is
-    the parser's error, naming it."""
+    """Each ``--scenario NAME`` (a shipped scenario's name, a file, or ``random_<seed>_<index>`` as the
+    generator draws it), loaded; one that does not load is the parser's error, naming it."""
     out: List[Tuple[str, Scenario]] = []
     for name in names or []:
         try:
-            out.append((name, load_scenario(name)))
+            out.append((name, scenario_for(name)))
         except (OSError, ValueError) as err:
             parser.error(f"--scenario {name}: {err}")
     return out

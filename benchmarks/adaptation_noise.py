@@ -5,16 +5,19 @@
     python benchmarks/adaptation_noise.py --random 2 --repeats 2 --quick        # a smoke run
     python benchmarks/adaptation_noise.py ... --json out.json
     python benchmarks/adaptation_noise.py --scenario api_outage --scenario api_price_spike --repeats 6
+    python benchmarks/adaptation_noise.py --scenario random_147_000 --scenario random_147_001 ... \
+        --repeats 3 --baseline earlier.json     # a subset of a set, paired with the set's earlier run
 
 A split sends each query of a class to local or the API by a draw; the
 simulator seeds those draws from the scenario's seed. Every scenario drawn
 by the generator (``--random N`` per ``--seed``, as ``dualtrack bench
-adaptation --random``; or each ``--scenario``, a shipped scenario's name or
-a scenario file) is run ``--repeats`` times with one policy (default
-``strategy:adaptive``): the first run with the bench's own routing draws,
-the others with ``Simulation(routing_seed=k)``: the same queries, the same
-model behaviour, the same code, only the router's coin flips differ. Every
-difference between the runs is chance.
+adaptation --random``; or each ``--scenario``, a shipped scenario's name,
+a scenario file or one generated scenario, ``random_<seed>_<index>``) is
+run ``--repeats`` times with one policy (default ``strategy:adaptive``):
+the first run with the bench's own routing draws, the others with
+``Simulation(routing_seed=k)``: the same queries, the same model behaviour,
+the same code, only the router's coin flips differ. Every difference
+between the runs is chance.
 
 It prints, per scenario, the objective's mean over the runs, its spread
 (sample standard deviation) and range; then for the suite:

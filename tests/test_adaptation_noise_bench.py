@@ -229,6 +229,22 @@ def test_adaptation_noise_runs_named_scenarios_over_the_draws(tmp_path: Path) ->
     assert proc.returncode == 2 and "--scenario no_such_scenario" in proc.stderr
 
 
+def test_adaptation_noise_runs_a_generated_scenario_by_name(tmp_path: Path) -> None:
+    # random_<seed>_<index> picks one generated scenario out of a set (say those with a budget),
+    # the same draws as when its whole seed runs: a subset pairs with an earlier run of the set.
+    out = tmp_path / "noise.json"
+    proc = run_script("adaptation_noise", "--scenario", "random_1_002", "--repeats", "2", "--quick",
+                      "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    assert list(figures["objectives"]) == ["random_1_002"] and figures["named"] == ["random_1_002"]
+    from dualtrack.bench.adaptation import QUICK_TIME_SCALE
+    from dualtrack.simulation import Simulation
+    from dualtrack.simulation.generator import generate_scenario
+    bench_draw = Simulation(generate_scenario(1, 2).time_scaled(QUICK_TIME_SCALE), "strategy:adaptive").run()
+    assert figures["objectives"]["random_1_002"][0] == pytest.approx(bench_draw.summary["objective"])
+
+
 def test_the_comparison_counts_the_moves_and_names_the_largest_each_way() -> None:
     noise = bench_script("adaptation_noise")
     theirs = {"a": [1.0, 1.0], "b": [0.5, 0.5], "c": [0.8, 0.8], "d": [0.9, 0.9]}
