@@ -33,6 +33,7 @@ from ..preferences import ConstraintState, Preferences, Routing
 from ..vocabulary import RATE_LIMITED
 from .controller import AdaptationController, MemoryPublisher
 from .engine import RuleEngine
+from .estimator import MEMORY_SIGNALS
 from .learned_state import StateFile
 from .signals import Catalog, SignalValues
 from .strategy import StrategySet, load_strategies
@@ -249,8 +250,7 @@ class EmbeddedSource:
         read = [self._memory_readings(r) for r in self._readings(now - self.config.adaptation_interval_seconds, now)]
 
         def memory(reading: Dict[str, Optional[float]]) -> float:
-            return max((v for k, v in reading.items() if k != "memory_reading_local_calls" and v is not None),
-                       default=-1.0)
+            return max((v for name in MEMORY_SIGNALS if (v := reading[name]) is not None), default=-1.0)
 
         read = [r for r in read if memory(r) >= 0.0]
         if not read:
